@@ -1,0 +1,1 @@
+//! Headroom agent (built in its own issue).

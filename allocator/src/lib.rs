@@ -1,0 +1,1 @@
+//! Headroom allocator (built in its own issue).

@@ -1,0 +1,1 @@
+//! Headroom collector (built in its own issue).

@@ -1,0 +1,1 @@
+//! Headroom predictor (built in its own issue).

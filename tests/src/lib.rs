@@ -1,0 +1,1 @@
+//! End-to-end tests across Headroom services live in `tests/`.

@@ -1,0 +1,1 @@
+//! Headroom training (built in its own issue).
