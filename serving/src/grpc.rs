@@ -1,0 +1,158 @@
+//! The gRPC stack every Headroom server runs behind: request timeouts, a
+//! global concurrency limit, message-size limits, request metrics, tracing
+//! spans, and server reflection over the service's and health's descriptors.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{codegen::http, service::Routes, transport::Server};
+use tower::{Layer, Service, ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
+use tower_http::trace::TraceLayer;
+
+/// Limits shared by every server; flattened into each binary's options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GrpcOptions {
+    /// Longest a request may take before it fails with DEADLINE_EXCEEDED
+    /// (streams count until their first message), e.g. "30s".
+    #[arg(long, env = "HEADROOM_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// Requests served at once across all connections; further ones wait.
+    #[arg(long, env = "HEADROOM_CONCURRENCY_LIMIT", default_value_t = 256)]
+    pub concurrency_limit: usize,
+    /// Largest request or response message, in bytes; larger ones are
+    /// refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "HEADROOM_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+}
+
+impl Default for GrpcOptions {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            concurrency_limit: 256,
+            max_message_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why a server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The reflection service could not be built from the descriptor sets.
+    #[error("while building the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("while serving gRPC: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves `routes` (the service and its health server) on `listener` until
+/// `shutdown` is cancelled, then drains connections already accepted.
+/// Reflection (v1 and v1alpha, for every grpcurl) is added here, over the
+/// `headroom.v1` and `grpc.health.v1` descriptor sets.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    options: &GrpcOptions,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(headroom_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(headroom_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let routes = routes
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    let stack = ServiceBuilder::new()
+        .layer(TraceLayer::new_for_grpc())
+        .layer(RequestMetricsLayer)
+        .layer(GlobalConcurrencyLimitLayer::new(
+            options.concurrency_limit.max(1),
+        ))
+        .into_inner();
+
+    let addr = listener.local_addr().ok();
+    tracing::info!(?addr, "grpc server listening");
+    Server::builder()
+        .timeout(options.request_timeout)
+        .layer(stack)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await?;
+    tracing::info!(?addr, "grpc server stopped");
+    Ok(())
+}
+
+/// Records `headroom_grpc_requests_total{method,code}` and
+/// `headroom_grpc_request_duration_seconds{method}` for every request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestMetricsLayer;
+
+impl<S> Layer<S> for RequestMetricsLayer {
+    type Service = RequestMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestMetrics { inner }
+    }
+}
+
+/// The service made by [`RequestMetricsLayer`].
+#[derive(Debug, Clone)]
+pub struct RequestMetrics<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for RequestMetrics<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let method = request.uri().path().to_string();
+        let started = Instant::now();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let result = future.await;
+            // A handler's error travels in the headers ("trailers-only");
+            // a response that got as far as a body reports OK here.
+            let code = match &result {
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .map(|code| tonic::Code::from_bytes(code.as_bytes()))
+                    .unwrap_or(tonic::Code::Ok),
+                Err(_) => tonic::Code::Unknown,
+            };
+            metrics::counter!(
+                "headroom_grpc_requests_total",
+                "method" => method.clone(),
+                "code" => format!("{code:?}")
+            )
+            .increment(1);
+            metrics::histogram!("headroom_grpc_request_duration_seconds", "method" => method)
+                .record(started.elapsed().as_secs_f64());
+            result
+        })
+    }
+}

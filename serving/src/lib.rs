@@ -1,0 +1,6 @@
+//! What every Headroom server shares: log setup, shutdown on signals, and one
+//! gRPC stack (limits, request metrics, tracing spans, health, reflection).
+
+pub mod grpc;
+pub mod shutdown;
+pub mod telemetry;

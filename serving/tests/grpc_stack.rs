@@ -1,0 +1,138 @@
+//! The shared gRPC stack over real loopback connections: health answers per
+//! service, reflection lists services with no .proto at hand, and shutdown
+//! closes the listener.
+
+use anyhow::Context;
+use headroom_serving::grpc::{self, GrpcOptions};
+use tonic::{service::Routes, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+};
+
+async fn start(
+    options: GrpcOptions,
+) -> anyhow::Result<(
+    headroom_testkit::TestServer,
+    tonic_health::server::HealthReporter,
+)> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(
+            "headroom.v1.Collector",
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
+    let server = headroom_testkit::spawn_server(move |listener, shutdown| async move {
+        grpc::serve(listener, Routes::new(health), &options, shutdown).await
+    })
+    .await?;
+    Ok((server, reporter))
+}
+
+async fn channel(url: String) -> anyhow::Result<Channel> {
+    Channel::from_shared(url)?
+        .connect()
+        .await
+        .context("while connecting")
+}
+
+#[tokio::test]
+async fn health_reports_status_per_service_and_follows_changes() -> anyhow::Result<()> {
+    let (server, reporter) = start(GrpcOptions::default()).await?;
+    let mut client = HealthClient::new(channel(server.url()).await?);
+    let check = |service: &str| HealthCheckRequest {
+        service: service.to_string(),
+    };
+    let status = client
+        .check(check("headroom.v1.Collector"))
+        .await?
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+
+    reporter
+        .set_service_status(
+            "headroom.v1.Collector",
+            tonic_health::ServingStatus::NotServing,
+        )
+        .await;
+    let status = client
+        .check(check("headroom.v1.Collector"))
+        .await?
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::NotServing as i32);
+
+    let unknown = client.check(check("headroom.v1.Nope")).await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    server.stop().await
+}
+
+#[tokio::test]
+async fn reflection_lists_headroom_and_health_services() -> anyhow::Result<()> {
+    let (server, _reporter) = start(GrpcOptions::default()).await?;
+    let mut client = ServerReflectionClient::new(channel(server.url()).await?);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::once(request))
+        .await?
+        .into_inner();
+    let response = responses.message().await?.context("no reflection answer")?;
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        anyhow::bail!("unexpected reflection answer: {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in [
+        "grpc.health.v1.Health",
+        "headroom.v1.Agent",
+        "headroom.v1.Collector",
+        "headroom.v1.Predictor",
+        "headroom.v1.Allocator",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+
+    // The descriptor of a headroom service resolves by symbol, as grpcurl
+    // `describe` needs.
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(
+            "headroom.v1.Predictor".into(),
+        )),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::once(request))
+        .await?
+        .into_inner();
+    let response = responses.message().await?.context("no reflection answer")?;
+    assert!(
+        matches!(
+            response.message_response,
+            Some(MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()
+        ),
+        "unexpected answer {response:?}"
+    );
+    server.stop().await
+}
+
+#[tokio::test]
+async fn server_stops_when_shutdown_is_cancelled() -> anyhow::Result<()> {
+    let (server, _reporter) = start(GrpcOptions::default()).await?;
+    let addr = server.addr;
+    server.stop().await?;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener still open"
+    );
+    Ok(())
+}
