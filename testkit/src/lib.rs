@@ -1,0 +1,272 @@
+//! The integration-test harness every Headroom test shares: a fresh
+//! PostgreSQL database per test, unique Kafka topics and consumer groups on
+//! the local broker, and servers started on `127.0.0.1:0`.
+//!
+//! Locations come from the environment with local defaults:
+//! `HEADROOM_TEST_DATABASE_URL` (an admin URL, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and `HEADROOM_TEST_KAFKA`
+//! (default `127.0.0.1:9092`).
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use anyhow::{Context, bail};
+use rdkafka::{
+    ClientConfig,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    types::RDKafkaErrorCode,
+};
+use sqlx::{Connection, PgConnection, PgPool, postgres::PgPoolOptions};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+/// Admin URL of the test PostgreSQL server.
+pub fn admin_database_url() -> String {
+    std::env::var("HEADROOM_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// Bootstrap servers of the test Kafka-protocol broker.
+pub fn kafka_brokers() -> String {
+    std::env::var("HEADROOM_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_string())
+}
+
+/// A name no other test (in this or any concurrent run) uses.
+pub fn unique_name(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}_{}", &id[..12])
+}
+
+/// Sends test logs to the test's captured output (once per process).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A database created for one test and dropped when the value is dropped.
+#[derive(Debug)]
+pub struct TestDb {
+    /// Name of the database.
+    pub name: String,
+    /// URL to connect to it.
+    pub url: String,
+    /// A small pool connected to it.
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    /// Creates an empty database with a unique name.
+    pub async fn new() -> anyhow::Result<Self> {
+        let admin = admin_database_url();
+        let name = unique_name("headroom_test");
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .with_context(|| format!("while connecting to the test PostgreSQL at {admin}"))?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .with_context(|| format!("while creating database {name}"))?;
+        conn.close().await.ok();
+        let url = replace_database(&admin, &name)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .with_context(|| format!("while connecting to {name}"))?;
+        Ok(Self { name, url, pool })
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Drop runs outside async context guarantees; a plain thread with its
+        // own runtime removes the database whatever runtime the test used.
+        let name = self.name.clone();
+        let pool = self.pool.clone();
+        let admin = admin_database_url();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                pool.close().await;
+                if let Ok(mut conn) = PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// `url` with its database (path) replaced by `database`.
+fn replace_database(url: &str, database: &str) -> anyhow::Result<String> {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let Some(scheme_end) = base.find("://") else {
+        bail!("not a URL: {url}");
+    };
+    let authority_start = scheme_end + 3;
+    let path_start = base[authority_start..]
+        .find('/')
+        .map(|i| authority_start + i)
+        .unwrap_or(base.len());
+    let mut out = format!("{}/{database}", &base[..path_start]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    Ok(out)
+}
+
+/// Client settings for a consumer in a test: a short session timeout,
+/// because the broker delays a group join by about half of it.
+pub fn consumer_config(group: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", group)
+        .set("session.timeout.ms", "6000")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false");
+    config
+}
+
+/// Client settings for a producer in a test.
+pub fn producer_config() -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", kafka_brokers())
+        .set("message.timeout.ms", "30000");
+    config
+}
+
+/// Creates `topic` with `partitions` partitions (the broker does not create
+/// topics on first use). An existing topic is accepted.
+pub async fn create_topic(topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .create()
+        .context("while creating a Kafka admin client")?;
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .with_context(|| format!("while creating topic {topic} on {}", kafka_brokers()))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => bail!("topic {name} could not be created: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// A unique topic name, created with `partitions` partitions.
+pub async fn fresh_topic(prefix: &str, partitions: i32) -> anyhow::Result<String> {
+    let topic = unique_name(prefix);
+    create_topic(&topic, partitions).await?;
+    Ok(topic)
+}
+
+/// A server started by [`spawn_server`].
+#[derive(Debug)]
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Cancel to shut it down.
+    pub shutdown: CancellationToken,
+    /// The server's task; its output is the server's result.
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestServer {
+    /// `http://addr`, for a tonic client.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Shuts the server down and waits for its result.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await.context("server task panicked")?
+    }
+}
+
+/// Starts any service's `run(listener, shutdown)` on `127.0.0.1:0`.
+pub async fn spawn_server<F, Fut, E>(run: F) -> anyhow::Result<TestServer>
+where
+    F: FnOnce(TcpListener, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<anyhow::Error> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let fut = run(listener, shutdown.clone());
+    let task = tokio::spawn(async move { fut.await.map_err(Into::into) });
+    Ok(TestServer {
+        addr,
+        shutdown,
+        task,
+    })
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or fails after
+/// `timeout` with `what` in the message.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_the_database_of_a_url() {
+        assert_eq!(
+            replace_database("postgres://postgres@127.0.0.1:5432/postgres", "t1").unwrap(),
+            "postgres://postgres@127.0.0.1:5432/t1"
+        );
+        assert_eq!(
+            replace_database("postgres://u:p@h/db?sslmode=disable", "t2").unwrap(),
+            "postgres://u:p@h/t2?sslmode=disable"
+        );
+        assert_eq!(
+            replace_database("postgres://h", "t3").unwrap(),
+            "postgres://h/t3"
+        );
+    }
+
+    #[test]
+    fn unique_names_differ() {
+        assert_ne!(unique_name("a"), unique_name("a"));
+    }
+}
