@@ -1,1 +1,134 @@
-//! Headroom collector (built in its own issue).
+//! `headroom-collector`: consumes the usage topic into PostgreSQL (exactly
+//! once in result) and answers queries, statistics, live streams and
+//! exports over gRPC (`headroom.v1.Collector`).
+
+pub mod admin;
+mod api;
+pub mod error;
+pub mod ingest;
+pub mod store;
+
+use std::{sync::Arc, time::Duration};
+
+use headroom_proto::v1::collector_server::CollectorServer;
+use headroom_serving::grpc::{self, GrpcOptions};
+use sqlx::PgPool;
+use tokio::{net::TcpListener, sync::broadcast};
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+pub use error::{Error, Result};
+use ingest::{IngestOptions, decode::Row};
+use store::Lookups;
+
+/// The gRPC service name, as health reports it.
+pub const SERVICE_NAME: &str = "headroom.v1.Collector";
+
+/// Everything the collector needs to run.
+#[derive(Debug, Clone)]
+pub struct CollectorConfig {
+    /// PostgreSQL URL.
+    pub database_url: String,
+    /// Largest connection pool.
+    pub max_connections: u32,
+    /// Kafka consumption; `None` serves queries only.
+    pub ingest: Option<IngestOptions>,
+    /// Server limits.
+    pub grpc: GrpcOptions,
+}
+
+/// State shared by the ingest path and the API.
+#[derive(Debug)]
+pub struct Shared {
+    /// The database.
+    pub pool: PgPool,
+    /// Name-to-id caches.
+    pub lookups: Arc<Lookups>,
+    /// Samples as they are committed, for `StreamUsage`.
+    pub live: broadcast::Sender<Arc<Vec<Row>>>,
+    health: HealthReporter,
+}
+
+impl Shared {
+    /// Reports SERVING or NOT_SERVING, for the collector and the server as
+    /// a whole.
+    pub async fn set_serving(&self, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.health.set_service_status(SERVICE_NAME, status).await;
+        self.health.set_service_status("", status).await;
+    }
+}
+
+/// Runs the collector on `listener` until `shutdown` is cancelled: the
+/// schema is migrated (retrying while the database is down; health says
+/// NOT_SERVING meanwhile), ingest runs, and the API answers.
+pub async fn run(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    config: CollectorConfig,
+) -> Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let pool = store::lazy_pool(&config.database_url, config.max_connections)?;
+    let (live, _) = broadcast::channel(1024);
+    let shared = Arc::new(Shared {
+        pool,
+        lookups: Lookups::new(),
+        live,
+        health,
+    });
+    shared.set_serving(false).await;
+
+    let background = tokio::spawn(start_when_ready(
+        shared.clone(),
+        config.ingest.clone(),
+        shutdown.clone(),
+    ));
+
+    let api = CollectorServer::new(api::CollectorApi::new(shared.clone()))
+        .max_decoding_message_size(config.grpc.max_message_bytes)
+        .max_encoding_message_size(config.grpc.max_message_bytes);
+    let routes = Routes::new(health_service).add_service(api);
+    let served = grpc::serve(listener, routes, &config.grpc, shutdown.clone()).await;
+    shutdown.cancel();
+    shared.set_serving(false).await;
+    match background.await {
+        Ok(result) => result?,
+        Err(e) => tracing::error!(error = %e, "ingest task panicked"),
+    }
+    shared.pool.close().await;
+    served?;
+    Ok(())
+}
+
+/// Migrates once the database answers, then runs ingest.
+async fn start_when_ready(
+    shared: Arc<Shared>,
+    ingest: Option<IngestOptions>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match store::migrate(&shared.pool).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "database not ready");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    shared.set_serving(true).await;
+    tracing::info!("schema ready");
+    match ingest {
+        Some(options) => ingest::run(options, shared, shutdown).await,
+        None => Ok(()),
+    }
+}

@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use headroom_serving::grpc::{self, GrpcOptions};
-use tonic::{service::Routes, transport::Channel};
+use tonic::service::Routes;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -33,17 +33,10 @@ async fn start(
     Ok((server, reporter))
 }
 
-async fn channel(url: String) -> anyhow::Result<Channel> {
-    Channel::from_shared(url)?
-        .connect()
-        .await
-        .context("while connecting")
-}
-
 #[tokio::test]
 async fn health_reports_status_per_service_and_follows_changes() -> anyhow::Result<()> {
     let (server, reporter) = start(GrpcOptions::default()).await?;
-    let mut client = HealthClient::new(channel(server.url()).await?);
+    let mut client = HealthClient::new(server.channel().await?);
     let check = |service: &str| HealthCheckRequest {
         service: service.to_string(),
     };
@@ -75,7 +68,7 @@ async fn health_reports_status_per_service_and_follows_changes() -> anyhow::Resu
 #[tokio::test]
 async fn reflection_lists_headroom_and_health_services() -> anyhow::Result<()> {
     let (server, _reporter) = start(GrpcOptions::default()).await?;
-    let mut client = ServerReflectionClient::new(channel(server.url()).await?);
+    let mut client = ServerReflectionClient::new(server.channel().await?);
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),

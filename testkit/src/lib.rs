@@ -84,10 +84,11 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        // Drop runs outside async context guarantees; a plain thread with its
-        // own runtime removes the database whatever runtime the test used.
+        // A plain thread with its own runtime removes the database whatever
+        // runtime the test used. The pool is not closed from there: its
+        // connections belong to the test's runtime, which this drop blocks;
+        // FORCE ends them instead.
         let name = self.name.clone();
-        let pool = self.pool.clone();
         let admin = admin_database_url();
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -97,7 +98,6 @@ impl Drop for TestDb {
                 return;
             };
             rt.block_on(async move {
-                pool.close().await;
                 if let Ok(mut conn) = PgConnection::connect(&admin).await {
                     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                         .execute(&mut conn)
@@ -200,6 +200,14 @@ impl TestServer {
         format!("http://{}", self.addr)
     }
 
+    /// A gRPC channel to the server.
+    pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        tonic::transport::Channel::from_shared(self.url())?
+            .connect()
+            .await
+            .with_context(|| format!("while connecting to {}", self.url()))
+    }
+
     /// Shuts the server down and waits for its result.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
@@ -269,4 +277,133 @@ mod tests {
     fn unique_names_differ() {
         assert_ne!(unique_name("a"), unique_name("a"));
     }
+}
+
+/// A PostgreSQL server of a test's own (initdb in a temporary folder, its
+/// own port), so a test can stop and start the database under a running
+/// service without disturbing other tests.
+#[derive(Debug)]
+pub struct PrivatePostgres {
+    dir: std::path::PathBuf,
+    bin: std::path::PathBuf,
+    /// Port it listens on (127.0.0.1).
+    pub port: u16,
+    as_postgres: bool,
+}
+
+impl PrivatePostgres {
+    /// Creates and starts a fresh cluster.
+    pub fn start() -> anyhow::Result<Self> {
+        let bin = match std::env::var_os("HEADROOM_PG_BIN") {
+            Some(b) => b.into(),
+            None => {
+                let mut versions: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+                    .context("PostgreSQL server binaries not found under /usr/lib/postgresql (set HEADROOM_PG_BIN)")?
+                    .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                    .filter(|p| p.join("initdb").exists())
+                    .collect();
+                versions.sort();
+                versions
+                    .pop()
+                    .context("no initdb under /usr/lib/postgresql/*/bin")?
+            }
+        };
+        let as_postgres = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let dir = std::env::temp_dir().join(unique_name("headroom_pg"));
+        std::fs::create_dir_all(&dir)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let this = Self {
+            dir,
+            bin,
+            port,
+            as_postgres,
+        };
+        if as_postgres {
+            run_command(
+                std::process::Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&this.dir),
+            )?;
+        }
+        let data = this.dir.join("data");
+        run_command(this.command("initdb").arg("-D").arg(&data).args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ]))?;
+        this.start_again()?;
+        Ok(this)
+    }
+
+    fn command(&self, tool: &str) -> std::process::Command {
+        let path = self.bin.join(tool);
+        if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            std::process::Command::new(path)
+        }
+    }
+
+    /// URL of database `postgres` on this server.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server (fast shutdown: connections are cut).
+    pub fn stop(&self) -> anyhow::Result<()> {
+        run_command(
+            self.command("pg_ctl")
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .args(["-m", "fast", "-w", "stop"]),
+        )
+    }
+
+    /// Starts the stopped server again.
+    pub fn start_again(&self) -> anyhow::Result<()> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off",
+            self.port,
+            self.dir.display()
+        );
+        run_command(
+            self.command("pg_ctl")
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .arg("-l")
+                .arg(self.dir.join("log"))
+                .args(["-o", &options, "-w", "start"]),
+        )
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn run_command(command: &mut std::process::Command) -> anyhow::Result<()> {
+    let output = command
+        .output()
+        .with_context(|| format!("while running {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
 }

@@ -1,0 +1,126 @@
+//! `headroom-collector admin`: the prototype's `read_data.py` as
+//! subcommands: apply the schema, reset it (only with an explicit
+//! confirmation), and dump a selection of samples as CSV.
+
+use std::io::Write;
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use sqlx::PgPool;
+
+use crate::{
+    error::{Error, Result},
+    store,
+};
+
+/// Applies the embedded migrations.
+pub async fn migrate(pool: &PgPool) -> Result<()> {
+    store::migrate(pool).await
+}
+
+/// Drops every collector table and applies the schema again, empty.
+/// Refuses unless `confirmed`.
+pub async fn reset(pool: &PgPool, confirmed: bool) -> Result<()> {
+    if !confirmed {
+        return Err(Error::InvalidArgument(
+            "reset deletes every stored sample, task and lookup; pass --confirm to do it".into(),
+        ));
+    }
+    let mut tx = pool.begin().await?;
+    for table in [
+        "samples",
+        "series",
+        "tasks",
+        "services",
+        "resources",
+        "_sqlx_migrations",
+    ] {
+        sqlx::query(&format!("DROP TABLE IF EXISTS {table} CASCADE"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    store::migrate(pool).await
+}
+
+/// Which samples `dump` writes.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DumpSelection {
+    /// Only these services (repeatable).
+    #[arg(long = "service")]
+    pub services: Vec<String>,
+    /// Only these resources (repeatable).
+    #[arg(long = "resource")]
+    pub resources: Vec<String>,
+    /// Only these tasks (repeatable).
+    #[arg(long = "task")]
+    pub tasks: Vec<String>,
+    /// Inclusive start, RFC 3339.
+    #[arg(long)]
+    pub start: Option<DateTime<Utc>>,
+    /// Exclusive end, RFC 3339.
+    #[arg(long)]
+    pub end: Option<DateTime<Utc>>,
+}
+
+/// Writes the selected samples as CSV with a header:
+/// `task_id,service,resource,value,ts,seconds_into_task`. Returns the rows written.
+pub async fn dump(pool: &PgPool, selection: &DumpSelection, out: &mut dyn Write) -> Result<u64> {
+    let filter = store::resolve_filter(
+        pool,
+        &selection.services,
+        &selection.resources,
+        &selection.tasks,
+        selection.start,
+        selection.end,
+    )
+    .await?;
+    let (services, resources) = store::names(pool).await?;
+    let io = |e: std::io::Error| Error::Unavailable(format!("while writing the dump: {e}"));
+    writeln!(out, "task_id,service,resource,value,ts,seconds_into_task").map_err(io)?;
+    let mut rows = sqlx::query_as::<_, store::ExportRow>(store::export_query())
+        .bind(&filter.service_ids)
+        .bind(&filter.resource_ids)
+        .bind(&filter.task_ids)
+        .bind(filter.start)
+        .bind(filter.end)
+        .fetch(pool);
+    let mut n = 0;
+    while let Some(r) = rows.try_next().await? {
+        writeln!(
+            out,
+            "{},{},{},{},{},{}",
+            csv_field(&r.task_id),
+            csv_field(services.get(&r.service_id).map_or("", String::as_str)),
+            resources.get(&r.resource_id).map_or("", String::as_str),
+            r.value,
+            r.ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            (r.ts - r.start_ts).num_milliseconds() as f64 / 1000.0
+        )
+        .map_err(io)?;
+        n += 1;
+    }
+    out.flush().map_err(io)?;
+    Ok(n)
+}
+
+/// Quotes a CSV field when it needs it.
+fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\"")).into()
+    } else {
+        s.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_field;
+
+    #[test]
+    fn csv_fields_are_quoted_only_when_needed() {
+        assert_eq!(csv_field("web"), "web");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+}

@@ -1,0 +1,426 @@
+//! The usage-topic consumer. One task gathers records into batches (bounded
+//! by count and time), dead-letters the invalid ones, and hands each batch
+//! to a writer task that commits it to PostgreSQL and only then stores the
+//! batch's offsets (at-least-once delivery; the natural key makes the stored
+//! result exactly-once). While PostgreSQL is down the writer retries with
+//! backoff and the consumer stops taking records.
+
+pub mod decode;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use rdkafka::{
+    ClientConfig, Message,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    message::{BorrowedMessage, Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+    types::RDKafkaErrorCode,
+};
+use tokio::{sync::mpsc, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Shared,
+    error::{Error, Result},
+    store::{Batch, WritePath, write_batch},
+};
+use decode::{Decoded, decode};
+
+/// Header naming why a record was dead-lettered.
+pub const DLQ_REASON_HEADER: &str = "headroom-dlq-reason";
+/// Headers locating the original record.
+pub const DLQ_SOURCE_HEADERS: [&str; 3] = [
+    "headroom-source-topic",
+    "headroom-source-partition",
+    "headroom-source-offset",
+];
+
+/// Where and how to consume.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IngestOptions {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "HEADROOM_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Usage topic to consume.
+    #[arg(long, env = "HEADROOM_TOPIC", default_value = "headroom-usage")]
+    pub topic: String,
+    /// Dead-letter topic for records that cannot be stored.
+    #[arg(long, env = "HEADROOM_DLQ_TOPIC", default_value = "headroom-usage-dlq")]
+    pub dlq_topic: String,
+    /// Consumer group; collectors in one group share the partitions.
+    #[arg(long, env = "HEADROOM_GROUP", default_value = "headroom-collector")]
+    pub group: String,
+    /// Partitions of the topics when the collector has to create them.
+    #[arg(long, env = "HEADROOM_TOPIC_PARTITIONS", default_value_t = 8)]
+    pub partitions: i32,
+    /// Most records in one batch (one transaction).
+    #[arg(long, env = "HEADROOM_BATCH_RECORDS", default_value_t = 5000)]
+    pub batch_records: usize,
+    /// Longest a batch waits to fill up, e.g. "200ms".
+    #[arg(long, env = "HEADROOM_BATCH_WAIT", default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub batch_wait: Duration,
+    /// How far in the future a sample may lie before it is dead-lettered.
+    #[arg(long, env = "HEADROOM_MAX_FUTURE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub max_future: Duration,
+    /// Consumer group session timeout.
+    #[arg(long, env = "HEADROOM_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub session_timeout: Duration,
+    /// Extra librdkafka settings as key=value (security.protocol, sasl.*,
+    /// ssl.*), applied to the consumer and the dead-letter producer.
+    #[arg(
+        long = "kafka-option",
+        env = "HEADROOM_KAFKA_OPTIONS",
+        value_delimiter = ','
+    )]
+    pub kafka_options: Vec<String>,
+}
+
+impl IngestOptions {
+    /// Options for `brokers` and `topic` with every other value at its default.
+    pub fn new(brokers: impl Into<String>, topic: impl Into<String>) -> Self {
+        let topic = topic.into();
+        Self {
+            brokers: brokers.into(),
+            dlq_topic: format!("{topic}-dlq"),
+            topic,
+            group: "headroom-collector".into(),
+            partitions: 8,
+            batch_records: 5000,
+            batch_wait: Duration::from_millis(200),
+            max_future: Duration::from_secs(300),
+            session_timeout: Duration::from_secs(10),
+            kafka_options: Vec::new(),
+        }
+    }
+
+    fn client_config(&self) -> Result<ClientConfig> {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for kv in &self.kafka_options {
+            let Some((k, v)) = kv.split_once('=') else {
+                return Err(Error::InvalidArgument(format!(
+                    "kafka option {:?} is not key=value",
+                    kv.split('=').next().unwrap_or_default()
+                )));
+            };
+            config.set(k.trim(), v.trim());
+        }
+        Ok(config)
+    }
+}
+
+/// Creates the usage and dead-letter topics when they are missing.
+pub async fn ensure_topics(options: &IngestOptions) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = options.client_config()?.create()?;
+    let topics = [
+        NewTopic::new(
+            &options.topic,
+            options.partitions,
+            TopicReplication::Fixed(1),
+        ),
+        NewTopic::new(
+            &options.dlq_topic,
+            options.partitions.clamp(1, 4),
+            TopicReplication::Fixed(1),
+        ),
+    ];
+    let results = admin
+        .create_topics(
+            &topics,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(Error::Kafka(rdkafka::error::KafkaError::AdminOp(code)))
+                    .inspect_err(|_| tracing::warn!(topic, %code, "topic could not be created"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A batch on its way to the writer, with the offsets it covers.
+#[derive(Debug, Default)]
+struct Pending {
+    batch: Batch,
+    /// Highest offset seen per partition.
+    offsets: HashMap<i32, i64>,
+    records: usize,
+}
+
+/// A record for the dead-letter topic.
+#[derive(Debug)]
+struct Rejected {
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    reason: String,
+    partition: i32,
+    offset: i64,
+}
+
+/// Consumes until `shutdown`, then drains: the batch in hand is committed
+/// and its offsets committed to the group.
+pub async fn run(
+    options: IngestOptions,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let mut backoff = Duration::from_millis(200);
+    while let Err(e) = ensure_topics(&options).await {
+        if matches!(e, Error::InvalidArgument(_)) {
+            return Err(e);
+        }
+        tracing::warn!(error = %e, retry_in = ?backoff, "kafka not ready");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    let consumer: Arc<StreamConsumer> = Arc::new(
+        options
+            .client_config()?
+            .set("group.id", &options.group)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "session.timeout.ms",
+                options.session_timeout.as_millis().to_string(),
+            )
+            .create()?,
+    );
+    consumer.subscribe(&[&options.topic])?;
+    let producer: FutureProducer = options
+        .client_config()?
+        .set("compression.type", "lz4")
+        .set("message.timeout.ms", "30000")
+        .create()?;
+    tracing::info!(topic = %options.topic, group = %options.group, "ingest started");
+
+    // Capacity 1: one batch is written while the next one is gathered; when
+    // the writer is stuck (database down) the consumer stops taking records.
+    let (tx, rx) = mpsc::channel::<Pending>(1);
+    let writer = tokio::spawn(write_loop(
+        rx,
+        consumer.clone(),
+        options.topic.clone(),
+        shared,
+        shutdown.clone(),
+    ));
+
+    while !shutdown.is_cancelled() {
+        let (pending, rejected) = gather(&consumer, &options, &shutdown).await;
+        if pending.records == 0 {
+            continue;
+        }
+        if !dead_letter(&producer, &options, rejected, &shutdown).await {
+            // Shutdown during a broker outage: the batch is not stored and
+            // its offsets not stored, so it is consumed again next time.
+            break;
+        }
+        if tx.send(pending).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    match writer.await {
+        Ok(()) => {}
+        Err(e) => tracing::error!(error = %e, "ingest writer panicked"),
+    }
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        // Nothing stored yet, or the broker is gone: stored rows stay, and
+        // their replay later is a no-op.
+        tracing::debug!(error = %e, "final offset commit skipped");
+    }
+    tracing::info!("ingest stopped");
+    Ok(())
+}
+
+/// Gathers up to `batch_records` records or until `batch_wait` has passed
+/// since the first one.
+async fn gather(
+    consumer: &StreamConsumer,
+    options: &IngestOptions,
+    shutdown: &CancellationToken,
+) -> (Pending, Vec<Rejected>) {
+    let mut pending = Pending::default();
+    let mut rejected = Vec::new();
+    let first = tokio::select! {
+        _ = shutdown.cancelled() => return (pending, rejected),
+        m = consumer.recv() => m,
+    };
+    let deadline = Instant::now() + options.batch_wait;
+    let mut next = Some(first);
+    while let Some(result) = next.take() {
+        match result {
+            Ok(message) => take(&message, options, &mut pending, &mut rejected),
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka consume error");
+                if pending.records == 0 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                break;
+            }
+        }
+        if pending.records >= options.batch_records {
+            break;
+        }
+        next = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .ok();
+    }
+    (pending, rejected)
+}
+
+fn take(
+    message: &BorrowedMessage<'_>,
+    options: &IngestOptions,
+    pending: &mut Pending,
+    rejected: &mut Vec<Rejected>,
+) {
+    pending.records += 1;
+    let offset = pending
+        .offsets
+        .entry(message.partition())
+        .or_insert(message.offset());
+    *offset = (*offset).max(message.offset());
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    match decode(
+        message.payload(),
+        now_ms,
+        options.max_future.as_millis() as i64,
+    ) {
+        Decoded::Usage { rows, task } => pending.batch.push_usage(rows, task),
+        Decoded::Task(task) => pending.batch.merge_task(task),
+        Decoded::Reject(reason) => rejected.push(Rejected {
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            reason,
+            partition: message.partition(),
+            offset: message.offset(),
+        }),
+    }
+}
+
+/// Sends rejected records to the dead-letter topic, retrying until each is
+/// delivered. Returns false when shutdown interrupted the retries.
+async fn dead_letter(
+    producer: &FutureProducer,
+    options: &IngestOptions,
+    rejected: Vec<Rejected>,
+    shutdown: &CancellationToken,
+) -> bool {
+    for r in rejected {
+        tracing::warn!(partition = r.partition, offset = r.offset, reason = %r.reason, "record sent to dead-letter topic");
+        let partition = r.partition.to_string();
+        let offset = r.offset.to_string();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: DLQ_REASON_HEADER,
+                    value: Some(r.reason.as_str()),
+                })
+                .insert(Header {
+                    key: DLQ_SOURCE_HEADERS[0],
+                    value: Some(options.topic.as_str()),
+                })
+                .insert(Header {
+                    key: DLQ_SOURCE_HEADERS[1],
+                    value: Some(partition.as_str()),
+                })
+                .insert(Header {
+                    key: DLQ_SOURCE_HEADERS[2],
+                    value: Some(offset.as_str()),
+                });
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&options.dlq_topic).headers(headers);
+            if let Some(k) = &r.key {
+                record = record.key(k.as_slice());
+            }
+            if let Some(p) = &r.payload {
+                record = record.payload(p.as_slice());
+            }
+            match producer.send(record, Duration::from_secs(5)).await {
+                Ok(_) => {
+                    metrics::counter!("headroom_collector_dead_lettered_total").increment(1);
+                    break;
+                }
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, "dead-letter delivery failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return false,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Commits batches, then stores their offsets; retries while the database
+/// is unreachable.
+async fn write_loop(
+    mut rx: mpsc::Receiver<Pending>,
+    consumer: Arc<StreamConsumer>,
+    topic: String,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    while let Some(pending) = rx.recv().await {
+        let mut backoff = Duration::from_millis(100);
+        let started = Instant::now();
+        loop {
+            match write_batch(&shared.pool, &shared.lookups, &pending.batch).await {
+                Ok(report) => {
+                    shared.set_serving(true).await;
+                    metrics::counter!("headroom_collector_samples_ingested_total")
+                        .increment(report.inserted);
+                    metrics::counter!("headroom_collector_duplicates_total")
+                        .increment(report.duplicates);
+                    metrics::histogram!("headroom_collector_batch_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    tracing::debug!(
+                        records = pending.records,
+                        inserted = report.inserted,
+                        duplicates = report.duplicates,
+                        dedup = report.path == WritePath::Dedup,
+                        "batch stored"
+                    );
+                    break;
+                }
+                Err(e) => {
+                    if e.is_connection() {
+                        shared.set_serving(false).await;
+                        tracing::warn!(error = %e, retry_in = ?backoff, "database unreachable; batch kept, retrying");
+                    } else {
+                        tracing::error!(error = %e, retry_in = ?backoff, "batch could not be stored; retrying");
+                    }
+                    tokio::select! {
+                        // Not stored, offsets not stored: replayed next time.
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        for (partition, offset) in &pending.offsets {
+            // store_offset stores offset + 1 itself: the next record to read.
+            if let Err(e) = consumer.store_offset(&topic, *partition, *offset) {
+                tracing::warn!(partition, offset, error = %e, "offset not stored; the batch may be replayed (harmless)");
+            }
+        }
+        if shared.live.receiver_count() > 0 {
+            let _ = shared.live.send(Arc::new(pending.batch.rows));
+        }
+    }
+}

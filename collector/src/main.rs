@@ -1,0 +1,146 @@
+//! `headroom-collector`: serve (the default) or administer the store.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use headroom_collector::{CollectorConfig, admin, ingest::IngestOptions, store};
+use headroom_serving::{grpc::GrpcOptions, shutdown, telemetry};
+
+/// Consumes Headroom usage samples from Kafka into PostgreSQL and answers
+/// queries over them (gRPC headroom.v1.Collector).
+#[derive(Debug, Parser)]
+#[command(name = "headroom-collector", version)]
+struct Cli {
+    /// PostgreSQL URL.
+    #[arg(
+        long,
+        global = true,
+        env = "HEADROOM_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/headroom"
+    )]
+    database_url: String,
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        env = "HEADROOM_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: telemetry::LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// gRPC listen address.
+    #[arg(long, env = "HEADROOM_LISTEN", default_value = "127.0.0.1:50052")]
+    listen: SocketAddr,
+    /// Largest database connection pool.
+    #[arg(long, env = "HEADROOM_DB_CONNECTIONS", default_value_t = 8)]
+    db_connections: u32,
+    /// Serve queries only; do not consume the usage topic.
+    #[arg(long, env = "HEADROOM_NO_INGEST")]
+    no_ingest: bool,
+    #[command(flatten)]
+    ingest: IngestOptions,
+    #[command(flatten)]
+    grpc: GrpcOptions,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Consume and serve (the default).
+    Serve,
+    /// Administer the store.
+    Admin {
+        #[command(subcommand)]
+        action: AdminCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Apply the schema's migrations.
+    Migrate,
+    /// Drop every table and recreate the schema empty.
+    Reset {
+        /// Required: confirms that every stored sample is to be deleted.
+        #[arg(long)]
+        confirm: bool,
+    },
+    /// Write a selection of samples as CSV.
+    Dump {
+        #[command(flatten)]
+        selection: admin::DumpSelection,
+        /// Output file; standard output when absent.
+        #[arg(long, short)]
+        out: Option<std::path::PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    if let Err(e) = run(cli).await {
+        eprintln!("headroom-collector: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        None | Some(Command::Serve) => {
+            let listener = tokio::net::TcpListener::bind(cli.serve.listen)
+                .await
+                .with_context(|| format!("while binding {}", cli.serve.listen))?;
+            let config = CollectorConfig {
+                database_url: cli.database_url,
+                max_connections: cli.serve.db_connections,
+                ingest: (!cli.serve.no_ingest).then_some(cli.serve.ingest),
+                grpc: cli.serve.grpc,
+            };
+            headroom_collector::run(listener, shutdown::on_signals(), config).await?;
+        }
+        Some(Command::Admin { action }) => {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(2)
+                .connect(&cli.database_url)
+                .await
+                .context("while connecting to the database")?;
+            match action {
+                AdminCommand::Migrate => {
+                    admin::migrate(&pool).await?;
+                    eprintln!(
+                        "schema up to date ({} migrations)",
+                        store::MIGRATOR.iter().count()
+                    );
+                }
+                AdminCommand::Reset { confirm } => {
+                    admin::reset(&pool, confirm).await?;
+                    eprintln!("store reset: every table dropped and recreated empty");
+                }
+                AdminCommand::Dump { selection, out } => {
+                    let n = match out {
+                        Some(path) => {
+                            let file = std::fs::File::create(&path)
+                                .with_context(|| format!("while creating {}", path.display()))?;
+                            admin::dump(&pool, &selection, &mut std::io::BufWriter::new(file))
+                                .await?
+                        }
+                        None => {
+                            admin::dump(&pool, &selection, &mut std::io::stdout().lock()).await?
+                        }
+                    };
+                    eprintln!("{n} samples written");
+                }
+            }
+        }
+    }
+    Ok(())
+}

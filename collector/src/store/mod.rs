@@ -1,0 +1,105 @@
+//! PostgreSQL: the embedded schema, the name lookups, batch writes and the
+//! queries the API answers.
+
+mod query;
+mod write;
+
+pub use query::*;
+pub use write::{Batch, WritePath, WriteReport, write_batch};
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use tokio::sync::RwLock;
+
+use crate::error::Result;
+
+/// The embedded migrations (`collector/migrations`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A pool that connects on first use, so the collector starts (and reports
+/// NOT_SERVING) while the database is still down.
+pub fn lazy_pool(url: &str, max_connections: u32) -> Result<PgPool> {
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(url)?)
+}
+
+/// Applies the embedded migrations.
+pub async fn migrate(pool: &PgPool) -> Result<()> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// Name-to-id maps of the lookup tables, filled as new names arrive. Ids are
+/// stable: a name, once stored, keeps its id.
+#[derive(Debug, Default)]
+pub struct Lookups {
+    services: RwLock<HashMap<String, i32>>,
+    resources: RwLock<HashMap<String, i32>>,
+}
+
+impl Lookups {
+    /// A shared, empty cache.
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// Ids of `names` (services), inserting the ones not stored yet.
+    pub async fn service_ids(&self, pool: &PgPool, names: &[&str]) -> Result<HashMap<String, i32>> {
+        let mut out = HashMap::with_capacity(names.len());
+        let mut missing = Vec::new();
+        {
+            let cache = self.services.read().await;
+            for n in names {
+                match cache.get(*n) {
+                    Some(id) => {
+                        out.insert((*n).to_string(), *id);
+                    }
+                    None => missing.push((*n).to_string()),
+                }
+            }
+        }
+        if !missing.is_empty() {
+            missing.sort();
+            missing.dedup();
+            // DO UPDATE (a no-op) so RETURNING yields existing rows too.
+            let rows: Vec<(i32, String)> = sqlx::query_as(
+                "INSERT INTO services (name) SELECT * FROM UNNEST($1::text[]) \
+                 ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id, name",
+            )
+            .bind(&missing)
+            .fetch_all(pool)
+            .await?;
+            let mut cache = self.services.write().await;
+            for (id, name) in rows {
+                cache.insert(name.clone(), id);
+                out.insert(name, id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ids of every resource.
+    pub async fn resource_ids(&self, pool: &PgPool) -> Result<HashMap<String, i32>> {
+        {
+            let cache = self.resources.read().await;
+            if !cache.is_empty() {
+                return Ok(cache.clone());
+            }
+        }
+        let rows: Vec<(i32, String)> = sqlx::query_as("SELECT id, name FROM resources")
+            .fetch_all(pool)
+            .await?;
+        let map: HashMap<String, i32> = rows.into_iter().map(|(id, n)| (n, id)).collect();
+        *self.resources.write().await = map.clone();
+        Ok(map)
+    }
+
+    /// Forgets every cached id (after `admin reset`).
+    pub async fn clear(&self) {
+        self.services.write().await.clear();
+        self.resources.write().await.clear();
+    }
+}

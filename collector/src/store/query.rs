@@ -1,0 +1,401 @@
+//! Read queries: lookups, tasks, series, statistics and exports. Every value
+//! reaches SQL as a bound parameter.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgPool};
+
+use crate::error::{Error, Result};
+
+/// A filter with names resolved to ids. `None` means "all".
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Service ids.
+    pub service_ids: Option<Vec<i32>>,
+    /// Resource ids.
+    pub resource_ids: Option<Vec<i32>>,
+    /// Task ids.
+    pub task_ids: Option<Vec<String>>,
+    /// Inclusive start.
+    pub start: Option<DateTime<Utc>>,
+    /// Exclusive end.
+    pub end: Option<DateTime<Utc>>,
+}
+
+/// Resolves names to ids; unknown names are `NotFound`, naming each one.
+pub async fn resolve_filter(
+    pool: &PgPool,
+    services: &[String],
+    resources: &[String],
+    task_ids: &[String],
+    start: Option<DateTime<Utc>>,
+    end: Option<DateTime<Utc>>,
+) -> Result<Filter> {
+    if let (Some(s), Some(e)) = (start, end)
+        && s >= e
+    {
+        return Err(Error::InvalidArgument(format!(
+            "time range is empty or reversed: start {s} is not before end {e}"
+        )));
+    }
+    let service_ids = resolve_names(pool, "services", "service", services).await?;
+    let resource_ids = resolve_names(pool, "resources", "resource", resources).await?;
+    let task_ids = if task_ids.is_empty() {
+        None
+    } else {
+        let found: Vec<String> = sqlx::query_scalar("SELECT id FROM tasks WHERE id = ANY($1)")
+            .bind(task_ids)
+            .fetch_all(pool)
+            .await?;
+        let missing: Vec<&String> = task_ids.iter().filter(|t| !found.contains(t)).collect();
+        if !missing.is_empty() {
+            return Err(Error::NotFound(format!(
+                "unknown task(s): {}",
+                join(&missing)
+            )));
+        }
+        Some(task_ids.to_vec())
+    };
+    Ok(Filter {
+        service_ids,
+        resource_ids,
+        task_ids,
+        start,
+        end,
+    })
+}
+
+fn join(items: &[&String]) -> String {
+    items
+        .iter()
+        .map(|s| format!("{s:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn resolve_names(
+    pool: &PgPool,
+    table: &str,
+    what: &str,
+    names: &[String],
+) -> Result<Option<Vec<i32>>> {
+    if names.is_empty() {
+        return Ok(None);
+    }
+    // `table` is one of two constants above, never input.
+    let rows: Vec<(i32, String)> = sqlx::query_as(&format!(
+        "SELECT id, name FROM {table} WHERE name = ANY($1)"
+    ))
+    .bind(names)
+    .fetch_all(pool)
+    .await?;
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| !rows.iter().any(|(_, name)| name == *n))
+        .collect();
+    if !missing.is_empty() {
+        let known: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT name FROM {table} ORDER BY name LIMIT 50"))
+                .fetch_all(pool)
+                .await?;
+        return Err(Error::NotFound(format!(
+            "unknown {what}(s): {} (known: {})",
+            join(&missing),
+            known.join(", ")
+        )));
+    }
+    Ok(Some(rows.into_iter().map(|(id, _)| id).collect()))
+}
+
+/// A row of a lookup table.
+#[derive(Debug, Clone, FromRow)]
+pub struct NamedRow {
+    /// Id.
+    pub id: i32,
+    /// Name.
+    pub name: String,
+}
+
+/// Every service, by name.
+pub async fn list_services(pool: &PgPool) -> Result<Vec<NamedRow>> {
+    Ok(
+        sqlx::query_as("SELECT id, name FROM services ORDER BY name")
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+/// A resource with its unit.
+#[derive(Debug, Clone, FromRow)]
+pub struct ResourceRow {
+    /// Id.
+    pub id: i32,
+    /// Name.
+    pub name: String,
+    /// Unit.
+    pub unit: String,
+}
+
+/// Every resource, by name.
+pub async fn list_resources(pool: &PgPool) -> Result<Vec<ResourceRow>> {
+    Ok(
+        sqlx::query_as("SELECT id, name, unit FROM resources ORDER BY name")
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+/// A stored task.
+#[derive(Debug, Clone, FromRow)]
+pub struct TaskRow {
+    /// Id.
+    pub id: String,
+    /// Start.
+    pub start_ts: DateTime<Utc>,
+    /// End, if reported.
+    pub end_ts: Option<DateTime<Utc>>,
+    /// Services, sorted.
+    pub services: Vec<String>,
+}
+
+/// Tasks, newest first, from `offset`, at most `limit`.
+pub async fn list_tasks(
+    pool: &PgPool,
+    service: Option<&str>,
+    start: Option<DateTime<Utc>>,
+    end: Option<DateTime<Utc>>,
+    offset: i64,
+    limit: i64,
+) -> Result<Vec<TaskRow>> {
+    Ok(sqlx::query_as(
+        "SELECT id, start_ts, end_ts, services FROM tasks \
+         WHERE ($1::text IS NULL OR $1 = ANY(services)) \
+           AND ($2::timestamptz IS NULL OR start_ts >= $2) \
+           AND ($3::timestamptz IS NULL OR start_ts < $3) \
+         ORDER BY start_ts DESC, id OFFSET $4 LIMIT $5",
+    )
+    .bind(service)
+    .bind(start)
+    .bind(end)
+    .bind(offset)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// One task by id.
+pub async fn get_task(pool: &PgPool, id: &str) -> Result<Option<TaskRow>> {
+    Ok(
+        sqlx::query_as("SELECT id, start_ts, end_ts, services FROM tasks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
+/// Tasks by id.
+pub async fn get_tasks(pool: &PgPool, ids: &[String]) -> Result<Vec<TaskRow>> {
+    Ok(
+        sqlx::query_as("SELECT id, start_ts, end_ts, services FROM tasks WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+/// The key of a series.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct SeriesKey {
+    /// Task id.
+    pub task_id: String,
+    /// Service id.
+    pub service_id: i32,
+    /// Resource id.
+    pub resource_id: i32,
+    /// Service name.
+    pub service: String,
+    /// Resource name.
+    pub resource: String,
+}
+
+/// Series matching `filter`, in key order, after `after`, at most `limit`.
+pub async fn list_series(
+    pool: &PgPool,
+    filter: &Filter,
+    after: Option<(String, i32, i32)>,
+    limit: i64,
+) -> Result<Vec<SeriesKey>> {
+    let (at, asvc, ares) = match after {
+        Some((t, s, r)) => (Some(t), Some(s), Some(r)),
+        None => (None, None, None),
+    };
+    Ok(sqlx::query_as(
+        "SELECT x.task_id, x.service_id, x.resource_id, s.name AS service, r.name AS resource \
+         FROM series x JOIN services s ON s.id = x.service_id JOIN resources r ON r.id = x.resource_id \
+         WHERE ($1::int[] IS NULL OR x.service_id = ANY($1)) \
+           AND ($2::int[] IS NULL OR x.resource_id = ANY($2)) \
+           AND ($3::text[] IS NULL OR x.task_id = ANY($3)) \
+           AND ($4::timestamptz IS NULL OR x.last_ts >= $4) \
+           AND ($5::timestamptz IS NULL OR x.first_ts < $5) \
+           AND ($6::text IS NULL OR (x.task_id, x.service_id, x.resource_id) > ($6, $7, $8)) \
+         ORDER BY x.task_id, x.service_id, x.resource_id LIMIT $9",
+    )
+    .bind(&filter.service_ids)
+    .bind(&filter.resource_ids)
+    .bind(&filter.task_ids)
+    .bind(filter.start)
+    .bind(filter.end)
+    .bind(at)
+    .bind(asvc)
+    .bind(ares)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// How a downsampled step combines its samples.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StepAggregate {
+    /// Mean.
+    Mean,
+    /// Minimum.
+    Min,
+    /// Maximum.
+    Max,
+    /// Percentile as a fraction in (0, 1].
+    Percentile(f64),
+}
+
+/// Points of one series: raw when `step_us` is `None`, else one per step.
+/// At most `limit` points.
+pub async fn series_points(
+    pool: &PgPool,
+    key: &SeriesKey,
+    filter: &Filter,
+    step: Option<(i64, StepAggregate)>,
+    limit: i64,
+) -> Result<Vec<(DateTime<Utc>, f64)>> {
+    let base = "FROM samples WHERE task_id = $1 AND service_id = $2 AND resource_id = $3 \
+                AND ($4::timestamptz IS NULL OR ts >= $4) AND ($5::timestamptz IS NULL OR ts < $5)";
+    let query = match step {
+        None => format!("SELECT ts, value {base} ORDER BY ts LIMIT $6"),
+        Some((_, agg)) => {
+            let expr = match agg {
+                StepAggregate::Mean => "avg(value)",
+                StepAggregate::Min => "min(value)",
+                StepAggregate::Max => "max(value)",
+                StepAggregate::Percentile(_) => "percentile_cont($8) WITHIN GROUP (ORDER BY value)",
+            };
+            format!(
+                "SELECT date_bin($7::bigint * interval '1 microsecond', ts, timestamptz 'epoch') AS b, {expr} \
+                 {base} GROUP BY b ORDER BY b LIMIT $6"
+            )
+        }
+    };
+    let mut q = sqlx::query_as::<_, (DateTime<Utc>, f64)>(&query)
+        .bind(&key.task_id)
+        .bind(key.service_id)
+        .bind(key.resource_id)
+        .bind(filter.start)
+        .bind(filter.end)
+        .bind(limit);
+    if let Some((step_us, agg)) = step {
+        q = q.bind(step_us);
+        if let StepAggregate::Percentile(p) = agg {
+            q = q.bind(p);
+        }
+    }
+    Ok(q.fetch_all(pool).await?)
+}
+
+/// Summary statistics of one (service, resource) pair.
+#[derive(Debug, Clone, FromRow)]
+pub struct StatRow {
+    /// Service name.
+    pub service: String,
+    /// Resource name.
+    pub resource: String,
+    /// Unit.
+    pub unit: String,
+    /// Samples.
+    pub count: i64,
+    /// Minimum.
+    pub min: f64,
+    /// Mean.
+    pub mean: f64,
+    /// Maximum.
+    pub max: f64,
+    /// Population standard deviation.
+    pub stddev: f64,
+    /// p50, p90, p95, p99 (linear interpolation between closest ranks).
+    pub percentiles: Vec<f64>,
+}
+
+/// Statistics per (service, resource) over the filtered samples.
+pub async fn usage_stats(pool: &PgPool, filter: &Filter) -> Result<Vec<StatRow>> {
+    Ok(sqlx::query_as(
+        "SELECT s.name AS service, r.name AS resource, r.unit, count(*) AS count, \
+                min(x.value) AS min, avg(x.value) AS mean, max(x.value) AS max, \
+                coalesce(stddev_pop(x.value), 0) AS stddev, \
+                percentile_cont(ARRAY[0.5, 0.9, 0.95, 0.99]::float8[]) WITHIN GROUP (ORDER BY x.value) AS percentiles \
+         FROM samples x JOIN services s ON s.id = x.service_id JOIN resources r ON r.id = x.resource_id \
+         WHERE ($1::int[] IS NULL OR x.service_id = ANY($1)) \
+           AND ($2::int[] IS NULL OR x.resource_id = ANY($2)) \
+           AND ($3::text[] IS NULL OR x.task_id = ANY($3)) \
+           AND ($4::timestamptz IS NULL OR x.ts >= $4) \
+           AND ($5::timestamptz IS NULL OR x.ts < $5) \
+         GROUP BY s.name, r.name, r.unit ORDER BY s.name, r.name",
+    )
+    .bind(&filter.service_ids)
+    .bind(&filter.resource_ids)
+    .bind(&filter.task_ids)
+    .bind(filter.start)
+    .bind(filter.end)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// A sample with its task's start, for exports.
+#[derive(Debug, Clone, FromRow)]
+pub struct ExportRow {
+    /// Task id.
+    pub task_id: String,
+    /// Service id.
+    pub service_id: i32,
+    /// Resource id.
+    pub resource_id: i32,
+    /// Value.
+    pub value: f64,
+    /// Time.
+    pub ts: DateTime<Utc>,
+    /// The task's start.
+    pub start_ts: DateTime<Utc>,
+}
+
+/// The export query: samples with their task's start, in key order.
+pub fn export_query() -> &'static str {
+    "SELECT x.task_id, x.service_id, x.resource_id, x.value, x.ts, t.start_ts \
+     FROM samples x JOIN tasks t ON t.id = x.task_id \
+     WHERE ($1::int[] IS NULL OR x.service_id = ANY($1)) \
+       AND ($2::int[] IS NULL OR x.resource_id = ANY($2)) \
+       AND ($3::text[] IS NULL OR x.task_id = ANY($3)) \
+       AND ($4::timestamptz IS NULL OR x.ts >= $4) \
+       AND ($5::timestamptz IS NULL OR x.ts < $5) \
+     ORDER BY x.task_id, x.service_id, x.resource_id, x.ts"
+}
+
+/// Id-to-name maps of both lookup tables.
+pub async fn names(pool: &PgPool) -> Result<(HashMap<i32, String>, HashMap<i32, String>)> {
+    let services = list_services(pool)
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r.name))
+        .collect();
+    let resources = list_resources(pool)
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r.name))
+        .collect();
+    Ok((services, resources))
+}

@@ -1,0 +1,116 @@
+//! Helpers shared by the collector's integration tests: record builders,
+//! a producer, and a collector started in-process on 127.0.0.1:0.
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use headroom_collector::{CollectorConfig, ingest::IngestOptions};
+use headroom_proto::{
+    time::from_unix_ms,
+    v1::{Measurement, ServiceUsage, UsageMessage, usage_message::Body},
+};
+use headroom_serving::grpc::GrpcOptions;
+use headroom_testkit as kit;
+use prost::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+/// 2026-01-01T00:00:00Z in ms: a fixed, past origin for test samples.
+pub const T0: i64 = 1_767_225_600_000;
+
+/// One encoded usage record.
+pub fn usage(task: &str, service: &str, ts_ms: i64, measurements: &[(&str, f64)]) -> Vec<u8> {
+    UsageMessage {
+        body: Some(Body::Usage(ServiceUsage {
+            host: "test-host".into(),
+            service: service.into(),
+            task_id: task.into(),
+            task_start: Some(from_unix_ms(T0)),
+            ts: Some(from_unix_ms(ts_ms)),
+            measurements: measurements
+                .iter()
+                .map(|(r, v)| Measurement {
+                    resource: (*r).into(),
+                    value: *v,
+                })
+                .collect(),
+            interval_seconds: 1.0,
+            sequence: 0,
+            task_services: vec!["api".into(), "db".into(), "worker".into()],
+        })),
+    }
+    .encode_to_vec()
+}
+
+/// Produces `(key, payload)` records, optionally to a fixed partition, and
+/// waits for every delivery.
+pub async fn produce(
+    topic: &str,
+    records: &[(String, Vec<u8>)],
+    partition: Option<i32>,
+) -> anyhow::Result<()> {
+    let producer: FutureProducer = kit::producer_config().set("linger.ms", "5").create()?;
+    let sends = records.iter().map(|(key, payload)| {
+        let mut record = FutureRecord::to(topic)
+            .key(key.as_str())
+            .payload(payload.as_slice());
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        producer.send(record, Duration::from_secs(30))
+    });
+    for result in futures::future::join_all(sends).await {
+        result.map_err(|(e, _)| e)?;
+    }
+    Ok(())
+}
+
+/// Ingest options for a test topic, with a unique group and the short
+/// session timeout tansu wants.
+pub fn ingest_options(topic: &str) -> IngestOptions {
+    let mut options = IngestOptions::new(kit::kafka_brokers(), topic);
+    options.group = kit::unique_name("collector");
+    options.session_timeout = Duration::from_secs(6);
+    options.batch_wait = Duration::from_millis(50);
+    options.partitions = 3;
+    options
+}
+
+/// A collector in-process.
+pub async fn start(database_url: &str, ingest: IngestOptions) -> anyhow::Result<kit::TestServer> {
+    let config = CollectorConfig {
+        database_url: database_url.to_string(),
+        max_connections: 4,
+        ingest: Some(ingest),
+        grpc: GrpcOptions::default(),
+    };
+    kit::spawn_server(move |listener, shutdown| headroom_collector::run(listener, shutdown, config))
+        .await
+}
+
+/// Rows in `samples`, 0 while the schema does not exist yet.
+pub async fn count_samples(pool: &sqlx::PgPool, task: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM samples WHERE task_id = $1")
+        .bind(task)
+        .fetch_one(pool)
+        .await
+        .unwrap_or(0)
+}
+
+/// Waits until `task` has exactly `want` rows (fails on more, or timeout).
+pub async fn wait_for_rows(
+    pool: &sqlx::PgPool,
+    task: &str,
+    want: i64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let got = kit::eventually(&format!("{want} rows of task {task}"), timeout, || async {
+        let n = count_samples(pool, task).await;
+        (n >= want).then_some(n)
+    })
+    .await?;
+    anyhow::ensure!(
+        got == want,
+        "task {task}: {got} rows stored, want exactly {want}"
+    );
+    Ok(())
+}
