@@ -310,10 +310,18 @@ impl Collector for CollectorApi {
         let resources: HashSet<String> = r.resources.into_iter().collect();
         let tasks: HashSet<String> = r.task_ids.into_iter().collect();
         let mut live = self.shared.live.subscribe();
+        let shutdown = self.shared.shutdown.clone();
         let (tx, rx) = mpsc::channel::<Result<v1::Sample, Status>>(1024);
         tokio::spawn(async move {
             loop {
-                let rows = match live.recv().await {
+                let received = tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("collector is shutting down"))).await;
+                        return;
+                    }
+                    r = live.recv() => r,
+                };
+                let rows = match received {
                     Ok(rows) => rows,
                     Err(RecvError::Closed) => return,
                     Err(RecvError::Lagged(n)) => {

@@ -47,6 +47,9 @@ pub struct Shared {
     pub lookups: Arc<Lookups>,
     /// Samples as they are committed, for `StreamUsage`.
     pub live: broadcast::Sender<Arc<Vec<Row>>>,
+    /// Cancelled at shutdown, so long-lived streams end and the server can
+    /// drain.
+    pub shutdown: CancellationToken,
     health: HealthReporter,
 }
 
@@ -79,6 +82,7 @@ pub async fn run(
         pool,
         lookups: Lookups::new(),
         live,
+        shutdown: shutdown.clone(),
         health,
     });
     shared.set_serving(false).await;

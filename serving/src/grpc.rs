@@ -14,7 +14,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{codegen::http, service::Routes, transport::Server};
 use tower::{Layer, Service, ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 /// Limits shared by every server; flattened into each binary's options.
 #[derive(Debug, Clone, clap::Args)]
@@ -76,7 +76,12 @@ pub async fn serve(
         .add_service(reflection_v1alpha);
 
     let stack = ServiceBuilder::new()
-        .layer(TraceLayer::new_for_grpc())
+        // Failed calls are mostly callers' mistakes (NOT_FOUND,
+        // INVALID_ARGUMENT): not an operator's alarm.
+        .layer(
+            TraceLayer::new_for_grpc()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
         .layer(RequestMetricsLayer)
         .layer(GlobalConcurrencyLimitLayer::new(
             options.concurrency_limit.max(1),
