@@ -1,0 +1,4 @@
+//! Measuring one target: counters turned into rates, cgroup v2 accounting.
+
+pub mod cgroup;
+pub mod counters;
