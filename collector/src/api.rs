@@ -369,13 +369,8 @@ impl Collector for CollectorApi {
         let pool = self.shared.pool.clone();
         let (tx, rx) = mpsc::channel::<Result<v1::ExportSamplesResponse, Status>>(4);
         tokio::spawn(async move {
-            let mut rows = sqlx::query_as::<_, store::ExportRow>(store::export_query())
-                .bind(&filter.service_ids)
-                .bind(&filter.resource_ids)
-                .bind(&filter.task_ids)
-                .bind(filter.start)
-                .bind(filter.end)
-                .fetch(&pool)
+            let query = store::export_query();
+            let mut rows = store::export_rows(&pool, &filter, &query)
                 .map_err(Error::from)
                 .chunks(chunk);
             let mut seen_tasks = HashSet::new();

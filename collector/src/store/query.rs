@@ -334,26 +334,39 @@ pub struct StatRow {
 
 /// Statistics per (service, resource) over the filtered samples.
 pub async fn usage_stats(pool: &PgPool, filter: &Filter) -> Result<Vec<StatRow>> {
-    Ok(sqlx::query_as(
+    let query = format!(
         "SELECT s.name AS service, r.name AS resource, r.unit, count(*) AS count, \
                 min(x.value) AS min, avg(x.value) AS mean, max(x.value) AS max, \
                 coalesce(stddev_pop(x.value), 0) AS stddev, \
                 percentile_cont(ARRAY[0.5, 0.9, 0.95, 0.99]::float8[]) WITHIN GROUP (ORDER BY x.value) AS percentiles \
          FROM samples x JOIN services s ON s.id = x.service_id JOIN resources r ON r.id = x.resource_id \
-         WHERE ($1::int[] IS NULL OR x.service_id = ANY($1)) \
-           AND ($2::int[] IS NULL OR x.resource_id = ANY($2)) \
-           AND ($3::text[] IS NULL OR x.task_id = ANY($3)) \
-           AND ($4::timestamptz IS NULL OR x.ts >= $4) \
-           AND ($5::timestamptz IS NULL OR x.ts < $5) \
-         GROUP BY s.name, r.name, r.unit ORDER BY s.name, r.name",
-    )
-    .bind(&filter.service_ids)
-    .bind(&filter.resource_ids)
-    .bind(&filter.task_ids)
-    .bind(filter.start)
-    .bind(filter.end)
-    .fetch_all(pool)
-    .await?)
+         WHERE {SAMPLE_FILTER} \
+         GROUP BY s.name, r.name, r.unit ORDER BY s.name, r.name"
+    );
+    Ok(bind_filter(sqlx::query_as(&query), filter)
+        .fetch_all(pool)
+        .await?)
+}
+
+/// The WHERE clause selecting `samples x` rows by a [`Filter`], with its
+/// values in parameters $1 to $5 (see [`bind_filter`]).
+const SAMPLE_FILTER: &str = "($1::int[] IS NULL OR x.service_id = ANY($1)) \
+     AND ($2::int[] IS NULL OR x.resource_id = ANY($2)) \
+     AND ($3::text[] IS NULL OR x.task_id = ANY($3)) \
+     AND ($4::timestamptz IS NULL OR x.ts >= $4) \
+     AND ($5::timestamptz IS NULL OR x.ts < $5)";
+
+/// Binds a filter's values to $1 to $5 of a query using [`SAMPLE_FILTER`].
+fn bind_filter<'q, O>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    filter: &'q Filter,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    query
+        .bind(&filter.service_ids)
+        .bind(&filter.resource_ids)
+        .bind(&filter.task_ids)
+        .bind(filter.start)
+        .bind(filter.end)
 }
 
 /// A sample with its task's start, for exports.
@@ -373,16 +386,23 @@ pub struct ExportRow {
     pub start_ts: DateTime<Utc>,
 }
 
-/// The export query: samples with their task's start, in key order.
-pub fn export_query() -> &'static str {
-    "SELECT x.task_id, x.service_id, x.resource_id, x.value, x.ts, t.start_ts \
-     FROM samples x JOIN tasks t ON t.id = x.task_id \
-     WHERE ($1::int[] IS NULL OR x.service_id = ANY($1)) \
-       AND ($2::int[] IS NULL OR x.resource_id = ANY($2)) \
-       AND ($3::text[] IS NULL OR x.task_id = ANY($3)) \
-       AND ($4::timestamptz IS NULL OR x.ts >= $4) \
-       AND ($5::timestamptz IS NULL OR x.ts < $5) \
-     ORDER BY x.task_id, x.service_id, x.resource_id, x.ts"
+/// Samples matching `filter` with their task's start, streamed in key
+/// order (task, service, resource, time): exports and dumps.
+pub fn export_rows<'a>(
+    pool: &'a PgPool,
+    filter: &'a Filter,
+    query: &'a str,
+) -> futures::stream::BoxStream<'a, Result<ExportRow, sqlx::Error>> {
+    bind_filter(sqlx::query_as(query), filter).fetch(pool)
+}
+
+/// The statement behind [`export_rows`].
+pub fn export_query() -> String {
+    format!(
+        "SELECT x.task_id, x.service_id, x.resource_id, x.value, x.ts, t.start_ts \
+         FROM samples x JOIN tasks t ON t.id = x.task_id WHERE {SAMPLE_FILTER} \
+         ORDER BY x.task_id, x.service_id, x.resource_id, x.ts"
+    )
 }
 
 /// Id-to-name maps of both lookup tables.
