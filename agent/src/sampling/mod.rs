@@ -2,3 +2,6 @@
 
 pub mod cgroup;
 pub mod counters;
+pub mod target;
+
+pub use target::{Measured, Sampler, Selector, TargetError};
