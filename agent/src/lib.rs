@@ -5,4 +5,5 @@
 //! Built so far: the sampling primitives (counter deltas, cgroup v2
 //! accounting). Targets, publishing, the spool and the gRPC service follow.
 
+pub mod delivery;
 pub mod sampling;

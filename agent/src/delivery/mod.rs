@@ -1,0 +1,3 @@
+//! Getting samples to the broker: the on-disk spool for outages.
+
+pub mod spool;
