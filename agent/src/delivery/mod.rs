@@ -1,3 +1,7 @@
-//! Getting samples to the broker: the on-disk spool for outages.
+//! Getting samples to the broker: a bounded in-memory queue, the on-disk
+//! spool for outages, and the delivery task.
 
+pub mod publisher;
 pub mod spool;
+
+pub use publisher::{DeliveryStats, PublishError, Publisher, PublisherOptions};
