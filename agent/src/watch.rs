@@ -1,0 +1,394 @@
+//! The agent's running state and its two faces: the sampling loop (one tick
+//! per interval, aligned to the wall clock) and the `headroom.v1.Agent`
+//! gRPC service that changes and reports that state.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use headroom_proto::{
+    time::from_unix_ms,
+    v1::{self, agent_server::Agent, usage_message::Body},
+};
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::{delivery::Publisher, sampling::Sampler, targets::TargetSpec};
+
+/// A watched target and what it last measured.
+#[derive(Debug)]
+struct Watched {
+    spec: TargetSpec,
+    source: v1::TargetSource,
+    last_at_ms: Option<i64>,
+    last: Vec<(&'static str, f64)>,
+    processes: u32,
+    error: Option<String>,
+    sequence: u64,
+    last_tick: Option<Instant>,
+}
+
+/// Everything the loop and the API share.
+#[derive(Debug)]
+pub(crate) struct State {
+    host: String,
+    interval: Duration,
+    topic: String,
+    targets: BTreeMap<String, Watched>,
+    tasks: BTreeMap<String, v1::Task>,
+    /// The task of services outside any started task: this agent run.
+    idle_task: v1::Task,
+}
+
+impl State {
+    /// State for `host` with the given targets.
+    pub(crate) fn new(
+        host: String,
+        interval: Duration,
+        topic: String,
+        targets: Vec<TargetSpec>,
+    ) -> Self {
+        let now = now_ms();
+        let idle_task = v1::Task {
+            id: format!("{host}-{}", now / 1000),
+            start: Some(from_unix_ms(now)),
+            end: None,
+            services: Vec::new(),
+        };
+        let mut state = Self {
+            host,
+            interval,
+            topic,
+            targets: BTreeMap::new(),
+            tasks: BTreeMap::new(),
+            idle_task,
+        };
+        for spec in targets {
+            state.insert(spec, v1::TargetSource::Config);
+        }
+        state
+    }
+
+    fn insert(&mut self, spec: TargetSpec, source: v1::TargetSource) {
+        self.targets.insert(
+            spec.service.clone(),
+            Watched {
+                spec,
+                source,
+                last_at_ms: None,
+                last: Vec::new(),
+                processes: 0,
+                error: None,
+                sequence: 0,
+                last_tick: None,
+            },
+        );
+    }
+
+    fn task_of(&self, service: &str) -> &v1::Task {
+        self.tasks
+            .values()
+            .find(|t| t.services.iter().any(|s| s == service))
+            .unwrap_or(&self.idle_task)
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// The sampling loop: every interval (aligned to the wall clock) measures
+/// every target and publishes one record per service.
+pub(crate) async fn sample_loop(
+    state: Arc<Mutex<State>>,
+    publisher: Publisher,
+    shutdown: CancellationToken,
+) {
+    let sampler = Arc::new(Mutex::new(Sampler::new()));
+    let interval_ms = state
+        .lock()
+        .expect("state lock")
+        .interval
+        .as_millis()
+        .max(1) as i64;
+    loop {
+        let now = now_ms();
+        let next = (now / interval_ms + 1) * interval_ms;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis((next - now) as u64)) => {}
+        }
+        let state = state.clone();
+        let sampler = sampler.clone();
+        // Reading /proc for many processes is blocking work.
+        let records = tokio::task::spawn_blocking(move || tick(&state, &sampler, next)).await;
+        match records {
+            Ok(records) => {
+                for (key, payload) in records {
+                    publisher.publish(&key, payload);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "sampling tick panicked"),
+        }
+    }
+}
+
+/// One tick: measures every target, returns the records to publish.
+fn tick(state: &Mutex<State>, sampler: &Mutex<Sampler>, ts_ms: i64) -> Vec<(String, Vec<u8>)> {
+    let mut sampler = sampler.lock().expect("sampler lock");
+    sampler.refresh();
+    let mut state = state.lock().expect("state lock");
+    let host = state.host.clone();
+    let services: Vec<String> = state.targets.keys().cloned().collect();
+    let mut records = Vec::new();
+    for service in services {
+        let task = state.task_of(&service).clone();
+        let Some(w) = state.targets.get_mut(&service) else {
+            continue;
+        };
+        let now = Instant::now();
+        let elapsed = w
+            .last_tick
+            .map_or(0.0, |t| now.duration_since(t).as_secs_f64());
+        match sampler.measure(&service, &w.spec.selector, elapsed) {
+            Ok(m) => {
+                if w.error.take().is_some() {
+                    tracing::info!(service, "target sampled again");
+                }
+                w.last_tick = Some(now);
+                w.last_at_ms = Some(ts_ms);
+                w.processes = m.processes as u32;
+                w.last = m.values.clone();
+                w.sequence += 1;
+                let usage = v1::ServiceUsage {
+                    host: host.clone(),
+                    service: service.clone(),
+                    task_id: task.id.clone(),
+                    task_start: task.start,
+                    ts: Some(from_unix_ms(ts_ms)),
+                    measurements: m
+                        .values
+                        .iter()
+                        .map(|(r, v)| v1::Measurement {
+                            resource: (*r).to_string(),
+                            value: *v,
+                        })
+                        .collect(),
+                    interval_seconds: elapsed,
+                    sequence: w.sequence,
+                    task_services: task.services.clone(),
+                };
+                let payload = v1::UsageMessage {
+                    body: Some(Body::Usage(usage)),
+                }
+                .encode_to_vec();
+                records.push((service.clone(), payload));
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if w.error.as_deref() != Some(message.as_str()) {
+                    tracing::warn!(service, error = %message, "target not sampled");
+                }
+                w.error = Some(message);
+                w.last_tick = None;
+            }
+        }
+    }
+    records
+}
+
+/// The `headroom.v1.Agent` service.
+#[derive(Debug, Clone)]
+pub(crate) struct AgentApi {
+    state: Arc<Mutex<State>>,
+    publisher: Publisher,
+}
+
+impl AgentApi {
+    /// The service over the shared state.
+    pub(crate) fn new(state: Arc<Mutex<State>>, publisher: Publisher) -> Self {
+        Self { state, publisher }
+    }
+
+    fn publish_task(&self, task: &v1::Task, host: &str) {
+        let payload = v1::UsageMessage {
+            body: Some(Body::Task(v1::TaskEvent {
+                task: Some(task.clone()),
+                host: host.to_string(),
+            })),
+        }
+        .encode_to_vec();
+        self.publisher.publish(&task.id, payload);
+    }
+}
+
+fn status_of(w: &Watched, task_id: &str) -> v1::TargetStatus {
+    v1::TargetStatus {
+        target: Some(w.spec.to_proto()),
+        source: w.source as i32,
+        processes: w.processes,
+        error: w.error.clone().unwrap_or_default(),
+        last_sample_at: w.last_at_ms.map(from_unix_ms),
+        last_sample: w
+            .last
+            .iter()
+            .map(|(r, v)| v1::Measurement {
+                resource: (*r).to_string(),
+                value: *v,
+            })
+            .collect(),
+        task_id: task_id.to_string(),
+    }
+}
+
+#[tonic::async_trait]
+impl Agent for AgentApi {
+    async fn status(
+        &self,
+        _: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
+        let (buffered, spooled, spool_bytes) = self.publisher.depth();
+        let stats = &self.publisher.stats;
+        let state = self.state.lock().expect("state lock");
+        let targets = state
+            .targets
+            .values()
+            .map(|w| status_of(w, &state.task_of(&w.spec.service).id))
+            .collect();
+        let broker = if stats.broker_up.load(std::sync::atomic::Ordering::Relaxed) {
+            v1::BrokerState::Up
+        } else {
+            v1::BrokerState::Down
+        };
+        Ok(Response::new(v1::StatusResponse {
+            host: state.host.clone(),
+            targets,
+            tasks: state.tasks.values().cloned().collect(),
+            buffered,
+            spooled,
+            spool_bytes,
+            dropped: stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            delivered: stats.delivered.load(std::sync::atomic::Ordering::Relaxed),
+            broker: broker as i32,
+            interval_seconds: state.interval.as_secs_f64(),
+            topic: state.topic.clone(),
+        }))
+    }
+
+    async fn watch(
+        &self,
+        request: Request<v1::WatchRequest>,
+    ) -> Result<Response<v1::WatchResponse>, Status> {
+        let target = request
+            .into_inner()
+            .target
+            .ok_or_else(|| Status::invalid_argument("missing target"))?;
+        let spec =
+            TargetSpec::from_proto(&target).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut state = self.state.lock().expect("state lock");
+        let service = spec.service.clone();
+        state.insert(spec, v1::TargetSource::Api);
+        tracing::info!(service, "target watched");
+        let task = state.task_of(&service).id.clone();
+        Ok(Response::new(v1::WatchResponse {
+            status: state.targets.get(&service).map(|w| status_of(w, &task)),
+        }))
+    }
+
+    async fn unwatch(
+        &self,
+        request: Request<v1::UnwatchRequest>,
+    ) -> Result<Response<v1::UnwatchResponse>, Status> {
+        let service = request.into_inner().service;
+        let mut state = self.state.lock().expect("state lock");
+        if state.targets.remove(&service).is_none() {
+            return Err(Status::not_found(format!(
+                "no target for service {service:?}"
+            )));
+        }
+        tracing::info!(service, "target unwatched");
+        Ok(Response::new(v1::UnwatchResponse {}))
+    }
+
+    async fn start_task(
+        &self,
+        request: Request<v1::StartTaskRequest>,
+    ) -> Result<Response<v1::StartTaskResponse>, Status> {
+        let r = request.into_inner();
+        let (task, host) = {
+            let mut state = self.state.lock().expect("state lock");
+            if r.services.is_empty() {
+                return Err(Status::invalid_argument(
+                    "a task needs at least one service",
+                ));
+            }
+            let unknown: Vec<&String> = r
+                .services
+                .iter()
+                .filter(|s| !state.targets.contains_key(*s))
+                .collect();
+            if !unknown.is_empty() {
+                return Err(Status::invalid_argument(format!(
+                    "services not watched by this agent: {unknown:?}"
+                )));
+            }
+            if let Some(busy) = r
+                .services
+                .iter()
+                .find(|s| state.tasks.values().any(|t| t.services.contains(s)))
+            {
+                return Err(Status::failed_precondition(format!(
+                    "service {busy:?} already runs in another task"
+                )));
+            }
+            let id = if r.id.is_empty() {
+                format!("{}-{}", state.host, now_ms())
+            } else {
+                r.id
+            };
+            if state.tasks.contains_key(&id) {
+                return Err(Status::already_exists(format!(
+                    "task {id:?} is already running"
+                )));
+            }
+            let mut services = r.services;
+            services.sort();
+            services.dedup();
+            let task = v1::Task {
+                id: id.clone(),
+                start: Some(r.start.unwrap_or_else(|| from_unix_ms(now_ms()))),
+                end: None,
+                services,
+            };
+            state.tasks.insert(id, task.clone());
+            (task, state.host.clone())
+        };
+        self.publish_task(&task, &host);
+        tracing::info!(task = %task.id, "task started");
+        Ok(Response::new(v1::StartTaskResponse { task: Some(task) }))
+    }
+
+    async fn end_task(
+        &self,
+        request: Request<v1::EndTaskRequest>,
+    ) -> Result<Response<v1::EndTaskResponse>, Status> {
+        let id = request.into_inner().id;
+        let (task, host) = {
+            let mut state = self.state.lock().expect("state lock");
+            let Some(mut task) = state.tasks.remove(&id) else {
+                return Err(Status::not_found(format!("no running task {id:?}")));
+            };
+            task.end = Some(from_unix_ms(now_ms()));
+            (task, state.host.clone())
+        };
+        self.publish_task(&task, &host);
+        tracing::info!(task = %task.id, "task ended");
+        Ok(Response::new(v1::EndTaskResponse { task: Some(task) }))
+    }
+}

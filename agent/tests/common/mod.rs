@@ -1,0 +1,39 @@
+//! Child processes with known consumption, shared by the agent's tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::{path::PathBuf, process::Child};
+
+/// Runs `python3 -c code` under the process name `name` (a symlink to the
+/// interpreter: the kernel names a process after the file it executed).
+pub fn spawn_named(name: &str, code: &str) -> (Child, PathBuf) {
+    let python = which("python3");
+    let dir =
+        std::env::temp_dir().join(format!("headroom-agent-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let link = dir.join(name);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&python, &link).unwrap();
+    let child = std::process::Command::new(&link)
+        .arg("-c")
+        .arg(code)
+        .spawn()
+        .unwrap();
+    (child, dir)
+}
+
+/// The real interpreter behind `program` (PATH may hold a shim).
+pub fn which(program: &str) -> PathBuf {
+    let out = std::process::Command::new(program)
+        .args([
+            "-c",
+            "import os, sys; print(os.path.realpath(sys.executable))",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("{program} cannot run: {e}"));
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// Keeps its own CPU time at half its wall time (catching up after being
+/// preempted), so it averages half a core on a busy machine too.
+pub const BURN_HALF_A_CORE: &str = "import time\nstart = time.monotonic()\nbase = time.process_time()\nwhile True:\n    if time.process_time() - base < 0.5 * (time.monotonic() - start):\n        pass\n    else:\n        time.sleep(0.005)\n";
+pub const HOLD_200_MIB: &str = "import time\nx = bytearray(200 * 1024 * 1024)\nx[::4096] = b'\\x01' * (len(x) // 4096)\ntime.sleep(120)\n";
