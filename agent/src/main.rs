@@ -84,16 +84,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Err(e) => tracing::error!(error = %e, "target refused"),
         }
     }
-    let mut kafka_options = Vec::new();
-    for kv in &cli.kafka_options {
-        let (k, v) = kv.split_once('=').with_context(|| {
-            format!(
-                "kafka option {:?} is not key=value",
-                kv.split('=').next().unwrap_or_default()
-            )
-        })?;
-        kafka_options.push((k.trim().to_string(), v.trim().to_string()));
-    }
+    let kafka_options = headroom_serving::options::key_values(&cli.kafka_options)
+        .map_err(|e| anyhow::anyhow!("kafka {e}"))?;
     let host = if cli.host.is_empty() {
         sysinfo::System::host_name().unwrap_or_else(|| "localhost".into())
     } else {

@@ -132,18 +132,6 @@ async fn measured_usage_arrives_on_the_topic_with_the_task() -> anyhow::Result<(
     server.stop().await?;
     let _ = std::fs::remove_dir_all(spool);
 
-    let mean_cpu = cpu.iter().sum::<f64>() / cpu.len() as f64;
-    assert!(
-        (mean_cpu - 0.5).abs() <= 0.15,
-        "cpu {mean_cpu:.3} (ticks {cpu:?})"
-    );
-    let want = 200.0 * 1024.0 * 1024.0;
-    for m in memory {
-        assert!(
-            (m - want).abs() <= 0.15 * want,
-            "memory {:.0} MiB",
-            m / 1048576.0
-        );
-    }
+    assert_half_core_and_200_mib(&cpu, &memory);
     Ok(())
 }

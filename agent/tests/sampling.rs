@@ -47,19 +47,7 @@ fn measures_cpu_and_memory_of_processes_watched_by_name() {
     let _ = (burner.wait(), holder.wait());
     let _ = (std::fs::remove_dir_all(d1), std::fs::remove_dir_all(d2));
 
-    let mean_cpu = cpu.iter().sum::<f64>() / cpu.len() as f64;
-    assert!(
-        (mean_cpu - 0.5).abs() <= 0.15,
-        "cpu {mean_cpu:.3} cores (ticks {cpu:?}), want 0.5 ± 0.15"
-    );
-    let want = 200.0 * 1024.0 * 1024.0;
-    for m in memory {
-        assert!(
-            (m - want).abs() <= 0.15 * want,
-            "memory {:.0} MiB, want 200 MiB ± 15 %",
-            m / 1048576.0
-        );
-    }
+    assert_half_core_and_200_mib(&cpu, &memory);
 }
 
 #[test]

@@ -2,5 +2,6 @@
 //! gRPC stack (limits, request metrics, tracing spans, health, reflection).
 
 pub mod grpc;
+pub mod options;
 pub mod shutdown;
 pub mod telemetry;

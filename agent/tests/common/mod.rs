@@ -37,3 +37,22 @@ pub fn which(program: &str) -> PathBuf {
 /// preempted), so it averages half a core on a busy machine too.
 pub const BURN_HALF_A_CORE: &str = "import time\nstart = time.monotonic()\nbase = time.process_time()\nwhile True:\n    if time.process_time() - base < 0.5 * (time.monotonic() - start):\n        pass\n    else:\n        time.sleep(0.005)\n";
 pub const HOLD_200_MIB: &str = "import time\nx = bytearray(200 * 1024 * 1024)\nx[::4096] = b'\\x01' * (len(x) // 4096)\ntime.sleep(120)\n";
+
+/// Checks readings of the two children against what they consume: the
+/// burner's CPU ticks average 0.5 ± 0.15 cores, every memory reading of the
+/// holder is 200 MiB ± 15 %.
+pub fn assert_half_core_and_200_mib(cpu: &[f64], memory: &[f64]) {
+    let mean_cpu = cpu.iter().sum::<f64>() / cpu.len() as f64;
+    assert!(
+        (mean_cpu - 0.5).abs() <= 0.15,
+        "cpu {mean_cpu:.3} cores (ticks {cpu:?}), want 0.5 ± 0.15"
+    );
+    let want = 200.0 * 1024.0 * 1024.0;
+    for m in memory {
+        assert!(
+            (m - want).abs() <= 0.15 * want,
+            "memory {:.0} MiB, want 200 MiB ± 15 %",
+            m / 1048576.0
+        );
+    }
+}

@@ -98,14 +98,10 @@ impl IngestOptions {
     fn client_config(&self) -> Result<ClientConfig> {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
-        for kv in &self.kafka_options {
-            let Some((k, v)) = kv.split_once('=') else {
-                return Err(Error::InvalidArgument(format!(
-                    "kafka option {:?} is not key=value",
-                    kv.split('=').next().unwrap_or_default()
-                )));
-            };
-            config.set(k.trim(), v.trim());
+        let pairs = headroom_serving::options::key_values(&self.kafka_options)
+            .map_err(|e| Error::InvalidArgument(format!("kafka {e}")))?;
+        for (k, v) in pairs {
+            config.set(k, v);
         }
         Ok(config)
     }
