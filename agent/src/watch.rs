@@ -172,14 +172,7 @@ fn tick(state: &Mutex<State>, sampler: &Mutex<Sampler>, ts_ms: i64) -> Vec<(Stri
                     task_id: task.id.clone(),
                     task_start: task.start,
                     ts: Some(from_unix_ms(ts_ms)),
-                    measurements: m
-                        .values
-                        .iter()
-                        .map(|(r, v)| v1::Measurement {
-                            resource: (*r).to_string(),
-                            value: *v,
-                        })
-                        .collect(),
+                    measurements: measurements(&m.values),
                     interval_seconds: elapsed,
                     sequence: w.sequence,
                     task_services: task.services.clone(),
@@ -228,6 +221,17 @@ impl AgentApi {
     }
 }
 
+/// (resource, value) pairs as the wire carries them.
+fn measurements(values: &[(&'static str, f64)]) -> Vec<v1::Measurement> {
+    values
+        .iter()
+        .map(|(r, v)| v1::Measurement {
+            resource: (*r).to_string(),
+            value: *v,
+        })
+        .collect()
+}
+
 fn status_of(w: &Watched, task_id: &str) -> v1::TargetStatus {
     v1::TargetStatus {
         target: Some(w.spec.to_proto()),
@@ -235,14 +239,7 @@ fn status_of(w: &Watched, task_id: &str) -> v1::TargetStatus {
         processes: w.processes,
         error: w.error.clone().unwrap_or_default(),
         last_sample_at: w.last_at_ms.map(from_unix_ms),
-        last_sample: w
-            .last
-            .iter()
-            .map(|(r, v)| v1::Measurement {
-                resource: (*r).to_string(),
-                value: *v,
-            })
-            .collect(),
+        last_sample: measurements(&w.last),
         task_id: task_id.to_string(),
     }
 }
