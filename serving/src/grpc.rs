@@ -53,8 +53,12 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// How long connections may drain after shutdown begins.
+pub const DRAIN_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves `routes` (the service and its health server) on `listener` until
-/// `shutdown` is cancelled, then drains connections already accepted.
+/// `shutdown` is cancelled, then drains connections already accepted (for at most
+/// [`DRAIN_PERIOD`]).
 /// Reflection (v1 and v1alpha, for every grpcurl) is added here, over the
 /// `headroom.v1` and `grpc.health.v1` descriptor sets.
 pub async fn serve(
@@ -90,12 +94,26 @@ pub async fn serve(
 
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, "grpc server listening");
-    Server::builder()
+    let server = Server::builder()
         .timeout(options.request_timeout)
         .layer(stack)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
-        .await?;
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    // Idle clients may keep their connections open after the GOAWAY; they
+    // get a short drain period, not a veto over shutdown.
+    let drain_deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN_PERIOD).await;
+    };
+    tokio::select! {
+        served = server => served?,
+        _ = drain_deadline => {
+            tracing::warn!(?addr, "connections still open after the drain period; closed");
+        }
+    }
     tracing::info!(?addr, "grpc server stopped");
     Ok(())
 }

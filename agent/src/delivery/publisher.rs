@@ -188,7 +188,11 @@ impl Publisher {
         let mut topic_ready = false;
         loop {
             if !topic_ready {
-                topic_ready = self.ensure_topic().await;
+                // An unreachable broker must not hold up shutdown.
+                topic_ready = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    ready = self.ensure_topic() => ready,
+                };
             }
             let (chunk, from_spool) = self.next_chunk();
             if chunk.is_empty() {
@@ -355,7 +359,9 @@ impl Publisher {
         match admin
             .create_topics(
                 &[topic],
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(5))),
+                &AdminOptions::new()
+                    .operation_timeout(Some(Duration::from_secs(5)))
+                    .request_timeout(Some(self.options.delivery_timeout)),
             )
             .await
         {
