@@ -16,7 +16,11 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::{delivery::Publisher, sampling::Sampler, targets::TargetSpec};
+use crate::{
+    delivery::Publisher,
+    sampling::{Discovery, Sampler, Selector},
+    targets::TargetSpec,
+};
 
 /// A watched target and what it last measured.
 #[derive(Debug)]
@@ -41,6 +45,11 @@ pub(crate) struct State {
     tasks: BTreeMap<String, v1::Task>,
     /// The task of services outside any started task: this agent run.
     idle_task: v1::Task,
+    /// Container discovery and how often it runs.
+    discovery: Option<(Discovery, Duration)>,
+    last_discovery: Option<Instant>,
+    /// Services removed since the last tick, whose counters go too.
+    forgotten: Vec<String>,
 }
 
 impl State {
@@ -50,6 +59,7 @@ impl State {
         interval: Duration,
         topic: String,
         targets: Vec<TargetSpec>,
+        discovery: Option<(Discovery, Duration)>,
     ) -> Self {
         let now = now_ms();
         let idle_task = v1::Task {
@@ -65,11 +75,124 @@ impl State {
             targets: BTreeMap::new(),
             tasks: BTreeMap::new(),
             idle_task,
+            discovery,
+            last_discovery: None,
+            forgotten: Vec::new(),
         };
         for spec in targets {
             state.insert(spec, v1::TargetSource::Config);
         }
+        state.discover();
         state
+    }
+
+    /// Rescans the cgroup root when discovery is due: new containers are
+    /// watched, vanished ones dropped. Configured and API targets win over a
+    /// discovered container of the same name.
+    fn discover(&mut self) {
+        let Some((discovery, every)) = &self.discovery else {
+            return;
+        };
+        if self.last_discovery.is_some_and(|t| t.elapsed() < *every) {
+            return;
+        }
+        self.last_discovery = Some(Instant::now());
+        let found = discovery.scan();
+        let gone: Vec<String> = self
+            .targets
+            .iter()
+            .filter(|(service, w)| {
+                w.source == v1::TargetSource::Discovered
+                    && !matches!(
+                        (&w.spec.selector, found.get(*service)),
+                        (Selector::Cgroup(dir), Some(now)) if dir == now
+                    )
+            })
+            .map(|(service, _)| service.clone())
+            .collect();
+        for service in gone {
+            tracing::info!(service, "discovered container gone");
+            self.targets.remove(&service);
+            self.forgotten.push(service);
+        }
+        for (service, dir) in found {
+            if self.targets.contains_key(&service) {
+                continue;
+            }
+            tracing::info!(service, cgroup = %dir.display(), "container discovered");
+            self.insert(
+                TargetSpec {
+                    service,
+                    selector: Selector::Cgroup(dir),
+                },
+                v1::TargetSource::Discovered,
+            );
+        }
+    }
+
+    /// Starts a task over watched services (from the API or the flags).
+    pub(crate) fn start_task(
+        &mut self,
+        id: String,
+        services: Vec<String>,
+        start: Option<prost_types::Timestamp>,
+    ) -> Result<v1::Task, Status> {
+        if services.is_empty() {
+            return Err(Status::invalid_argument(
+                "a task needs at least one service",
+            ));
+        }
+        let unknown: Vec<&String> = services
+            .iter()
+            .filter(|s| !self.targets.contains_key(*s))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "services not watched by this agent: {unknown:?}"
+            )));
+        }
+        if let Some(busy) = services
+            .iter()
+            .find(|s| self.tasks.values().any(|t| t.services.contains(s)))
+        {
+            return Err(Status::failed_precondition(format!(
+                "service {busy:?} already runs in another task"
+            )));
+        }
+        let id = if id.is_empty() {
+            format!("{}-{}", self.host, now_ms())
+        } else {
+            id
+        };
+        if self.tasks.contains_key(&id) {
+            return Err(Status::already_exists(format!(
+                "task {id:?} is already running"
+            )));
+        }
+        let mut services = services;
+        services.sort();
+        services.dedup();
+        let task = v1::Task {
+            id: id.clone(),
+            start: Some(start.unwrap_or_else(|| from_unix_ms(now_ms()))),
+            end: None,
+            services,
+        };
+        self.tasks.insert(id, task.clone());
+        tracing::info!(task = %task.id, "task started");
+        Ok(task)
+    }
+
+    /// The Kafka record announcing a task's start or end.
+    pub(crate) fn task_record(&self, task: &v1::Task) -> (String, Vec<u8>) {
+        let payload = v1::UsageMessage {
+            body: Some(Body::Task(v1::TaskEvent {
+                task: Some(task.clone()),
+                host: self.host.clone(),
+            })),
+        }
+        .encode_to_vec();
+        (task.id.clone(), payload)
     }
 
     fn insert(&mut self, spec: TargetSpec, source: v1::TargetSource) {
@@ -142,8 +265,20 @@ pub(crate) async fn sample_loop(
 /// One tick: measures every target, returns the records to publish.
 fn tick(state: &Mutex<State>, sampler: &Mutex<Sampler>, ts_ms: i64) -> Vec<(String, Vec<u8>)> {
     let mut sampler = sampler.lock().expect("sampler lock");
-    sampler.refresh();
     let mut state = state.lock().expect("state lock");
+    state.discover();
+    // Containers are read from their cgroups; only process targets need
+    // the process table.
+    if state
+        .targets
+        .values()
+        .any(|w| !matches!(w.spec.selector, Selector::Cgroup(_)))
+    {
+        sampler.refresh();
+    }
+    for service in std::mem::take(&mut state.forgotten) {
+        sampler.forget(&service);
+    }
     let host = state.host.clone();
     let services: Vec<String> = state.targets.keys().cloned().collect();
     let mut records = Vec::new();
@@ -209,15 +344,9 @@ impl AgentApi {
         Self { state, publisher }
     }
 
-    fn publish_task(&self, task: &v1::Task, host: &str) {
-        let payload = v1::UsageMessage {
-            body: Some(Body::Task(v1::TaskEvent {
-                task: Some(task.clone()),
-                host: host.to_string(),
-            })),
-        }
-        .encode_to_vec();
-        self.publisher.publish(&task.id, payload);
+    fn publish_task(&self, record: (String, Vec<u8>)) {
+        let (key, payload) = record;
+        self.publisher.publish(&key, payload);
     }
 }
 
@@ -309,6 +438,7 @@ impl Agent for AgentApi {
                 "no target for service {service:?}"
             )));
         }
+        state.forgotten.push(service.clone());
         tracing::info!(service, "target unwatched");
         Ok(Response::new(v1::UnwatchResponse {}))
     }
@@ -318,56 +448,13 @@ impl Agent for AgentApi {
         request: Request<v1::StartTaskRequest>,
     ) -> Result<Response<v1::StartTaskResponse>, Status> {
         let r = request.into_inner();
-        let (task, host) = {
+        let (task, record) = {
             let mut state = self.state.lock().expect("state lock");
-            if r.services.is_empty() {
-                return Err(Status::invalid_argument(
-                    "a task needs at least one service",
-                ));
-            }
-            let unknown: Vec<&String> = r
-                .services
-                .iter()
-                .filter(|s| !state.targets.contains_key(*s))
-                .collect();
-            if !unknown.is_empty() {
-                return Err(Status::invalid_argument(format!(
-                    "services not watched by this agent: {unknown:?}"
-                )));
-            }
-            if let Some(busy) = r
-                .services
-                .iter()
-                .find(|s| state.tasks.values().any(|t| t.services.contains(s)))
-            {
-                return Err(Status::failed_precondition(format!(
-                    "service {busy:?} already runs in another task"
-                )));
-            }
-            let id = if r.id.is_empty() {
-                format!("{}-{}", state.host, now_ms())
-            } else {
-                r.id
-            };
-            if state.tasks.contains_key(&id) {
-                return Err(Status::already_exists(format!(
-                    "task {id:?} is already running"
-                )));
-            }
-            let mut services = r.services;
-            services.sort();
-            services.dedup();
-            let task = v1::Task {
-                id: id.clone(),
-                start: Some(r.start.unwrap_or_else(|| from_unix_ms(now_ms()))),
-                end: None,
-                services,
-            };
-            state.tasks.insert(id, task.clone());
-            (task, state.host.clone())
+            let task = state.start_task(r.id, r.services, r.start)?;
+            let record = state.task_record(&task);
+            (task, record)
         };
-        self.publish_task(&task, &host);
-        tracing::info!(task = %task.id, "task started");
+        self.publish_task(record);
         Ok(Response::new(v1::StartTaskResponse { task: Some(task) }))
     }
 
@@ -376,15 +463,16 @@ impl Agent for AgentApi {
         request: Request<v1::EndTaskRequest>,
     ) -> Result<Response<v1::EndTaskResponse>, Status> {
         let id = request.into_inner().id;
-        let (task, host) = {
+        let (task, record) = {
             let mut state = self.state.lock().expect("state lock");
             let Some(mut task) = state.tasks.remove(&id) else {
                 return Err(Status::not_found(format!("no running task {id:?}")));
             };
             task.end = Some(from_unix_ms(now_ms()));
-            (task, state.host.clone())
+            let record = state.task_record(&task);
+            (task, record)
         };
-        self.publish_task(&task, &host);
+        self.publish_task(record);
         tracing::info!(task = %task.id, "task ended");
         Ok(Response::new(v1::EndTaskResponse { task: Some(task) }))
     }

@@ -1,7 +1,10 @@
-//! Measuring one target: counters turned into rates, cgroup v2 accounting.
+//! Measuring one target: counters turned into rates, cgroup v2 accounting,
+//! and discovery of containers under a cgroup root.
 
 pub mod cgroup;
 pub mod counters;
+pub mod discovery;
 pub mod target;
 
+pub use discovery::{Discovery, DiscoveryError};
 pub use target::{Measured, Sampler, Selector, TargetError};

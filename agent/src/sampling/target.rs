@@ -112,7 +112,10 @@ impl Sampler {
                 .with_cpu()
                 .with_memory()
                 .with_disk_usage()
-                .with_cmd(sysinfo::UpdateKind::OnlyIfNotSet),
+                .with_cmd(sysinfo::UpdateKind::OnlyIfNotSet)
+                // Threads are summed into their process already; reading
+                // every /proc/<pid>/task/* would cost far more than /proc.
+                .without_tasks(),
         );
     }
 

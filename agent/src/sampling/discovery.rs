@@ -1,0 +1,195 @@
+//! Container discovery: walks a cgroup v2 tree and turns every directory
+//! whose path (relative to the root) matches a pattern into a watched
+//! service. The service name is the pattern's `service` capture, so the
+//! same code finds Docker's `docker-<id>.scope`, cgroupfs-driver
+//! `docker/<id>` and Kubernetes `kubepods…/cri-containerd-<id>.scope`
+//! directories, and users name their own layouts with their own patterns.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use regex::Regex;
+
+/// Patterns used when none are configured: Docker with the systemd and the
+/// cgroupfs driver, and Kubernetes containers (containerd, CRI-O, Docker)
+/// under `kubepods` slices. Each names the service after the first 12 hex
+/// digits of the container id, as `docker ps` does.
+pub const DEFAULT_PATTERNS: &[&str] = &[
+    r"(?:^|/)(?P<service>docker-[0-9a-f]{12})[0-9a-f]{52}\.scope$",
+    r"(?:^|/)docker/(?P<service>[0-9a-f]{12})[0-9a-f]{52}$",
+    r"(?:^|/)kubepods[^/]*(?:/[^/]+)*/(?:cri-containerd-|crio-|docker-)?(?P<service>[0-9a-f]{12})[0-9a-f]{52}(?:\.scope)?$",
+];
+
+/// How deep below the root directories are examined; Kubernetes nests
+/// containers four levels down (kubepods / qos / pod / container).
+const MAX_DEPTH: usize = 6;
+
+/// Why a discovery configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DiscoveryError {
+    /// The pattern is not a regular expression.
+    #[error("discovery pattern {pattern:?}: {reason}")]
+    BadPattern {
+        /// The pattern as given.
+        pattern: String,
+        /// What the regex parser said.
+        reason: String,
+    },
+    /// The pattern has no `service` capture group.
+    #[error("discovery pattern {0:?} has no (?P<service>…) group naming the service")]
+    NoServiceGroup(String),
+}
+
+/// Finds containers under one cgroup root.
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    root: PathBuf,
+    patterns: Vec<Regex>,
+}
+
+impl Discovery {
+    /// Discovery under `root` with `patterns` (the defaults when empty).
+    pub fn new(root: impl Into<PathBuf>, patterns: &[String]) -> Result<Self, DiscoveryError> {
+        let texts: Vec<&str> = if patterns.is_empty() {
+            DEFAULT_PATTERNS.to_vec()
+        } else {
+            patterns.iter().map(String::as_str).collect()
+        };
+        let patterns = texts
+            .into_iter()
+            .map(|p| {
+                let re = Regex::new(p).map_err(|e| DiscoveryError::BadPattern {
+                    pattern: p.to_string(),
+                    reason: e.to_string(),
+                })?;
+                if !re.capture_names().any(|n| n == Some("service")) {
+                    return Err(DiscoveryError::NoServiceGroup(p.to_string()));
+                }
+                Ok(re)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            root: root.into(),
+            patterns,
+        })
+    }
+
+    /// The cgroup root being walked.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The service name a cgroup path (relative to the root) gets, if any
+    /// pattern matches it.
+    pub fn name_of(&self, relative: &str) -> Option<String> {
+        self.patterns.iter().find_map(|re| {
+            re.captures(relative)
+                .and_then(|c| c.name("service"))
+                .map(|m| m.as_str().to_string())
+                .filter(|s| !s.is_empty())
+        })
+    }
+
+    /// Every matching cgroup directory, by service name. A matched directory
+    /// is not descended into (a container's own sub-cgroups belong to it).
+    /// Unreadable directories are skipped: discovery sees what it can.
+    pub fn scan(&self) -> BTreeMap<String, PathBuf> {
+        let mut found = BTreeMap::new();
+        self.walk(&self.root, 0, &mut found);
+        found
+    }
+
+    fn walk(&self, dir: &Path, depth: usize, found: &mut BTreeMap<String, PathBuf>) {
+        if depth >= MAX_DEPTH {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            // cgroupfs holds only directories and files; symlinks are not
+            // followed, which also rules out loops.
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = entry.path();
+            let Ok(relative) = path.strip_prefix(&self.root) else {
+                continue;
+            };
+            match self.name_of(&relative.to_string_lossy()) {
+                Some(service) => {
+                    found.entry(service).or_insert(path);
+                }
+                None => self.walk(&path, depth + 1, found),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "4f1c2b3a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a";
+
+    #[test]
+    fn default_patterns_name_docker_and_kubernetes_containers() {
+        let d = Discovery::new("/sys/fs/cgroup", &[]).unwrap();
+        assert_eq!(
+            d.name_of(&format!("system.slice/docker-{ID}.scope"))
+                .as_deref(),
+            Some("docker-4f1c2b3a9d8e")
+        );
+        assert_eq!(
+            d.name_of(&format!("docker/{ID}")).as_deref(),
+            Some("4f1c2b3a9d8e")
+        );
+        assert_eq!(
+            d.name_of(&format!(
+                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234_5678.slice/cri-containerd-{ID}.scope"
+            ))
+            .as_deref(),
+            Some("4f1c2b3a9d8e")
+        );
+        assert_eq!(
+            d.name_of(&format!("kubepods/besteffort/pod1234-5678/{ID}"))
+                .as_deref(),
+            Some("4f1c2b3a9d8e")
+        );
+        assert_eq!(d.name_of("system.slice/ssh.service"), None);
+        assert_eq!(d.name_of("docker-abc.scope"), None, "not a container id");
+    }
+
+    #[test]
+    fn custom_patterns_need_a_service_group() {
+        let d = Discovery::new("/x", &[r"^apps/(?P<service>[a-z]+)$".into()]).unwrap();
+        assert_eq!(d.name_of("apps/billing").as_deref(), Some("billing"));
+        assert_eq!(d.name_of("apps/billing/worker"), None);
+        assert!(matches!(
+            Discovery::new("/x", &["apps/[a-z]+".into()]),
+            Err(DiscoveryError::NoServiceGroup(_))
+        ));
+        assert!(matches!(
+            Discovery::new("/x", &["(".into()]),
+            Err(DiscoveryError::BadPattern { .. })
+        ));
+    }
+
+    #[test]
+    fn scan_finds_matching_directories_without_descending_into_them() {
+        let root = std::env::temp_dir().join(format!("headroom-discovery-{}", std::process::id()));
+        let docker = root.join(format!("system.slice/docker-{ID}.scope"));
+        let inner = docker.join(format!("docker-{ID}.scope"));
+        let pod = root.join(format!("kubepods/burstable/pod42/{}", ID.replace('4', "7")));
+        for dir in [&inner, &pod, &root.join("user.slice/user-0.slice")] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        let found = Discovery::new(&root, &[]).unwrap().scan();
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found["docker-4f1c2b3a9d8e"], docker);
+        assert_eq!(found["7f1c2b3a9d8e"], pod);
+    }
+}
