@@ -2,6 +2,7 @@
 //! and network IO (process trees through sysinfo, containers through cgroup
 //! v2) and publishes protobuf samples to Kafka, through outages.
 
+pub mod config;
 pub mod delivery;
 pub mod sampling;
 pub mod targets;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
 pub use delivery::{PublishError, Publisher, PublisherOptions};
+pub use sampling::{Discovery, DiscoveryError};
 pub use targets::{SpecError, TargetSpec};
 
 /// The gRPC service name, as health reports it.
@@ -33,6 +35,11 @@ pub struct AgentConfig {
     pub interval: Duration,
     /// Targets watched from the start.
     pub targets: Vec<TargetSpec>,
+    /// Container discovery under a cgroup root, rescanned at the period.
+    pub discovery: Option<(Discovery, Duration)>,
+    /// A task started with the agent: its id (generated when empty) and
+    /// services.
+    pub task: Option<(String, Vec<String>)>,
     /// Delivery to Kafka.
     pub publisher: PublisherOptions,
     /// Server limits.
@@ -48,6 +55,9 @@ pub enum Error {
     /// The gRPC server failed.
     #[error(transparent)]
     Serve(#[from] grpc::ServeError),
+    /// The task given at start was refused.
+    #[error("task at start: {0}")]
+    Task(String),
 }
 
 /// Runs the agent until `shutdown`: samples, publishes, serves the API;
@@ -58,12 +68,21 @@ pub async fn run(
     config: AgentConfig,
 ) -> Result<(), Error> {
     let publisher = Publisher::new(config.publisher.clone())?;
-    let state = Arc::new(Mutex::new(watch::State::new(
+    let mut state = watch::State::new(
         config.host.clone(),
         config.interval,
         config.publisher.topic.clone(),
         config.targets.clone(),
-    )));
+        config.discovery.clone(),
+    );
+    if let Some((id, services)) = config.task.clone() {
+        let task = state
+            .start_task(id, services, None)
+            .map_err(|e| Error::Task(e.message().to_string()))?;
+        let (key, payload) = state.task_record(&task);
+        publisher.publish(&key, payload);
+    }
+    let state = Arc::new(Mutex::new(state));
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status(SERVICE_NAME, tonic_health::ServingStatus::Serving)

@@ -1,10 +1,13 @@
 //! `headroom-agent`: watch services on this host and publish their usage.
+//!
+//! Settings come from flags, then the environment, then the TOML file given
+//! with `--config`, then the defaults shown in `--help`.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use anyhow::Context;
+use anyhow::{Context, anyhow};
 use clap::Parser;
-use headroom_agent::{AgentConfig, PublisherOptions, TargetSpec};
+use headroom_agent::{AgentConfig, Discovery, PublisherOptions, TargetSpec, config::FileConfig};
 use headroom_serving::{grpc::GrpcOptions, shutdown, telemetry};
 
 /// Samples each watched service's CPU, memory, disk and network IO and
@@ -12,45 +15,70 @@ use headroom_serving::{grpc::GrpcOptions, shutdown, telemetry};
 #[derive(Debug, Parser)]
 #[command(name = "headroom-agent", version)]
 struct Cli {
-    /// gRPC listen address.
-    #[arg(long, env = "HEADROOM_LISTEN", default_value = "127.0.0.1:50051")]
-    listen: SocketAddr,
+    /// TOML configuration file; flags and environment override it.
+    #[arg(long, env = "HEADROOM_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:50051].
+    #[arg(long, env = "HEADROOM_LISTEN")]
+    listen: Option<SocketAddr>,
     /// Targets as service=kind:value, kind one of pid, name, cmd (a regular
     /// expression over the command line), cgroup (repeatable; comma-separated
     /// in the environment).
     #[arg(long = "watch", env = "HEADROOM_WATCH", value_delimiter = ',')]
     watch: Vec<String>,
-    /// Host name the samples carry; the machine's when empty.
-    #[arg(long, env = "HEADROOM_HOST", default_value = "")]
-    host: String,
-    /// Sampling interval, e.g. "1s".
-    #[arg(long, env = "HEADROOM_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
-    interval: Duration,
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "HEADROOM_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    brokers: String,
-    /// Usage topic.
-    #[arg(long, env = "HEADROOM_TOPIC", default_value = "headroom-usage")]
-    topic: String,
-    /// Partitions when the agent creates the topic.
-    #[arg(long, env = "HEADROOM_TOPIC_PARTITIONS", default_value_t = 8)]
-    partitions: i32,
-    /// Records held in memory before spilling to the spool.
-    #[arg(long, env = "HEADROOM_BUFFER_RECORDS", default_value_t = 10_000)]
-    buffer_records: usize,
-    /// Spool directory for records the broker cannot take.
+    /// Host name the samples carry [default: the machine's].
+    #[arg(long, env = "HEADROOM_HOST")]
+    host: Option<String>,
+    /// Sampling interval [default: 1s].
+    #[arg(long, env = "HEADROOM_INTERVAL")]
+    interval: Option<String>,
+    /// Discover containers under the cgroup root [default: true].
+    #[arg(long, env = "HEADROOM_DISCOVERY")]
+    discovery: Option<bool>,
+    /// cgroup v2 root that discovery walks [default: /sys/fs/cgroup].
+    #[arg(long, env = "HEADROOM_DISCOVERY_ROOT")]
+    discovery_root: Option<PathBuf>,
+    /// Discovery pattern over cgroup paths relative to the root, with a
+    /// (?P<service>…) group naming the service (repeatable) [default: Docker
+    /// and Kubernetes containers, named by their 12-digit id].
     #[arg(
-        long,
-        env = "HEADROOM_SPOOL_DIR",
-        default_value = "/var/lib/headroom/spool"
+        long = "discovery-pattern",
+        env = "HEADROOM_DISCOVERY_PATTERNS",
+        value_delimiter = ','
     )]
-    spool_dir: PathBuf,
-    /// Spool bound in bytes; past it records are dropped and counted.
-    #[arg(long, env = "HEADROOM_SPOOL_BYTES", default_value_t = 256 * 1024 * 1024)]
-    spool_bytes: u64,
-    /// How long one delivery may take before it counts as failed.
-    #[arg(long, env = "HEADROOM_DELIVERY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    delivery_timeout: Duration,
+    discovery_patterns: Vec<String>,
+    /// How often discovery rescans [default: 10s].
+    #[arg(long, env = "HEADROOM_DISCOVERY_EVERY")]
+    discovery_every: Option<String>,
+    /// Start a task with these services when the agent starts.
+    #[arg(long, env = "HEADROOM_TASK_SERVICES", value_delimiter = ',')]
+    task_services: Vec<String>,
+    /// Id of the task started with --task-services [default: generated].
+    #[arg(long, env = "HEADROOM_TASK_ID")]
+    task_id: Option<String>,
+    /// Kafka bootstrap servers [default: 127.0.0.1:9092].
+    #[arg(long, env = "HEADROOM_KAFKA_BROKERS")]
+    brokers: Option<String>,
+    /// Usage topic [default: headroom-usage].
+    #[arg(long, env = "HEADROOM_TOPIC")]
+    topic: Option<String>,
+    /// Partitions when the agent creates the topic [default: 8].
+    #[arg(long, env = "HEADROOM_TOPIC_PARTITIONS")]
+    partitions: Option<i32>,
+    /// Records held in memory before spilling to the spool [default: 10000].
+    #[arg(long, env = "HEADROOM_BUFFER_RECORDS")]
+    buffer_records: Option<usize>,
+    /// Spool directory for records the broker cannot take
+    /// [default: /var/lib/headroom/spool].
+    #[arg(long, env = "HEADROOM_SPOOL_DIR")]
+    spool_dir: Option<PathBuf>,
+    /// Spool bound in bytes; past it records are dropped and counted
+    /// [default: 268435456].
+    #[arg(long, env = "HEADROOM_SPOOL_BYTES")]
+    spool_bytes: Option<u64>,
+    /// How long one delivery may take before it counts as failed [default: 10s].
+    #[arg(long, env = "HEADROOM_DELIVERY_TIMEOUT")]
+    delivery_timeout: Option<String>,
     /// Extra librdkafka settings as key=value (security.protocol, sasl.*, ssl.*).
     #[arg(
         long = "kafka-option",
@@ -75,37 +103,121 @@ async fn main() {
     }
 }
 
+/// A duration from the flag, else the file, else the default.
+fn duration_of(
+    setting: &str,
+    flag: Option<String>,
+    file: Option<String>,
+    default: Duration,
+) -> anyhow::Result<Duration> {
+    match flag.or(file) {
+        Some(text) => headroom_agent::config::duration(setting, &text).map_err(|e| anyhow!(e)),
+        None => Ok(default),
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let file = match &cli.config {
+        Some(path) => FileConfig::load(path).map_err(|e| anyhow!(e))?,
+        None => FileConfig::default(),
+    };
     // A bad target is reported and skipped; the others are still watched.
-    let mut targets = Vec::new();
-    for text in &cli.watch {
-        match TargetSpec::parse(text) {
-            Ok(t) => targets.push(t),
+    let mut targets: Vec<TargetSpec> = Vec::new();
+    let parsed = file
+        .targets
+        .iter()
+        .map(|t| t.to_spec())
+        .chain(cli.watch.iter().map(|t| TargetSpec::parse(t)));
+    for result in parsed {
+        match result {
+            Ok(t) => {
+                targets.retain(|old| old.service != t.service);
+                targets.push(t);
+            }
             Err(e) => tracing::error!(error = %e, "target refused"),
         }
     }
-    let kafka_options = headroom_serving::options::key_values(&cli.kafka_options)
-        .map_err(|e| anyhow::anyhow!("kafka {e}"))?;
-    let host = if cli.host.is_empty() {
-        sysinfo::System::host_name().unwrap_or_else(|| "localhost".into())
+    let mut kafka_options: Vec<(String, String)> = file.kafka.options.into_iter().collect();
+    kafka_options.extend(
+        headroom_serving::options::key_values(&cli.kafka_options)
+            .map_err(|e| anyhow!("kafka {e}"))?,
+    );
+    let host = cli
+        .host
+        .or(file.host)
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| sysinfo::System::host_name().unwrap_or_else(|| "localhost".into()));
+    let discovery = if cli.discovery.or(file.discovery.enabled).unwrap_or(true) {
+        let root = cli
+            .discovery_root
+            .or(file.discovery.root)
+            .unwrap_or_else(|| "/sys/fs/cgroup".into());
+        let patterns = if cli.discovery_patterns.is_empty() {
+            file.discovery.patterns
+        } else {
+            cli.discovery_patterns
+        };
+        let every = duration_of(
+            "discovery interval",
+            cli.discovery_every,
+            file.discovery.every,
+            Duration::from_secs(10),
+        )?;
+        Some((Discovery::new(root, &patterns)?, every))
     } else {
-        cli.host
+        None
     };
-    let listener = tokio::net::TcpListener::bind(cli.listen)
+    let task = if cli.task_services.is_empty() {
+        file.task.map(|t| (t.id.unwrap_or_default(), t.services))
+    } else {
+        Some((cli.task_id.unwrap_or_default(), cli.task_services))
+    };
+    let listen = cli
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051)));
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("while binding {}", cli.listen))?;
+        .with_context(|| format!("while binding {listen}"))?;
     let config = AgentConfig {
         host,
-        interval: cli.interval,
+        interval: duration_of(
+            "interval",
+            cli.interval,
+            file.interval,
+            Duration::from_secs(1),
+        )?,
         targets,
+        discovery,
+        task,
         publisher: PublisherOptions {
-            brokers: cli.brokers,
-            topic: cli.topic,
-            partitions: cli.partitions,
-            buffer_records: cli.buffer_records,
-            spool_dir: cli.spool_dir,
-            spool_bytes: cli.spool_bytes,
-            delivery_timeout: cli.delivery_timeout,
+            brokers: cli
+                .brokers
+                .or(file.kafka.brokers)
+                .unwrap_or_else(|| "127.0.0.1:9092".into()),
+            topic: cli
+                .topic
+                .or(file.kafka.topic)
+                .unwrap_or_else(|| "headroom-usage".into()),
+            partitions: cli.partitions.or(file.kafka.partitions).unwrap_or(8),
+            buffer_records: cli
+                .buffer_records
+                .or(file.spool.buffer_records)
+                .unwrap_or(10_000),
+            spool_dir: cli
+                .spool_dir
+                .or(file.spool.dir)
+                .unwrap_or_else(|| "/var/lib/headroom/spool".into()),
+            spool_bytes: cli
+                .spool_bytes
+                .or(file.spool.bytes)
+                .unwrap_or(256 * 1024 * 1024),
+            delivery_timeout: duration_of(
+                "delivery timeout",
+                cli.delivery_timeout,
+                file.kafka.delivery_timeout,
+                Duration::from_secs(10),
+            )?,
             kafka_options,
         },
         grpc: cli.grpc,
