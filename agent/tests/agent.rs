@@ -31,6 +31,8 @@ async fn measured_usage_arrives_on_the_topic_with_the_task() -> anyhow::Result<(
             TargetSpec::parse("burner=name:hr-a-burner")?,
             TargetSpec::parse("holder=name:hr-a-holder")?,
         ],
+        discovery: None,
+        task: None,
         publisher: PublisherOptions {
             brokers: kit::kafka_brokers(),
             topic: topic.clone(),
