@@ -21,13 +21,15 @@ use rdkafka::{
     ClientConfig,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
-    producer::{FutureProducer, FutureRecord, Producer},
     types::RDKafkaErrorCode,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::spool::{Record, Spool};
+use super::{
+    producer::Producer,
+    spool::{Record, Spool},
+};
 
 /// Where and how records are delivered.
 #[derive(Debug, Clone)]
@@ -183,7 +185,7 @@ impl Publisher {
         for (k, v) in &self.options.kafka_options {
             config.set(k, v);
         }
-        let mut producer: FutureProducer = config.create()?;
+        let mut producer = Producer::new(&config)?;
         let mut backoff = Duration::from_millis(200);
         let mut topic_ready = false;
         loop {
@@ -203,14 +205,7 @@ impl Publisher {
             }
             let sends: Vec<_> = chunk
                 .iter()
-                .map(|(_, r)| {
-                    producer.send(
-                        FutureRecord::to(&self.options.topic)
-                            .key(r.key.as_slice())
-                            .payload(r.payload.as_slice()),
-                        self.options.delivery_timeout,
-                    )
-                })
+                .map(|(_, r)| producer.send(&self.options.topic, &r.key, &r.payload))
                 .collect();
             let results = futures::future::join_all(sends).await;
             let delivered: Vec<u64> = chunk
@@ -221,7 +216,7 @@ impl Publisher {
                 .collect();
             let failed = results
                 .iter()
-                .find_map(|r| r.as_ref().err().map(|(e, _)| e.to_string()));
+                .find_map(|r| r.as_ref().err().map(|e| e.to_string()));
             self.remove_delivered(&delivered, from_spool);
             self.stats
                 .delivered
@@ -239,7 +234,7 @@ impl Publisher {
                     }
                     // A restarted broker does not know the idempotent
                     // producer's id; a fresh producer starts a new one.
-                    producer = config.create()?;
+                    producer = Producer::new(&config)?;
                     topic_ready = false;
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -249,7 +244,7 @@ impl Publisher {
                 }
             }
         }
-        let _ = producer.flush(Duration::from_secs(2));
+        producer.flush(Duration::from_secs(2));
         self.spool_memory();
         Ok(())
     }
