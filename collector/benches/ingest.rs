@@ -150,6 +150,7 @@ async fn main() -> anyhow::Result<()> {
         database_url: db.url.clone(),
         max_connections: 4,
         ingest: Some(ingest),
+        lifecycle: Default::default(),
         grpc: GrpcOptions::default(),
     };
     let started = Instant::now();

@@ -18,6 +18,52 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
     store::migrate(pool).await
 }
 
+/// Writes the samples table's partitions (range, size on disk, rows) and
+/// the oldest stored sample as an aligned table.
+pub async fn storage(pool: &PgPool, out: &mut dyn Write) -> Result<()> {
+    let partitions = store::lifecycle::partitions(pool).await?;
+    let io = |e: std::io::Error| Error::Unavailable(format!("while writing the report: {e}"));
+    writeln!(
+        out,
+        "{:<24} {:<25} {:<25} {:>12} {:>12}",
+        "partition", "from", "to", "rows", "bytes"
+    )
+    .map_err(io)?;
+    let (mut total_rows, mut total_bytes) = (0i64, 0i64);
+    for p in &partitions {
+        let (rows, bytes): (i64, i64) = sqlx::query_as(&format!(
+            "SELECT (SELECT count(*) FROM {0}), pg_total_relation_size('{0}')",
+            p.name
+        ))
+        .fetch_one(pool)
+        .await?;
+        total_rows += rows;
+        total_bytes += bytes;
+        let bound = |t: Option<DateTime<Utc>>| t.map_or("(default)".into(), |t| t.to_rfc3339());
+        writeln!(
+            out,
+            "{:<24} {:<25} {:<25} {:>12} {:>12}",
+            p.name,
+            bound(p.from),
+            bound(p.to),
+            rows,
+            bytes
+        )
+        .map_err(io)?;
+    }
+    let oldest: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT min(ts) FROM samples")
+        .fetch_one(pool)
+        .await?;
+    writeln!(
+        out,
+        "{} partitions, {total_rows} rows, {total_bytes} bytes; oldest raw sample: {}",
+        partitions.len(),
+        oldest.map_or("none".into(), |t| t.to_rfc3339())
+    )
+    .map_err(io)?;
+    Ok(())
+}
+
 /// Drops every collector table and applies the schema again, empty.
 /// Refuses unless `confirmed`.
 pub async fn reset(pool: &PgPool, confirmed: bool) -> Result<()> {

@@ -34,6 +34,8 @@ pub struct CollectorConfig {
     pub max_connections: u32,
     /// Kafka consumption; `None` serves queries only.
     pub ingest: Option<IngestOptions>,
+    /// Partitioning and retention of raw samples.
+    pub lifecycle: store::lifecycle::LifecycleOptions,
     /// Server limits.
     pub grpc: GrpcOptions,
 }
@@ -90,6 +92,7 @@ pub async fn run(
     let background = tokio::spawn(start_when_ready(
         shared.clone(),
         config.ingest.clone(),
+        config.lifecycle.clone(),
         shutdown.clone(),
     ));
 
@@ -113,8 +116,10 @@ pub async fn run(
 async fn start_when_ready(
     shared: Arc<Shared>,
     ingest: Option<IngestOptions>,
+    lifecycle: store::lifecycle::LifecycleOptions,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    lifecycle.validate()?;
     let mut backoff = Duration::from_millis(200);
     loop {
         match store::migrate(&shared.pool).await {
@@ -131,8 +136,35 @@ async fn start_when_ready(
     }
     shared.set_serving(true).await;
     tracing::info!("schema ready");
+    // Partitions exist before the first sample is written, and are kept
+    // ahead of time (and expired) for as long as the collector runs.
+    tokio::spawn(maintenance_loop(
+        shared.pool.clone(),
+        lifecycle,
+        shutdown.clone(),
+    ));
     match ingest {
         Some(options) => ingest::run(options, shared, shutdown).await,
         None => Ok(()),
+    }
+}
+
+/// Runs lifecycle maintenance now and then every `maintenance_every`.
+/// Failures are logged and retried at the next pass; samples outside the
+/// prepared partitions still land in the default one meanwhile.
+async fn maintenance_loop(
+    pool: PgPool,
+    options: store::lifecycle::LifecycleOptions,
+    shutdown: CancellationToken,
+) {
+    loop {
+        match store::lifecycle::maintain(&pool, &options, chrono::Utc::now()).await {
+            Ok(report) => tracing::debug!(?report, "storage maintenance done"),
+            Err(e) => tracing::warn!(error = %e, "storage maintenance failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(options.maintenance_every) => {}
+        }
     }
 }

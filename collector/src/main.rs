@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use headroom_collector::{CollectorConfig, admin, ingest::IngestOptions, store};
+use headroom_collector::{
+    CollectorConfig, admin, ingest::IngestOptions, store, store::lifecycle::LifecycleOptions,
+};
 use headroom_serving::{grpc::GrpcOptions, shutdown, telemetry};
 
 /// Consumes Headroom usage samples from Kafka into PostgreSQL and answers
@@ -49,6 +51,8 @@ struct ServeArgs {
     #[command(flatten)]
     ingest: IngestOptions,
     #[command(flatten)]
+    lifecycle: LifecycleOptions,
+    #[command(flatten)]
     grpc: GrpcOptions,
 }
 
@@ -72,6 +76,15 @@ enum AdminCommand {
         /// Required: confirms that every stored sample is to be deleted.
         #[arg(long)]
         confirm: bool,
+    },
+    /// Show the samples table's partitions with their ranges, sizes and
+    /// row counts, and the oldest stored sample.
+    Storage,
+    /// Prepare partitions, drain the default partition and apply retention
+    /// now, as the running collector does periodically.
+    Maintain {
+        #[command(flatten)]
+        lifecycle: LifecycleOptions,
     },
     /// Write a selection of samples as CSV.
     Dump {
@@ -103,6 +116,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 database_url: cli.database_url,
                 max_connections: cli.serve.db_connections,
                 ingest: (!cli.serve.no_ingest).then_some(cli.serve.ingest),
+                lifecycle: cli.serve.lifecycle,
                 grpc: cli.serve.grpc,
             };
             headroom_collector::run(listener, shutdown::on_signals(), config).await?;
@@ -124,6 +138,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 AdminCommand::Reset { confirm } => {
                     admin::reset(&pool, confirm).await?;
                     eprintln!("store reset: every table dropped and recreated empty");
+                }
+                AdminCommand::Storage => {
+                    admin::storage(&pool, &mut std::io::stdout().lock()).await?;
+                }
+                AdminCommand::Maintain { lifecycle } => {
+                    let r =
+                        store::lifecycle::maintain(&pool, &lifecycle, chrono::Utc::now()).await?;
+                    eprintln!(
+                        "{} partitions created, {} rows drained from the default partition, {} partitions dropped",
+                        r.created.len(),
+                        r.drained_rows,
+                        r.dropped.len()
+                    );
                 }
                 AdminCommand::Dump { selection, out } => {
                     let n = match out {

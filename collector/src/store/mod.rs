@@ -1,6 +1,7 @@
 //! PostgreSQL: the embedded schema, the name lookups, batch writes and the
 //! queries the API answers.
 
+pub mod lifecycle;
 mod query;
 mod write;
 

@@ -81,6 +81,7 @@ pub async fn start(database_url: &str, ingest: IngestOptions) -> anyhow::Result<
         database_url: database_url.to_string(),
         max_connections: 4,
         ingest: Some(ingest),
+        lifecycle: Default::default(),
         grpc: GrpcOptions::default(),
     };
     kit::spawn_server(move |listener, shutdown| headroom_collector::run(listener, shutdown, config))
