@@ -54,6 +54,19 @@ pub async fn storage(pool: &PgPool, out: &mut dyn Write) -> Result<()> {
     let oldest: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT min(ts) FROM samples")
         .fetch_one(pool)
         .await?;
+    for table in ["rollup_1m", "rollup_1h"] {
+        let (rows, bytes, first): (i64, i64, Option<DateTime<Utc>>) = sqlx::query_as(&format!(
+            "SELECT count(*), pg_total_relation_size('{table}'), min(bucket) FROM {table}"
+        ))
+        .fetch_one(pool)
+        .await?;
+        writeln!(
+            out,
+            "{table}: {rows} buckets, {bytes} bytes; oldest bucket: {}",
+            first.map_or("none".into(), |t| t.to_rfc3339())
+        )
+        .map_err(io)?;
+    }
     writeln!(
         out,
         "{} partitions, {total_rows} rows, {total_bytes} bytes; oldest raw sample: {}",
@@ -75,6 +88,9 @@ pub async fn reset(pool: &PgPool, confirmed: bool) -> Result<()> {
     let mut tx = pool.begin().await?;
     for table in [
         "samples",
+        "rollup_1m",
+        "rollup_1h",
+        "raw_horizon",
         "series",
         "tasks",
         "services",

@@ -226,16 +226,34 @@ impl Collector for CollectorApi {
         } else {
             String::new()
         };
+        // Steps the rollup buckets tile are read from the rollups.
+        let resolution = step_us.and_then(store::rollup::for_step);
         let mut series = Vec::with_capacity(keys.len());
         for key in keys {
-            let mut points = store::series_points(
-                &self.shared.pool,
-                &key,
-                &filter,
-                step_us.map(|s| (s, aggregate)),
-                i64::from(max_points) + 1,
-            )
-            .await?;
+            let mut points = match (resolution, step_us) {
+                (Some(res), Some(step)) => {
+                    store::rollup::points(
+                        &self.shared.pool,
+                        &key,
+                        &filter,
+                        step,
+                        aggregate,
+                        res,
+                        max_points as usize + 1,
+                    )
+                    .await?
+                }
+                _ => {
+                    store::series_points(
+                        &self.shared.pool,
+                        &key,
+                        &filter,
+                        step_us.map(|s| (s, aggregate)),
+                        i64::from(max_points) + 1,
+                    )
+                    .await?
+                }
+            };
             let truncated = points.len() > max_points as usize;
             points.truncate(max_points as usize);
             series.push(v1::Series {
@@ -255,7 +273,7 @@ impl Collector for CollectorApi {
         Ok(Response::new(v1::QueryUsageResponse {
             series,
             next_page_token,
-            resolution: v1::Resolution::Raw as i32,
+            resolution: resolution_of(resolution) as i32,
         }))
     }
 
@@ -265,8 +283,12 @@ impl Collector for CollectorApi {
     ) -> Result<Response<v1::UsageStatsResponse>, Status> {
         let r = request.into_inner();
         let filter = resolve(&self.shared, r.filter.as_ref()).await?;
-        let stats = store::usage_stats(&self.shared.pool, &filter)
-            .await?
+        let resolution = store::rollup::choose_for_stats(&self.shared.pool, &filter).await?;
+        let stats = match resolution {
+            None => store::usage_stats(&self.shared.pool, &filter).await?,
+            Some(res) => store::rollup::stats(&self.shared.pool, &filter, res).await?,
+        };
+        let stats = stats
             .into_iter()
             .map(|s| {
                 let p = |i: usize| s.percentiles.get(i).copied().unwrap_or_default();
@@ -288,7 +310,7 @@ impl Collector for CollectorApi {
             .collect();
         Ok(Response::new(v1::UsageStatsResponse {
             stats,
-            resolution: v1::Resolution::Raw as i32,
+            resolution: resolution_of(resolution) as i32,
         }))
     }
 
@@ -420,6 +442,15 @@ impl Collector for CollectorApi {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// The wire name of the data an answer was computed from.
+fn resolution_of(rollup: Option<store::rollup::Resolution>) -> v1::Resolution {
+    match rollup {
+        None => v1::Resolution::Raw,
+        Some(store::rollup::Resolution::Minute) => v1::Resolution::Minute,
+        Some(store::rollup::Resolution::Hour) => v1::Resolution::Hour,
     }
 }
 

@@ -138,6 +138,7 @@ async fn start_when_ready(
     tracing::info!("schema ready");
     // Partitions exist before the first sample is written, and are kept
     // ahead of time (and expired) for as long as the collector runs.
+    maintain_once(&shared.pool, &lifecycle).await;
     tokio::spawn(maintenance_loop(
         shared.pool.clone(),
         lifecycle,
@@ -149,22 +150,28 @@ async fn start_when_ready(
     }
 }
 
-/// Runs lifecycle maintenance now and then every `maintenance_every`.
-/// Failures are logged and retried at the next pass; samples outside the
-/// prepared partitions still land in the default one meanwhile.
+/// One lifecycle maintenance pass. Failures are logged and retried at the
+/// next pass; samples outside the prepared partitions still land in the
+/// default one meanwhile.
+async fn maintain_once(pool: &PgPool, options: &store::lifecycle::LifecycleOptions) {
+    match store::lifecycle::maintain(pool, options, chrono::Utc::now()).await {
+        Ok(report) => tracing::debug!(?report, "storage maintenance done"),
+        Err(e) => tracing::warn!(error = %e, "storage maintenance failed"),
+    }
+}
+
+/// Runs lifecycle maintenance every `maintenance_every` (the first pass
+/// ran before ingest started).
 async fn maintenance_loop(
     pool: PgPool,
     options: store::lifecycle::LifecycleOptions,
     shutdown: CancellationToken,
 ) {
     loop {
-        match store::lifecycle::maintain(&pool, &options, chrono::Utc::now()).await {
-            Ok(report) => tracing::debug!(?report, "storage maintenance done"),
-            Err(e) => tracing::warn!(error = %e, "storage maintenance failed"),
-        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(options.maintenance_every) => {}
         }
+        maintain_once(&pool, &options).await;
     }
 }

@@ -75,6 +75,9 @@ pub struct IngestOptions {
         value_delimiter = ','
     )]
     pub kafka_options: Vec<String>,
+    /// Maintain the per-minute and per-hour rollups as batches commit.
+    #[arg(long, env = "HEADROOM_ROLLUPS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub rollups: bool,
 }
 
 impl IngestOptions {
@@ -92,6 +95,7 @@ impl IngestOptions {
             max_future: Duration::from_secs(300),
             session_timeout: Duration::from_secs(10),
             kafka_options: Vec::new(),
+            rollups: true,
         }
     }
 
@@ -206,6 +210,7 @@ pub async fn run(
         rx,
         consumer.clone(),
         options.topic.clone(),
+        options.rollups,
         shared,
         shutdown.clone(),
     ));
@@ -368,6 +373,7 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Pending>,
     consumer: Arc<StreamConsumer>,
     topic: String,
+    rollups: bool,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
@@ -375,7 +381,7 @@ async fn write_loop(
         let mut backoff = Duration::from_millis(100);
         let started = Instant::now();
         loop {
-            match write_batch(&shared.pool, &shared.lookups, &pending.batch).await {
+            match write_batch(&shared.pool, &shared.lookups, &pending.batch, rollups).await {
                 Ok(report) => {
                     shared.set_serving(true).await;
                     metrics::counter!("headroom_collector_samples_ingested_total")

@@ -3,7 +3,8 @@
 //! time; the default partition, where a sample outside every prepared range
 //! lands, drained into proper partitions; and retention by dropping whole
 //! partitions, never by deleting rows. Tasks and lookup tables are kept.
-//! With TimescaleDB, retention drops chunks instead.
+//! With TimescaleDB, retention drops chunks instead. Rollups have their own,
+//! much longer, retention.
 
 use std::time::Duration;
 
@@ -25,6 +26,9 @@ pub struct LifecycleOptions {
     /// How long raw samples are kept.
     #[arg(long, env = "HEADROOM_RAW_RETENTION", default_value = "8d", value_parser = humantime::parse_duration)]
     pub raw_retention: Duration,
+    /// How long the per-minute and per-hour rollups are kept.
+    #[arg(long, env = "HEADROOM_ROLLUP_RETENTION", default_value = "400d", value_parser = humantime::parse_duration)]
+    pub rollup_retention: Duration,
     /// How often partitions are prepared, drained and expired.
     #[arg(long, env = "HEADROOM_MAINTENANCE_EVERY", default_value = "10m", value_parser = humantime::parse_duration)]
     pub maintenance_every: Duration,
@@ -36,6 +40,7 @@ impl Default for LifecycleOptions {
             partition_width: Duration::from_secs(86_400),
             partitions_ahead: 3,
             raw_retention: Duration::from_secs(8 * 86_400),
+            rollup_retention: Duration::from_secs(400 * 86_400),
             maintenance_every: Duration::from_secs(600),
         }
     }
@@ -61,6 +66,8 @@ pub struct MaintenanceReport {
     pub drained_rows: u64,
     /// Partitions dropped by retention.
     pub dropped: Vec<String>,
+    /// Rollup buckets removed by their retention.
+    pub expired_buckets: u64,
 }
 
 impl LifecycleOptions {
@@ -171,6 +178,18 @@ async fn create_partition(
     Ok(Some((name, moved)))
 }
 
+/// Records that raw samples before `since` are gone (never moves back).
+async fn advance_horizon(pool: &PgPool, since: DateTime<Utc>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO raw_horizon (since) VALUES ($1) \
+         ON CONFLICT (id) DO UPDATE SET since = greatest(raw_horizon.since, EXCLUDED.since)",
+    )
+    .bind(since)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// One maintenance pass at time `now`: prepares the partitions from the
 /// current one to `partitions_ahead` beyond it, drains the default
 /// partition, and drops partitions wholly older than the retention period.
@@ -181,12 +200,23 @@ pub async fn maintain(
 ) -> Result<MaintenanceReport> {
     options.validate()?;
     let mut report = MaintenanceReport::default();
+    // Rollups are small (one row per series and minute or hour): row
+    // deletes by the BRIN-indexed bucket are cheap enough.
+    let rollup_cutoff = now - TimeDelta::seconds(options.rollup_retention.as_secs() as i64);
+    for table in ["rollup_1m", "rollup_1h"] {
+        report.expired_buckets += sqlx::query(&format!("DELETE FROM {table} WHERE bucket < $1"))
+            .bind(rollup_cutoff)
+            .execute(pool)
+            .await?
+            .rows_affected();
+    }
     let cutoff = now - TimeDelta::seconds(options.raw_retention.as_secs() as i64);
     if timescale(pool).await? {
         sqlx::query("SELECT drop_chunks('samples', older_than => $1::timestamptz)")
             .bind(cutoff)
             .execute(pool)
             .await?;
+        advance_horizon(pool, cutoff).await?;
         return Ok(report);
     }
     let mut starts: Vec<DateTime<Utc>> = (0..=options.partitions_ahead)
@@ -232,6 +262,9 @@ pub async fn maintain(
                 .await?;
             tracing::info!(partition = %p.name, "partition dropped by retention");
             report.dropped.push(p.name);
+            if let Some(to) = p.to {
+                advance_horizon(pool, to).await?;
+            }
         }
     }
     Ok(report)

@@ -3,6 +3,8 @@
 
 pub mod lifecycle;
 mod query;
+pub mod rollup;
+pub mod sketch;
 mod write;
 
 pub use query::*;

@@ -2,14 +2,18 @@
 //! Samples go in by binary COPY (the fastest path PostgreSQL has); a batch
 //! that meets rows already stored (a replay after a crash, a producer's
 //! duplicate) is redone with `INSERT … ON CONFLICT DO NOTHING`, so the
-//! natural key turns every duplicate into a no-op.
+//! natural key turns every duplicate into a no-op. The rollups are folded
+//! in the same transaction, from exactly the rows it inserted.
 
 use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::Lookups;
+use super::{
+    Lookups,
+    rollup::{self, Resolution},
+};
 use crate::{
     error::Result,
     ingest::decode::{Row, TaskSeen},
@@ -88,8 +92,25 @@ struct Keyed<'a> {
     ts_us: i64,
 }
 
-/// Stores a batch: everything or nothing.
-pub async fn write_batch(pool: &PgPool, lookups: &Lookups, batch: &Batch) -> Result<WriteReport> {
+/// Folds inserted rows into both rollup tables.
+async fn fold_rollups<'a>(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: impl Iterator<Item = (&'a str, i32, i32, f64, i64)> + Clone,
+) -> Result<()> {
+    for resolution in Resolution::ALL {
+        rollup::apply(tx, resolution, rollup::aggregate(rows.clone(), resolution)).await?;
+    }
+    Ok(())
+}
+
+/// Stores a batch: everything or nothing. With `rollups`, the per-minute
+/// and per-hour aggregates are updated in the same transaction.
+pub async fn write_batch(
+    pool: &PgPool,
+    lookups: &Lookups,
+    batch: &Batch,
+    rollups: bool,
+) -> Result<WriteReport> {
     let mut names: Vec<&str> = batch.rows.iter().map(|r| r.service.as_str()).collect();
     names.sort_unstable();
     names.dedup();
@@ -128,6 +149,12 @@ pub async fn write_batch(pool: &PgPool, lookups: &Lookups, batch: &Batch) -> Res
     write_context(&mut tx, batch, &rows).await?;
     match copy_samples(&mut tx, &rows).await {
         Ok(()) => {
+            if rollups {
+                let keyed = rows
+                    .iter()
+                    .map(|r| (r.task_id, r.service_id, r.resource_id, r.value, r.ts_us));
+                fold_rollups(&mut tx, keyed).await?;
+            }
             tx.commit().await?;
             Ok(WriteReport {
                 inserted: rows.len() as u64,
@@ -139,7 +166,14 @@ pub async fn write_batch(pool: &PgPool, lookups: &Lookups, batch: &Batch) -> Res
             tx.rollback().await?;
             let mut tx = pool.begin().await?;
             write_context(&mut tx, batch, &rows).await?;
-            let inserted = insert_samples(&mut tx, &rows).await?;
+            let stored = insert_samples(&mut tx, &rows).await?;
+            let inserted = stored.len() as u64;
+            if rollups {
+                let keyed = stored
+                    .iter()
+                    .map(|(t, s, r, v, ts)| (t.as_str(), *s, *r, *v, *ts));
+                fold_rollups(&mut tx, keyed).await?;
+            }
             tx.commit().await?;
             Ok(WriteReport {
                 inserted,
@@ -263,23 +297,34 @@ fn encode_binary_copy(rows: &[Keyed<'_>]) -> Vec<u8> {
     buf
 }
 
-/// The slow path: duplicates become no-ops. Returns rows newly stored.
-async fn insert_samples(tx: &mut Transaction<'_, Postgres>, rows: &[Keyed<'_>]) -> Result<u64> {
-    let mut inserted = 0;
+/// A row as `INSERT … RETURNING` gives it back.
+type Stored = (String, i32, i32, f64, i64);
+
+/// The slow path: duplicates become no-ops. Returns the rows newly stored.
+async fn insert_samples(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[Keyed<'_>],
+) -> Result<Vec<Stored>> {
+    let mut inserted = Vec::new();
     for chunk in rows.chunks(50_000) {
-        let result = sqlx::query(
+        let stored: Vec<(String, i32, i32, f64, DateTime<Utc>)> = sqlx::query_as(
             "INSERT INTO samples (task_id, service_id, resource_id, value, ts) \
              SELECT * FROM UNNEST($1::text[], $2::int[], $3::int[], $4::float8[], $5::timestamptz[]) \
-             ON CONFLICT DO NOTHING",
+             ON CONFLICT DO NOTHING \
+             RETURNING task_id, service_id, resource_id, value, ts",
         )
         .bind(chunk.iter().map(|r| r.task_id).collect::<Vec<_>>())
         .bind(chunk.iter().map(|r| r.service_id).collect::<Vec<_>>())
         .bind(chunk.iter().map(|r| r.resource_id).collect::<Vec<_>>())
         .bind(chunk.iter().map(|r| r.value).collect::<Vec<_>>())
         .bind(chunk.iter().map(|r| to_time(r.ts_us)).collect::<Vec<_>>())
-        .execute(&mut **tx)
+        .fetch_all(&mut **tx)
         .await?;
-        inserted += result.rows_affected();
+        inserted.extend(
+            stored
+                .into_iter()
+                .map(|(t, s, r, v, ts)| (t, s, r, v, ts.timestamp_micros())),
+        );
     }
     Ok(inserted)
 }
