@@ -17,6 +17,9 @@ CREATE TABLE IF NOT EXISTS rollup_1m (
 );
 CREATE INDEX IF NOT EXISTS rollup_1m_bucket_brin ON rollup_1m USING brin (bucket);
 
+-- Statistics select by service and resource across tasks.
+CREATE INDEX IF NOT EXISTS rollup_1m_series_idx ON rollup_1m (service_id, resource_id, bucket);
+
 CREATE TABLE IF NOT EXISTS rollup_1h (LIKE rollup_1m INCLUDING ALL);
 
 -- The raw horizon: raw samples before this time were removed by retention,

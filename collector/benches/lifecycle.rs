@@ -1,0 +1,291 @@
+//! Long-window queries on rolled-up history: 30 simulated days of hourly
+//! rollups for 100 services x 6 resources, the last 2 days also as
+//! per-minute rollups and as raw samples (at a 30 s interval, to fit a
+//! 2-core machine), then `UsageStats` over the 30 days and `QueryUsage` at a
+//! 1-hour step through the real gRPC API. The baseline, in the same run, is
+//! `UsageStats` of the same service over the 2 raw days (what the raw table
+//! alone could answer). Reports table sizes on disk.
+//!
+//! `cargo bench -p headroom-collector --bench lifecycle` (needs the stack).
+
+use std::time::Instant;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use headroom_collector::{
+    CollectorConfig, admin,
+    store::{self, lifecycle::LifecycleOptions, rollup::Resolution, sketch::Sketch},
+};
+use headroom_proto::v1::{self, collector_client::CollectorClient};
+use headroom_serving::grpc::GrpcOptions;
+use headroom_testkit as kit;
+
+const SERVICES: i32 = 100;
+const RESOURCES: i32 = 6;
+const DAYS: i64 = 30;
+const RAW_DAYS: i64 = 2;
+const RAW_STEP_S: i64 = 30;
+
+fn level(service: i32, resource: i32, t: i64) -> f64 {
+    let base = f64::from(service % 17 + 1) * f64::from(resource + 1);
+    let daily = 1.0 + 0.4 * ((t as f64) / 86_400.0 * std::f64::consts::TAU).sin();
+    let jitter = ((t / 60 * 7919 + i64::from(service) * 31) % 1000) as f64 / 1000.0;
+    base * daily * (0.5 + jitter)
+}
+
+/// Writes buckets of `width` seconds over `[from, to)` for every series,
+/// each bucket's aggregate built from one value per minute.
+async fn fill_rollups(
+    pool: &sqlx::PgPool,
+    resolution: Resolution,
+    from: i64,
+    to: i64,
+) -> anyhow::Result<u64> {
+    let width = resolution.seconds();
+    let mut rows = 0u64;
+    for service in 1..=SERVICES {
+        let (mut s, mut r, mut b, mut count, mut sum, mut sum_sq, mut min, mut max, mut sk) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
+        for resource in 1..=RESOURCES {
+            let mut bucket = from;
+            while bucket < to {
+                let mut sketch = Sketch::default();
+                let (mut n, mut total, mut sq, mut lo, mut hi) =
+                    (0i64, 0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY);
+                for minute in (bucket..bucket + width).step_by(60) {
+                    let v = level(service, resource, minute);
+                    sketch.add(v);
+                    n += 1;
+                    total += v;
+                    sq += v * v;
+                    lo = lo.min(v);
+                    hi = hi.max(v);
+                }
+                s.push(service);
+                r.push(resource);
+                b.push(DateTime::<Utc>::from_timestamp(bucket, 0).unwrap_or_default());
+                count.push(n);
+                sum.push(total);
+                sum_sq.push(sq);
+                min.push(lo);
+                max.push(hi);
+                sk.push(sketch.encode());
+                bucket += width;
+            }
+        }
+        rows += s.len() as u64;
+        sqlx::query(&format!(
+            "INSERT INTO {} (task_id, service_id, resource_id, bucket, count, sum, sum_sq, min, max, sketch) \
+             SELECT 'history', * FROM UNNEST($1::int[], $2::int[], $3::timestamptz[], $4::int8[], \
+                    $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::bytea[])",
+            resolution.table()
+        ))
+        .bind(&s)
+        .bind(&r)
+        .bind(&b)
+        .bind(&count)
+        .bind(&sum)
+        .bind(&sum_sq)
+        .bind(&min)
+        .bind(&max)
+        .bind(&sk)
+        .execute(pool)
+        .await?;
+    }
+    Ok(rows)
+}
+
+/// Median of `runs` timings of `f`, in milliseconds.
+async fn median_ms<F, Fut>(runs: usize, mut f: F) -> anyhow::Result<f64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = Instant::now();
+        f().await?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[runs / 2])
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let db = kit::TestDb::new().await?;
+    store::migrate(&db.pool).await?;
+    let end = Utc::now().timestamp() / 86_400 * 86_400;
+    let start = end - DAYS * 86_400;
+    let raw_start = end - RAW_DAYS * 86_400;
+    let started = Instant::now();
+    sqlx::query(
+        "INSERT INTO services (id, name) SELECT g, 'svc-' || g FROM generate_series(1, $1) g",
+    )
+    .bind(SERVICES)
+    .execute(&db.pool)
+    .await?;
+    sqlx::query("INSERT INTO tasks (id, start_ts) VALUES ('history', to_timestamp($1))")
+        .bind(start as f64)
+        .execute(&db.pool)
+        .await?;
+    sqlx::query(
+        "INSERT INTO series SELECT 'history', s, r, to_timestamp($1), to_timestamp($2) \
+         FROM generate_series(1, $3) s, generate_series(1, $4) r",
+    )
+    .bind(start as f64)
+    .bind((end - 1) as f64)
+    .bind(SERVICES)
+    .bind(RESOURCES)
+    .execute(&db.pool)
+    .await?;
+    let hours = fill_rollups(&db.pool, Resolution::Hour, start, end).await?;
+    let minutes = fill_rollups(&db.pool, Resolution::Minute, raw_start, end).await?;
+    // Raw samples for the last two days, in their day partitions.
+    let options = LifecycleOptions {
+        raw_retention: std::time::Duration::from_secs(RAW_DAYS as u64 * 86_400),
+        ..Default::default()
+    };
+    let now = DateTime::<Utc>::from_timestamp(end - 1, 0).unwrap_or_default();
+    store::lifecycle::maintain(&db.pool, &options, now - TimeDelta::days(1)).await?;
+    let raw: u64 = sqlx::query(
+        "INSERT INTO samples (task_id, service_id, resource_id, value, ts) \
+         SELECT 'history', s, r, (s % 17 + 1) * r * (1 + 0.4 * sin(t / 86400.0 * 2 * pi())), to_timestamp(t) \
+         FROM generate_series(1, $1) s, generate_series(1, $2) r, generate_series($3::int8, $4::int8 - 1, $5::int8) t",
+    )
+    .bind(SERVICES)
+    .bind(RESOURCES)
+    .bind(raw_start)
+    .bind(end)
+    .bind(RAW_STEP_S)
+    .execute(&db.pool)
+    .await?
+    .rows_affected();
+    // Retention at the end of the last day: older raw days are gone.
+    store::lifecycle::maintain(&db.pool, &options, now).await?;
+    sqlx::query("ANALYZE").execute(&db.pool).await?;
+    println!(
+        "generated {hours} hourly buckets, {minutes} minute buckets, {raw} raw samples in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let config = CollectorConfig {
+        database_url: db.url.clone(),
+        max_connections: 4,
+        ingest: None,
+        lifecycle: options,
+        grpc: GrpcOptions::default(),
+    };
+    let server = kit::spawn_server(move |l, s| headroom_collector::run(l, s, config)).await?;
+    let client = CollectorClient::new(server.channel().await?);
+    let ts = |t: i64| {
+        Some(prost_types::Timestamp {
+            seconds: t,
+            nanos: 0,
+        })
+    };
+    let filter = |services: Vec<String>, from: i64| v1::UsageFilter {
+        services,
+        start: ts(from),
+        end: ts(end),
+        ..Default::default()
+    };
+    let one = vec!["svc-7".to_string()];
+
+    let c = client;
+    let f = filter(one.clone(), raw_start);
+    let raw_2d = median_ms(7, || {
+        let (mut c, f) = (c.clone(), f.clone());
+        async move {
+            let r = c
+                .usage_stats(v1::UsageStatsRequest { filter: Some(f) })
+                .await?
+                .into_inner();
+            anyhow::ensure!(r.resolution == v1::Resolution::Raw as i32);
+            Ok(())
+        }
+    })
+    .await?;
+    let f = filter(one.clone(), start);
+    let stats_30d = median_ms(7, || {
+        let (mut c, f) = (c.clone(), f.clone());
+        async move {
+            let r = c
+                .usage_stats(v1::UsageStatsRequest { filter: Some(f) })
+                .await?
+                .into_inner();
+            anyhow::ensure!(r.resolution == v1::Resolution::Hour as i32);
+            anyhow::ensure!(r.stats.len() == RESOURCES as usize);
+            Ok(())
+        }
+    })
+    .await?;
+    let f = filter(Vec::new(), start);
+    let stats_all_30d = median_ms(3, || {
+        let (mut c, f) = (c.clone(), f.clone());
+        async move {
+            let r = c
+                .usage_stats(v1::UsageStatsRequest { filter: Some(f) })
+                .await?
+                .into_inner();
+            anyhow::ensure!(r.stats.len() == (SERVICES * RESOURCES) as usize);
+            Ok(())
+        }
+    })
+    .await?;
+    let f = filter(one.clone(), start);
+    let query_1h = median_ms(7, || {
+        let (mut c, f) = (c.clone(), f.clone());
+        async move {
+            let r = c
+                .query_usage(v1::QueryUsageRequest {
+                    filter: Some(f),
+                    step: Some(prost_types::Duration {
+                        seconds: 3600,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            anyhow::ensure!(r.resolution == v1::Resolution::Hour as i32);
+            anyhow::ensure!(r.series.len() == RESOURCES as usize);
+            anyhow::ensure!(r.series[0].points.len() == (DAYS * 24) as usize);
+            Ok(())
+        }
+    })
+    .await?;
+    drop(c);
+    server.stop().await?;
+
+    println!();
+    println!("| query (median, through gRPC) | ms | vs raw 2-day baseline |");
+    println!("| --- | ---: | ---: |");
+    println!("| UsageStats, 1 service, 2 days raw (baseline) | {raw_2d:.1} | 1.00 |");
+    println!(
+        "| UsageStats, 1 service, 30 days (hour rollups) | {stats_30d:.1} | {:.2} |",
+        stats_30d / raw_2d
+    );
+    println!(
+        "| QueryUsage, 1 service (6 series), 30 days at 1 h | {query_1h:.1} | {:.2} |",
+        query_1h / raw_2d
+    );
+    println!(
+        "| UsageStats, all 100 services, 30 days (hour rollups) | {stats_all_30d:.1} | {:.2} |",
+        stats_all_30d / raw_2d
+    );
+    println!("goal: UsageStats over 30 days and QueryUsage at 1 h under 100 ms");
+    println!();
+    let mut out = Vec::new();
+    admin::storage(&db.pool, &mut out).await?;
+    println!("{}", String::from_utf8_lossy(&out));
+    Ok(())
+}
