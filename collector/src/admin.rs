@@ -140,7 +140,7 @@ pub async fn dump(pool: &PgPool, selection: &DumpSelection, out: &mut dyn Write)
     let (services, resources) = store::names(pool).await?;
     let io = |e: std::io::Error| Error::Unavailable(format!("while writing the dump: {e}"));
     writeln!(out, "task_id,service,resource,value,ts,seconds_into_task").map_err(io)?;
-    let query = store::export_query();
+    let query = store::export_query(None);
     let mut rows = store::export_rows(pool, &filter, &query);
     let mut n = 0;
     while let Some(r) = rows.try_next().await? {

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use futures::TryStreamExt;
 use headroom_collector::{
     ingest::decode::{Row, TaskSeen},
     store::{
@@ -177,5 +178,20 @@ async fn rollups_match_raw_samples_and_outlive_them() -> anyhow::Result<()> {
     );
     let after = rollup::stats(&db.pool, &window, Resolution::Minute).await?;
     assert_eq!(after[0].count, per_series);
+    // Training exports of the old task come from the per-minute rollups:
+    // one row per series and minute, the minute's mean.
+    let task = Filter {
+        task_ids: Some(vec!["job".into()]),
+        ..Default::default()
+    };
+    let resolution = rollup::choose_for_export(&db.pool, &task).await?;
+    assert_eq!(resolution, Some(Resolution::Minute));
+    let query = store::export_query(resolution);
+    let exported: Vec<_> = store::export_rows(&db.pool, &task, &query)
+        .try_collect()
+        .await?;
+    assert_eq!(exported.len() as i64, 2 * DAYS * 1440);
+    let first_minute: f64 = exact[0][..6].iter().sum::<f64>() / 6.0;
+    assert!((exported[0].value - first_minute).abs() <= 1e-9 * first_minute);
     Ok(())
 }

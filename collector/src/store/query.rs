@@ -396,13 +396,23 @@ pub fn export_rows<'a>(
     bind_filter(sqlx::query_as(query), filter).fetch(pool)
 }
 
-/// The statement behind [`export_rows`].
-pub fn export_query() -> String {
-    format!(
-        "SELECT x.task_id, x.service_id, x.resource_id, x.value, x.ts, t.start_ts \
-         FROM samples x JOIN tasks t ON t.id = x.task_id WHERE {SAMPLE_FILTER} \
-         ORDER BY x.task_id, x.service_id, x.resource_id, x.ts"
-    )
+/// The statement behind [`export_rows`]: raw samples, or with a rollup
+/// resolution one row per bucket (its mean, at the bucket's start).
+pub fn export_query(rollup: Option<super::rollup::Resolution>) -> String {
+    match rollup {
+        None => format!(
+            "SELECT x.task_id, x.service_id, x.resource_id, x.value, x.ts, t.start_ts \
+             FROM samples x JOIN tasks t ON t.id = x.task_id WHERE {SAMPLE_FILTER} \
+             ORDER BY x.task_id, x.service_id, x.resource_id, x.ts"
+        ),
+        Some(r) => format!(
+            "SELECT x.task_id, x.service_id, x.resource_id, x.sum / x.count AS value, x.bucket AS ts, t.start_ts \
+             FROM {} x JOIN tasks t ON t.id = x.task_id WHERE {} \
+             ORDER BY x.task_id, x.service_id, x.resource_id, x.bucket",
+            r.table(),
+            SAMPLE_FILTER.replace("x.ts", "x.bucket")
+        ),
+    }
 }
 
 /// Id-to-name maps of both lookup tables.

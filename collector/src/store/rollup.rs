@@ -439,12 +439,12 @@ mod choice_tests {
     }
 }
 
-/// The resolution that answers statistics for `filter`: its window (or,
-/// when open, the extent of the series it selects) against the raw horizon.
-pub async fn choose_for_stats(
+/// The window a filter covers: its own bounds, or where open, the extent
+/// of the series it selects. `None` when it selects nothing.
+async fn window_of(
     pool: &sqlx::PgPool,
     filter: &super::Filter,
-) -> Result<Option<Resolution>> {
+) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>> {
     let (first, last): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = sqlx::query_as(
         "SELECT min(first_ts), max(last_ts) FROM series x \
          WHERE ($1::int[] IS NULL OR x.service_id = ANY($1)) \
@@ -456,8 +456,31 @@ pub async fn choose_for_stats(
     .bind(&filter.task_ids)
     .fetch_one(pool)
     .await?;
-    let (Some(start), Some(end)) = (filter.start.or(first), filter.end.or(last)) else {
+    Ok(filter.start.or(first).zip(filter.end.or(last)))
+}
+
+/// The resolution that answers statistics for `filter`.
+pub async fn choose_for_stats(
+    pool: &sqlx::PgPool,
+    filter: &super::Filter,
+) -> Result<Option<Resolution>> {
+    Ok(match window_of(pool, filter).await? {
+        Some((start, end)) => for_stats(start, end, raw_horizon(pool).await?),
+        None => None,
+    })
+}
+
+/// The resolution of an export (training data): raw samples while they
+/// cover the window, else the per-minute rollups.
+pub async fn choose_for_export(
+    pool: &sqlx::PgPool,
+    filter: &super::Filter,
+) -> Result<Option<Resolution>> {
+    let Some((start, _)) = window_of(pool, filter).await? else {
         return Ok(None);
     };
-    Ok(for_stats(start, end, raw_horizon(pool).await?))
+    let horizon = raw_horizon(pool).await?;
+    Ok(horizon
+        .is_some_and(|h| start < h)
+        .then_some(Resolution::Minute))
 }
