@@ -8,12 +8,16 @@
 //!
 //! `cargo bench -p headroom-collector --bench lifecycle` (needs the stack).
 
-use std::time::Instant;
+use std::{collections::HashMap, time::Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use headroom_collector::{
     CollectorConfig, admin,
-    store::{self, lifecycle::LifecycleOptions, rollup::Resolution, sketch::Sketch},
+    store::{
+        self,
+        lifecycle::LifecycleOptions,
+        rollup::{self, Aggregate, Resolution},
+    },
 };
 use headroom_proto::v1::{self, collector_client::CollectorClient};
 use headroom_serving::grpc::GrpcOptions;
@@ -32,8 +36,8 @@ fn level(service: i32, resource: i32, t: i64) -> f64 {
     base * daily * (0.5 + jitter)
 }
 
-/// Writes buckets of `width` seconds over `[from, to)` for every series,
-/// each bucket's aggregate built from one value per minute.
+/// Writes buckets of `resolution` over `[from, to)` for every series, each
+/// bucket's aggregate built from one value per minute.
 async fn fill_rollups(
     pool: &sqlx::PgPool,
     resolution: Resolution,
@@ -43,64 +47,47 @@ async fn fill_rollups(
     let width = resolution.seconds();
     let mut rows = 0u64;
     for service in 1..=SERVICES {
-        let (mut s, mut r, mut b, mut count, mut sum, mut sum_sq, mut min, mut max, mut sk) = (
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-        );
+        let mut buckets: HashMap<rollup::Key, Aggregate> = HashMap::new();
         for resource in 1..=RESOURCES {
-            let mut bucket = from;
-            while bucket < to {
-                let mut sketch = Sketch::default();
-                let (mut n, mut total, mut sq, mut lo, mut hi) =
-                    (0i64, 0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY);
+            for bucket in (from..to).step_by(width as usize) {
+                let agg = buckets
+                    .entry(("history".into(), service, resource, bucket))
+                    .or_default();
                 for minute in (bucket..bucket + width).step_by(60) {
-                    let v = level(service, resource, minute);
-                    sketch.add(v);
-                    n += 1;
-                    total += v;
-                    sq += v * v;
-                    lo = lo.min(v);
-                    hi = hi.max(v);
+                    agg.add(level(service, resource, minute));
                 }
-                s.push(service);
-                r.push(resource);
-                b.push(DateTime::<Utc>::from_timestamp(bucket, 0).unwrap_or_default());
-                count.push(n);
-                sum.push(total);
-                sum_sq.push(sq);
-                min.push(lo);
-                max.push(hi);
-                sk.push(sketch.encode());
-                bucket += width;
             }
         }
-        rows += s.len() as u64;
-        sqlx::query(&format!(
-            "INSERT INTO {} (task_id, service_id, resource_id, bucket, count, sum, sum_sq, min, max, sketch) \
-             SELECT 'history', * FROM UNNEST($1::int[], $2::int[], $3::timestamptz[], $4::int8[], \
-                    $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::bytea[])",
-            resolution.table()
-        ))
-        .bind(&s)
-        .bind(&r)
-        .bind(&b)
-        .bind(&count)
-        .bind(&sum)
-        .bind(&sum_sq)
-        .bind(&min)
-        .bind(&max)
-        .bind(&sk)
-        .execute(pool)
-        .await?;
+        rows += buckets.len() as u64;
+        let mut tx = pool.begin().await?;
+        rollup::write(&mut tx, resolution, &buckets).await?;
+        tx.commit().await?;
     }
     Ok(rows)
+}
+
+/// Median time of `runs` UsageStats calls, in milliseconds, each answer
+/// checked for its resolution and number of (service, resource) pairs.
+async fn stats_ms(
+    client: &CollectorClient<tonic::transport::Channel>,
+    filter: v1::UsageFilter,
+    runs: usize,
+    resolution: v1::Resolution,
+    pairs: usize,
+) -> anyhow::Result<f64> {
+    median_ms(runs, || {
+        let (mut c, f) = (client.clone(), filter.clone());
+        async move {
+            let r = c
+                .usage_stats(v1::UsageStatsRequest { filter: Some(f) })
+                .await?
+                .into_inner();
+            anyhow::ensure!(r.resolution == resolution as i32);
+            anyhow::ensure!(r.stats.len() == pairs);
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// Median of `runs` timings of `f`, in milliseconds.
@@ -201,45 +188,30 @@ async fn main() -> anyhow::Result<()> {
     let one = vec!["svc-7".to_string()];
 
     let c = client;
-    let f = filter(one.clone(), raw_start);
-    let raw_2d = median_ms(7, || {
-        let (mut c, f) = (c.clone(), f.clone());
-        async move {
-            let r = c
-                .usage_stats(v1::UsageStatsRequest { filter: Some(f) })
-                .await?
-                .into_inner();
-            anyhow::ensure!(r.resolution == v1::Resolution::Raw as i32);
-            Ok(())
-        }
-    })
+    let series = RESOURCES as usize;
+    let raw_2d = stats_ms(
+        &c,
+        filter(one.clone(), raw_start),
+        7,
+        v1::Resolution::Raw,
+        series,
+    )
     .await?;
-    let f = filter(one.clone(), start);
-    let stats_30d = median_ms(7, || {
-        let (mut c, f) = (c.clone(), f.clone());
-        async move {
-            let r = c
-                .usage_stats(v1::UsageStatsRequest { filter: Some(f) })
-                .await?
-                .into_inner();
-            anyhow::ensure!(r.resolution == v1::Resolution::Hour as i32);
-            anyhow::ensure!(r.stats.len() == RESOURCES as usize);
-            Ok(())
-        }
-    })
+    let stats_30d = stats_ms(
+        &c,
+        filter(one.clone(), start),
+        7,
+        v1::Resolution::Hour,
+        series,
+    )
     .await?;
-    let f = filter(Vec::new(), start);
-    let stats_all_30d = median_ms(3, || {
-        let (mut c, f) = (c.clone(), f.clone());
-        async move {
-            let r = c
-                .usage_stats(v1::UsageStatsRequest { filter: Some(f) })
-                .await?
-                .into_inner();
-            anyhow::ensure!(r.stats.len() == (SERVICES * RESOURCES) as usize);
-            Ok(())
-        }
-    })
+    let stats_all_30d = stats_ms(
+        &c,
+        filter(Vec::new(), start),
+        3,
+        v1::Resolution::Hour,
+        series * SERVICES as usize,
+    )
     .await?;
     let f = filter(one.clone(), start);
     let query_1h = median_ms(7, || {

@@ -58,8 +58,15 @@ pub struct Aggregate {
     pub sketch: Sketch,
 }
 
+impl Default for Aggregate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Aggregate {
-    fn new() -> Self {
+    /// An empty aggregate.
+    pub fn new() -> Self {
         Self {
             count: 0,
             sum: 0.0,
@@ -70,7 +77,8 @@ impl Aggregate {
         }
     }
 
-    fn add(&mut self, value: f64) {
+    /// Counts one value.
+    pub fn add(&mut self, value: f64) {
         self.count += 1;
         self.sum += value;
         self.sum_sq += value * value;
@@ -91,7 +99,7 @@ impl Aggregate {
 }
 
 /// (task, service, resource, bucket start in seconds).
-type Key = (String, i32, i32, i64);
+pub type Key = (String, i32, i32, i64);
 
 /// Aggregates rows `(task, service, resource, value, ts µs)` per bucket.
 pub fn aggregate<'a>(
@@ -103,7 +111,7 @@ pub fn aggregate<'a>(
     for (task, service, resource, value, ts_us) in rows {
         let bucket = ts_us.div_euclid(1_000_000).div_euclid(width) * width;
         out.entry((task.to_string(), service, resource, bucket))
-            .or_insert_with(Aggregate::new)
+            .or_default()
             .add(value);
     }
     out
@@ -164,6 +172,16 @@ pub async fn apply(
             agg.merge(&old);
         }
     }
+    write(tx, resolution, &fresh).await
+}
+
+/// Stores buckets of `resolution` as they are, replacing stored ones.
+pub async fn write(
+    tx: &mut Transaction<'_, Postgres>,
+    resolution: Resolution,
+    buckets: &HashMap<Key, Aggregate>,
+) -> Result<()> {
+    let table = resolution.table();
     let (mut t, mut s, mut r, mut b) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut count, mut sum, mut sum_sq, mut min, mut max, mut sketch) = (
         Vec::new(),
@@ -173,7 +191,7 @@ pub async fn apply(
         Vec::new(),
         Vec::new(),
     );
-    for (key, agg) in &fresh {
+    for (key, agg) in buckets {
         t.push(key.0.as_str());
         s.push(key.1);
         r.push(key.2);
