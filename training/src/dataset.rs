@@ -1,0 +1,437 @@
+//! The training set: every sample with its task's mix, read from
+//! PostgreSQL (the collector's schema) or from a CSV dump, and split into
+//! training and validation **by task** so validation measures tasks the
+//! model never saw.
+
+use std::{collections::HashMap, path::Path};
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt as _;
+use headroom_collector::store;
+use headroom_proto::resource;
+use rand::{SeedableRng as _, rngs::StdRng, seq::SliceRandom as _};
+
+use crate::{Error, Result};
+
+/// One sample, by vocabulary index.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Row {
+    /// Index into [`Dataset::tasks`].
+    pub task: u32,
+    /// Index into [`Dataset::services`].
+    pub service: u16,
+    /// Index into [`Dataset::resources`].
+    pub resource: u8,
+    /// Seconds into the task.
+    pub seconds: f32,
+    /// Value in the resource's unit.
+    pub value: f32,
+}
+
+/// One task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    /// Task id.
+    pub id: String,
+    /// Its services (the mix), as sorted indices into [`Dataset::services`].
+    pub mix: Vec<usize>,
+}
+
+/// Samples with their vocabularies.
+#[derive(Debug, Clone, Default)]
+pub struct Dataset {
+    /// Service names, sorted; rows refer to them by index.
+    pub services: Vec<String>,
+    /// Resource names in their canonical order; rows refer to them by index.
+    pub resources: Vec<String>,
+    /// Tasks; rows refer to them by index.
+    pub tasks: Vec<Task>,
+    /// The samples.
+    pub rows: Vec<Row>,
+    /// Earliest sample time, where known.
+    pub from: Option<DateTime<Utc>>,
+    /// Latest sample time, where known.
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// Rows of the training and validation sets, as indices into
+/// [`Dataset::rows`].
+#[derive(Debug, Clone, Default)]
+pub struct Split {
+    /// Rows of the training tasks.
+    pub train: Vec<usize>,
+    /// Rows of the held-out tasks.
+    pub validation: Vec<usize>,
+    /// Ids of the held-out tasks.
+    pub held_out: Vec<String>,
+}
+
+/// Collects samples by name and assigns indices.
+#[derive(Debug, Default)]
+pub struct Builder {
+    services: HashMap<String, u16>,
+    service_names: Vec<String>,
+    tasks: HashMap<String, u32>,
+    task_ids: Vec<String>,
+    task_mix: Vec<Vec<u16>>,
+    rows: Vec<Row>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+}
+
+impl Builder {
+    /// An empty builder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn service(&mut self, name: &str) -> Result<u16> {
+        if let Some(i) = self.services.get(name) {
+            return Ok(*i);
+        }
+        let i = u16::try_from(self.service_names.len())
+            .map_err(|_| Error::Data("more than 65,535 services".into()))?;
+        self.services.insert(name.to_string(), i);
+        self.service_names.push(name.to_string());
+        Ok(i)
+    }
+
+    fn task(&mut self, id: &str) -> u32 {
+        if let Some(i) = self.tasks.get(id) {
+            return *i;
+        }
+        let i = self.task_ids.len() as u32;
+        self.tasks.insert(id.to_string(), i);
+        self.task_ids.push(id.to_string());
+        self.task_mix.push(Vec::new());
+        i
+    }
+
+    /// Declares the services of a task (its mix), as the tasks table says.
+    pub fn task_services(&mut self, task_id: &str, services: &[String]) -> Result<()> {
+        let t = self.task(task_id) as usize;
+        for s in services {
+            let s = self.service(s)?;
+            if !self.task_mix[t].contains(&s) {
+                self.task_mix[t].push(s);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds one sample. Its service joins its task's mix.
+    pub fn push(
+        &mut self,
+        task_id: &str,
+        service: &str,
+        resource_name: &str,
+        seconds: f64,
+        value: f64,
+        ts: Option<DateTime<Utc>>,
+    ) -> Result<()> {
+        let resource = resource::ALL
+            .iter()
+            .position(|r| *r == resource_name)
+            .ok_or_else(|| Error::Data(format!("unknown resource {resource_name:?}")))?
+            as u8;
+        if !(seconds.is_finite() && seconds >= 0.0) {
+            return Err(Error::Data(format!(
+                "seconds into task {task_id} is {seconds}; it must be at least 0"
+            )));
+        }
+        if !value.is_finite() {
+            return Err(Error::Data(format!("value {value} is not a number")));
+        }
+        let task = self.task(task_id);
+        let svc = self.service(service)?;
+        let mix = &mut self.task_mix[task as usize];
+        if !mix.contains(&svc) {
+            mix.push(svc);
+        }
+        if let Some(ts) = ts {
+            self.from = Some(self.from.map_or(ts, |f| f.min(ts)));
+            self.to = Some(self.to.map_or(ts, |t| t.max(ts)));
+        }
+        self.rows.push(Row {
+            task,
+            service: svc,
+            resource,
+            seconds: seconds as f32,
+            value: value as f32,
+        });
+        Ok(())
+    }
+
+    /// The dataset: services sorted by name, resources in canonical order,
+    /// tasks without samples left out.
+    pub fn finish(self) -> Dataset {
+        let mut order: Vec<usize> = (0..self.service_names.len()).collect();
+        order.sort_by(|a, b| self.service_names[*a].cmp(&self.service_names[*b]));
+        let mut service_map = vec![0u16; order.len()];
+        for (new, old) in order.iter().enumerate() {
+            service_map[*old] = new as u16;
+        }
+        let mut used_resources = [false; resource::ALL.len()];
+        let mut task_has_rows = vec![false; self.task_ids.len()];
+        for r in &self.rows {
+            used_resources[r.resource as usize] = true;
+            task_has_rows[r.task as usize] = true;
+        }
+        let mut resource_map = [0u8; resource::ALL.len()];
+        let mut resources = Vec::new();
+        for (i, used) in used_resources.iter().enumerate() {
+            if *used {
+                resource_map[i] = resources.len() as u8;
+                resources.push(resource::ALL[i].to_string());
+            }
+        }
+        let mut task_map = vec![u32::MAX; self.task_ids.len()];
+        let mut tasks = Vec::new();
+        for (i, id) in self.task_ids.into_iter().enumerate() {
+            if task_has_rows[i] {
+                task_map[i] = tasks.len() as u32;
+                let mut mix: Vec<usize> = self.task_mix[i]
+                    .iter()
+                    .map(|s| service_map[*s as usize] as usize)
+                    .collect();
+                mix.sort_unstable();
+                tasks.push(Task { id, mix });
+            }
+        }
+        let rows = self
+            .rows
+            .into_iter()
+            .map(|r| Row {
+                task: task_map[r.task as usize],
+                service: service_map[r.service as usize],
+                resource: resource_map[r.resource as usize],
+                ..r
+            })
+            .collect();
+        let services = order
+            .into_iter()
+            .map(|i| self.service_names[i].clone())
+            .collect();
+        Dataset {
+            services,
+            resources,
+            tasks,
+            rows,
+            from: self.from,
+            to: self.to,
+        }
+    }
+}
+
+/// Which stored samples to train on.
+#[derive(Debug, Clone, Default)]
+pub struct Window {
+    /// Inclusive start.
+    pub start: Option<DateTime<Utc>>,
+    /// Exclusive end.
+    pub end: Option<DateTime<Utc>>,
+}
+
+impl Dataset {
+    /// Reads a CSV dump (`headroom-collector admin dump`, or
+    /// `headroom-train simulate --csv`): a header naming at least
+    /// `task_id,service,resource,value,seconds_into_task`; `ts` is optional.
+    pub fn from_csv(path: &Path) -> Result<Self> {
+        let unreadable =
+            |e: String| Error::Data(format!("cannot read CSV {}: {e}", path.display()));
+        let mut reader = csv::Reader::from_path(path).map_err(|e| unreadable(e.to_string()))?;
+        let headers = reader
+            .headers()
+            .map_err(|e| unreadable(e.to_string()))?
+            .clone();
+        let column = |name: &str| {
+            headers
+                .iter()
+                .position(|h| h == name)
+                .ok_or_else(|| unreadable(format!("no {name:?} column in the header")))
+        };
+        let (task, service, res, value, seconds) = (
+            column("task_id")?,
+            column("service")?,
+            column("resource")?,
+            column("value")?,
+            column("seconds_into_task")?,
+        );
+        let ts = headers.iter().position(|h| h == "ts");
+        let mut b = Builder::new();
+        let mut record = csv::StringRecord::new();
+        loop {
+            match reader.read_record(&mut record) {
+                Ok(false) => break,
+                Ok(true) => {}
+                Err(e) => return Err(unreadable(e.to_string())),
+            }
+            let line = record.position().map_or(0, |p| p.line());
+            let at = |e: String| unreadable(format!("line {line}: {e}"));
+            let number = |i: usize, what: &str| {
+                record[i]
+                    .parse::<f64>()
+                    .map_err(|_| at(format!("{what} {:?} is not a number", &record[i])))
+            };
+            let time = match ts {
+                Some(i) if !record[i].is_empty() => Some(
+                    DateTime::parse_from_rfc3339(&record[i])
+                        .map_err(|e| at(format!("ts {:?}: {e}", &record[i])))?
+                        .with_timezone(&Utc),
+                ),
+                _ => None,
+            };
+            b.push(
+                &record[task],
+                &record[service],
+                &record[res],
+                number(seconds, "seconds_into_task")?,
+                number(value, "value")?,
+                time,
+            )
+            .map_err(|e| at(e.to_string()))?;
+        }
+        Ok(b.finish())
+    }
+
+    /// Reads the collector's store: raw samples, or per-minute rollups for
+    /// windows that reach past the raw horizon.
+    pub async fn from_postgres(pool: &sqlx::PgPool, window: &Window) -> Result<Self> {
+        let has_schema: bool = sqlx::query_scalar("SELECT to_regclass('samples') IS NOT NULL")
+            .fetch_one(pool)
+            .await
+            .map_err(headroom_collector::Error::from)?;
+        if !has_schema {
+            return Ok(Self::default());
+        }
+        let filter = store::resolve_filter(pool, &[], &[], &[], window.start, window.end).await?;
+        let rollup = store::rollup::choose_for_export(pool, &filter).await?;
+        let (services, resources) = store::names(pool).await?;
+        let query = store::export_query(rollup);
+        let mut b = Builder::new();
+        let mut rows = store::export_rows(pool, &filter, &query);
+        while let Some(r) = rows
+            .try_next()
+            .await
+            .map_err(headroom_collector::Error::from)?
+        {
+            let seconds = (r.ts - r.start_ts).num_milliseconds() as f64 / 1000.0;
+            if seconds < 0.0 {
+                // A sample stamped before its task's start: clock skew
+                // between hosts; it says nothing about the task's profile.
+                continue;
+            }
+            b.push(
+                &r.task_id,
+                services.get(&r.service_id).map_or("", String::as_str),
+                resources.get(&r.resource_id).map_or("", String::as_str),
+                seconds,
+                r.value,
+                Some(r.ts),
+            )?;
+        }
+        let ids: Vec<String> = b.task_ids.clone();
+        for chunk in ids.chunks(1000) {
+            for t in store::get_tasks(pool, chunk).await? {
+                b.task_services(&t.id, &t.services)?;
+            }
+        }
+        Ok(b.finish())
+    }
+
+    /// Splits rows by task: a seeded shuffle of the tasks, the first
+    /// `fraction` of them held out (at least one, and at least one kept).
+    pub fn split(&self, fraction: f64, seed: u64) -> Result<Split> {
+        if self.tasks.len() < 2 {
+            return Err(Error::Data(format!(
+                "{} task(s) in the data; at least 2 are needed to hold one out for validation",
+                self.tasks.len()
+            )));
+        }
+        let mut order: Vec<usize> = (0..self.tasks.len()).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(seed));
+        let n =
+            ((self.tasks.len() as f64 * fraction).round() as usize).clamp(1, self.tasks.len() - 1);
+        let mut held = vec![false; self.tasks.len()];
+        for t in &order[..n] {
+            held[*t] = true;
+        }
+        let mut split = Split {
+            held_out: order[..n]
+                .iter()
+                .map(|t| self.tasks[*t].id.clone())
+                .collect(),
+            ..Split::default()
+        };
+        for (i, r) in self.rows.iter().enumerate() {
+            if held[r.task as usize] {
+                split.validation.push(i);
+            } else {
+                split.train.push(i);
+            }
+        }
+        Ok(split)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vocabularies_are_sorted_and_rows_follow_them() {
+        let mut b = Builder::new();
+        b.push("t1", "web", "memory", 0.0, 5.0, None).unwrap();
+        b.push("t1", "api", "cpu", 1.0, 0.5, None).unwrap();
+        b.push("t2", "db", "cpu", 2.0, 1.5, None).unwrap();
+        b.task_services("t2", &["web".into()]).unwrap();
+        b.task_services("t3", &["cache".into()]).unwrap();
+        let d = b.finish();
+        assert_eq!(d.services, ["api", "cache", "db", "web"]);
+        assert_eq!(d.resources, ["cpu", "memory"]);
+        assert_eq!(d.tasks.len(), 2, "t3 has no samples");
+        assert_eq!(d.tasks[0].mix, [0, 3]);
+        assert_eq!(
+            d.tasks[1].mix,
+            [2, 3],
+            "the declared mix joins the seen one"
+        );
+        assert_eq!(d.rows[0].service, 3);
+        assert_eq!(d.rows[0].resource, 1);
+        assert_eq!(d.rows[2].task, 1);
+    }
+
+    #[test]
+    fn bad_samples_are_refused() {
+        let mut b = Builder::new();
+        assert!(b.push("t", "s", "gpu", 0.0, 1.0, None).is_err());
+        assert!(b.push("t", "s", "cpu", -1.0, 1.0, None).is_err());
+        assert!(b.push("t", "s", "cpu", 1.0, f64::NAN, None).is_err());
+    }
+
+    #[test]
+    fn split_keeps_whole_tasks_apart_and_is_reproducible() {
+        let mut b = Builder::new();
+        for t in 0..20 {
+            for s in 0..10 {
+                b.push(&format!("t{t}"), "svc", "cpu", s as f64, 1.0, None)
+                    .unwrap();
+            }
+        }
+        let d = b.finish();
+        let a = d.split(0.25, 7).unwrap();
+        assert_eq!(a.held_out.len(), 5);
+        assert_eq!(a.validation.len(), 50);
+        assert_eq!(a.train.len(), 150);
+        let val_tasks: std::collections::HashSet<u32> =
+            a.validation.iter().map(|i| d.rows[*i].task).collect();
+        assert!(
+            a.train
+                .iter()
+                .all(|i| !val_tasks.contains(&d.rows[*i].task))
+        );
+        assert_eq!(d.split(0.25, 7).unwrap().held_out, a.held_out);
+        assert_ne!(d.split(0.25, 8).unwrap().held_out, a.held_out);
+        assert!(Dataset::default().split(0.2, 1).is_err());
+    }
+}

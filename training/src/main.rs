@@ -1,0 +1,234 @@
+//! `headroom-train`: learns the usage model from stored history (or a CSV
+//! dump) and exports `model.onnx`; `simulate` writes ground-truth history.
+
+use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use headroom_training::{Dataset, Outputs, TrainOptions, dataset::Window, export, simulate};
+
+#[derive(Debug, Parser)]
+#[command(name = "headroom-train", version, about)]
+struct Cli {
+    /// PostgreSQL URL of the collector's store.
+    #[arg(
+        long,
+        global = true,
+        env = "HEADROOM_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/headroom"
+    )]
+    database_url: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train on stored history (or a CSV dump) and export the model.
+    Train(Train),
+    /// Generate a simulated workload into PostgreSQL or a CSV file.
+    Simulate(Simulate),
+    /// Print what a model file is: its encoding and validation metrics.
+    Inspect {
+        /// The model.
+        #[arg(default_value = "model.onnx")]
+        model: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct Train {
+    /// Read samples from this CSV dump instead of PostgreSQL.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Only samples from this time on, RFC 3339.
+    #[arg(long)]
+    start: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only samples before this time, RFC 3339.
+    #[arg(long)]
+    end: Option<chrono::DateTime<chrono::Utc>>,
+    /// Where to write the model.
+    #[arg(long, env = "HEADROOM_MODEL", default_value = "model.onnx")]
+    out: PathBuf,
+    /// Validation report (JSON); default `report.json` beside the model.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Loss curve (PNG); default `loss.png` beside the model.
+    #[arg(long)]
+    loss_plot: Option<PathBuf>,
+    /// Checkpoint (weights and optimizer state); default `model.ckpt`
+    /// beside the model.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Continue from the checkpoint instead of starting over.
+    #[arg(long)]
+    resume: bool,
+    /// Version recorded in the model (default: the UTC time of training).
+    #[arg(long = "model-version")]
+    model_version: Option<String>,
+    /// Width of the time buckets of the per-bucket percentile baseline.
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    baseline_bucket: std::time::Duration,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    #[command(flatten)]
+    options: TrainOptions,
+}
+
+#[derive(Debug, clap::Args)]
+struct Simulate {
+    /// Write a CSV file (the collector's dump format) instead of PostgreSQL.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Also write the drawn service profiles and tasks as JSON.
+    #[arg(long)]
+    profiles: Option<PathBuf>,
+    #[command(flatten)]
+    options: simulate::SimOptions,
+}
+
+fn beside(model: &std::path::Path, name: &str) -> PathBuf {
+    model.with_file_name(name)
+}
+
+async fn connect(url: &str) -> anyhow::Result<sqlx::PgPool> {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect(url)
+        .await
+        .with_context(|| format!("cannot connect to the database at {}", redact(url)))
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn train(database_url: &str, t: Train) -> anyhow::Result<()> {
+    let (data, source) = match &t.csv {
+        Some(path) => (Dataset::from_csv(path)?, path.display().to_string()),
+        None => {
+            let pool = connect(database_url).await?;
+            let window = Window {
+                start: t.start,
+                end: t.end,
+            };
+            let data = Dataset::from_postgres(&pool, &window)
+                .await
+                .context("while reading samples")?;
+            (data, format!("the database at {}", redact(database_url)))
+        }
+    };
+    if data.rows.is_empty() {
+        anyhow::bail!("no samples to train on in {source}");
+    }
+    eprintln!(
+        "{} samples of {} tasks, {} services, {} resources from {source}",
+        data.rows.len(),
+        data.tasks.len(),
+        data.services.len(),
+        data.resources.len()
+    );
+    let outputs = Outputs {
+        report: Some(t.report.unwrap_or_else(|| beside(&t.out, "report.json"))),
+        loss_plot: Some(t.loss_plot.unwrap_or_else(|| beside(&t.out, "loss.png"))),
+        checkpoint: Some(t.checkpoint.unwrap_or_else(|| beside(&t.out, "model.ckpt"))),
+        resume: t.resume,
+        model: t.out,
+    };
+    let version = t
+        .model_version
+        .unwrap_or_else(|| chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string());
+    let progress = !t.quiet && std::io::stderr().is_terminal();
+    let bucket = t.baseline_bucket.as_secs_f64().max(1.0);
+    let outcome = tokio::task::spawn_blocking(move || {
+        headroom_training::fit_and_export(&data, &t.options, &outputs, &version, bucket, progress)
+            .map(|o| (o, outputs))
+    })
+    .await??;
+    let (o, outputs) = outcome;
+    println!("{}", o.report.table());
+    eprintln!(
+        "model {} written to {} (best epoch {} of {}, {} steps in {:.1} s); report {}, loss plot {}",
+        o.report.version,
+        outputs.model.display(),
+        o.trained.best_epoch,
+        o.trained.history.len(),
+        o.trained.steps,
+        o.trained.seconds,
+        outputs
+            .report
+            .as_deref()
+            .map_or(String::new(), |p| p.display().to_string()),
+        outputs
+            .loss_plot
+            .as_deref()
+            .map_or(String::new(), |p| p.display().to_string()),
+    );
+    Ok(())
+}
+
+async fn simulate(database_url: &str, s: Simulate) -> anyhow::Result<()> {
+    let workload = simulate::Workload::new(&s.options)?;
+    if let Some(path) = &s.profiles {
+        let json = serde_json::to_vec_pretty(&workload)?;
+        std::fs::write(path, json).with_context(|| format!("while writing {}", path.display()))?;
+    }
+    let n = match &s.csv {
+        Some(path) => simulate::write_csv_file(&workload, path)?,
+        None => {
+            let pool = connect(database_url).await?;
+            workload.write_postgres(&pool).await?
+        }
+    };
+    eprintln!(
+        "{n} samples of {} tasks over {} services written to {}",
+        workload.tasks.len(),
+        workload.services.len(),
+        s.csv
+            .as_ref()
+            .map_or_else(|| redact(database_url), |p| p.display().to_string())
+    );
+    Ok(())
+}
+
+fn inspect(model: &std::path::Path) -> anyhow::Result<()> {
+    let spec = export::read_spec(model)?;
+    println!("{}", serde_json::to_string_pretty(&spec)?);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(t) => train(&cli.database_url, t).await,
+        Command::Simulate(s) => simulate(&cli.database_url, s).await,
+        Command::Inspect { model } => inspect(&model),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("headroom-train: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

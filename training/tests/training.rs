@@ -1,0 +1,271 @@
+//! Training end to end on simulated history: quality against the
+//! baselines, ONNX parity through a real ONNX Runtime, vocabulary refusal,
+//! exact resume from a checkpoint, and PostgreSQL as the source.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use headroom_model::{METADATA_KEY, ModelSpec, OUTPUT, Query};
+use headroom_testkit as kit;
+use headroom_training::{
+    Dataset, Outputs, TrainOptions,
+    dataset::Window,
+    export,
+    simulate::{SimOptions, Workload},
+    train::{self, Checkpointing},
+};
+
+fn ort_session(path: &Path) -> anyhow::Result<ort::session::Session> {
+    let dylib = std::env::var("ORT_DYLIB_PATH")
+        .context("ORT_DYLIB_PATH is not set: run `scripts/stack up` and source .stack/env")?;
+    ort::init_from(&dylib).commit()?;
+    Ok(ort::session::Session::builder()?.commit_from_file(path)?)
+}
+
+fn small_workload(seed: u64, tasks: usize) -> Workload {
+    Workload::new(&SimOptions {
+        seed,
+        services: 8,
+        tasks,
+        interval: std::time::Duration::from_secs(30),
+        ..SimOptions::default()
+    })
+    .expect("valid options")
+}
+
+/// The bar: 8 services, 200 tasks, 6 resources with interference;
+/// the model must beat both baselines on held-out tasks and its p90 must
+/// cover 85-95 % of them.
+#[test]
+fn model_beats_both_baselines_on_held_out_tasks() -> anyhow::Result<()> {
+    let data = small_workload(7, 200).dataset()?;
+    assert_eq!(data.services.len(), 8);
+    assert_eq!(data.resources.len(), 6);
+    let dir = tempfile::tempdir()?;
+    let outputs = Outputs {
+        model: dir.path().join("model.onnx"),
+        report: Some(dir.path().join("report.json")),
+        loss_plot: Some(dir.path().join("loss.png")),
+        ..Outputs::default()
+    };
+    let opts = TrainOptions {
+        epochs: 40,
+        ..TrainOptions::default()
+    };
+    let out = headroom_training::fit_and_export(&data, &opts, &outputs, "quality", 60.0, false)?;
+    let r = &out.report;
+    println!("{}", r.table());
+    let [model, max, bucket] = &r.overall;
+    assert!(
+        model.pinball < bucket.pinball && model.pinball < max.pinball,
+        "model {:.4} vs bucket percentile {:.4} and historical max {:.4}",
+        model.pinball,
+        bucket.pinball,
+        max.pinball
+    );
+    let p90 = r
+        .quantiles
+        .iter()
+        .position(|q| *q == 0.9)
+        .expect("p90 is trained");
+    assert!(
+        (0.85..=0.95).contains(&model.coverage[p90]),
+        "p90 covers {:.3} of held-out samples",
+        model.coverage[p90]
+    );
+    // The report, the plot and the metadata all carry the figures.
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json"))?)?;
+    assert_eq!(json["validation_samples"], r.validation_samples);
+    let png = std::fs::read(dir.path().join("loss.png"))?;
+    assert_eq!(&png[1..4], b"PNG");
+    let spec = export::read_spec(&outputs.model)?;
+    let stored = spec
+        .metrics
+        .iter()
+        .find(|m| m.name == "pinball_loss" && m.resource.is_empty())
+        .expect("overall pinball loss in the metadata");
+    assert!(
+        (stored.value / model.pinball - 1.0).abs() < 1e-12,
+        "{} vs {}",
+        stored.value,
+        model.pinball
+    );
+    Ok(())
+}
+
+#[test]
+fn exported_model_matches_the_training_forward_pass_through_ort() -> anyhow::Result<()> {
+    let data = small_workload(3, 30).dataset()?;
+    let opts = TrainOptions {
+        epochs: 2,
+        periods: vec![std::time::Duration::from_secs(120)],
+        ..TrainOptions::default()
+    };
+    let trained = train::train(&data, &opts, Checkpointing::default(), "parity", false)?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("model.onnx");
+    export::write_model(&path, &trained.net, &trained.spec)?;
+
+    let rows: Vec<usize> = (0..data.rows.len()).step_by(37).take(500).collect();
+    let (x, _) = train::encode_rows(&data, &trained.spec, &rows);
+    let want = trained.net.predict(&x)?;
+    let mut session = ort_session(&path)?;
+    let input = ndarray::Array2::from_shape_vec((rows.len(), trained.spec.width()), x)?;
+    let outputs = session.run(ort::inputs![
+        headroom_model::INPUT => ort::value::TensorRef::from_array_view(&input)?
+    ])?;
+    let got = outputs[OUTPUT].try_extract_array::<f32>()?;
+    assert_eq!(got.shape(), [rows.len(), trained.spec.quantiles.len()]);
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0_f32, f32::max);
+    assert!(worst <= 1e-4, "ONNX Runtime and candle differ by {worst}");
+    Ok(())
+}
+
+#[test]
+fn a_model_refuses_a_service_outside_its_vocabulary() -> anyhow::Result<()> {
+    let data = small_workload(5, 12).dataset()?;
+    let opts = TrainOptions {
+        epochs: 1,
+        ..TrainOptions::default()
+    };
+    let trained = train::train(&data, &opts, Checkpointing::default(), "vocab", false)?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("model.onnx");
+    export::write_model(&path, &trained.net, &trained.spec)?;
+
+    // The spec travels in the file: read it the way a server would.
+    let session = ort_session(&path)?;
+    let json = session
+        .metadata()?
+        .custom(METADATA_KEY)?
+        .context("the model carries its encoding")?;
+    let spec = ModelSpec::from_json(&json)?;
+    assert_eq!(spec.services, data.services);
+    let mix = vec![data.services[0].clone(), "billing".to_string()];
+    let err = spec
+        .encode(&[Query {
+            task_services: &mix,
+            service: &data.services[1],
+            resource: "cpu",
+            seconds: 10.0,
+        }])
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("\"billing\" is unknown to model vocab") && msg.contains(&data.services[0]),
+        "{msg}"
+    );
+    Ok(())
+}
+
+#[test]
+fn resuming_from_a_checkpoint_reproduces_an_uninterrupted_run() -> anyhow::Result<()> {
+    let data = small_workload(11, 24).dataset()?;
+    let dir = tempfile::tempdir()?;
+    let ckpt = dir.path().join("model.ckpt");
+    let opts = |epochs| TrainOptions {
+        epochs,
+        patience: 100,
+        ..TrainOptions::default()
+    };
+    let straight = train::train(&data, &opts(4), Checkpointing::default(), "v", false)?;
+    let first = train::train(
+        &data,
+        &opts(2),
+        Checkpointing {
+            path: Some(&ckpt),
+            resume: false,
+        },
+        "v",
+        false,
+    )?;
+    assert_eq!(first.history.len(), 2);
+    let resumed = train::train(
+        &data,
+        &opts(4),
+        Checkpointing {
+            path: Some(&ckpt),
+            resume: true,
+        },
+        "v",
+        false,
+    )?;
+    assert_eq!(
+        resumed.history.len(),
+        4,
+        "history continues from the checkpoint"
+    );
+    assert_eq!(
+        resumed.steps,
+        straight.steps / 2,
+        "only the last two epochs ran"
+    );
+    assert_eq!(resumed.history, straight.history, "same seed, same losses");
+    let (x, _) = train::encode_rows(&data, &resumed.spec, &[0, 1, 2, 3]);
+    assert_eq!(resumed.net.predict(&x)?, straight.net.predict(&x)?);
+
+    // A checkpoint of another shape is refused, not silently mixed in.
+    let other = TrainOptions {
+        hidden: 16,
+        ..opts(5)
+    };
+    let err = train::train(
+        &data,
+        &other,
+        Checkpointing {
+            path: Some(&ckpt),
+            resume: true,
+        },
+        "v",
+        false,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("train from scratch"), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_history_is_read_with_task_mixes() -> anyhow::Result<()> {
+    let db = kit::TestDb::new().await?;
+    let workload = Workload::new(&SimOptions {
+        seed: 2,
+        services: 4,
+        tasks: 6,
+        min_duration: std::time::Duration::from_secs(120),
+        max_duration: std::time::Duration::from_secs(240),
+        interval: std::time::Duration::from_secs(20),
+        spacing: std::time::Duration::from_secs(60),
+        ..SimOptions::default()
+    })?;
+    let empty = Dataset::from_postgres(&db.pool, &Window::default()).await?;
+    assert!(
+        empty.rows.is_empty(),
+        "a database without the schema has no samples"
+    );
+
+    let stored = workload.write_postgres(&db.pool).await?;
+    let from_db = Dataset::from_postgres(&db.pool, &Window::default()).await?;
+    let direct = workload.dataset()?;
+    assert_eq!(stored as usize, direct.rows.len());
+    assert_eq!(from_db.rows.len(), direct.rows.len());
+    assert_eq!(from_db.services, direct.services);
+    let mixes = |d: &Dataset| {
+        let mut m: Vec<(String, Vec<usize>)> = d
+            .tasks
+            .iter()
+            .map(|t| (t.id.clone(), t.mix.clone()))
+            .collect();
+        m.sort();
+        m
+    };
+    assert_eq!(mixes(&from_db), mixes(&direct));
+    let total = |d: &Dataset| d.rows.iter().map(|r| f64::from(r.value)).sum::<f64>();
+    assert!((total(&from_db) / total(&direct) - 1.0).abs() < 1e-6);
+    drop(db);
+    Ok(())
+}
