@@ -63,6 +63,13 @@ pub enum Error {
     Metadata(String),
 }
 
+/// Whether quantile levels are non-empty, ascending and inside (0, 1).
+pub fn quantiles_are_valid(levels: &[f64]) -> bool {
+    !levels.is_empty()
+        && levels.iter().all(|q| *q > 0.0 && *q < 1.0)
+        && levels.windows(2).all(|w| w[0] < w[1])
+}
+
 /// One resource of the model, with the scale its targets were divided by.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResourceSpec {
@@ -185,10 +192,7 @@ impl ModelSpec {
         if self.services.is_empty() || self.resources.is_empty() {
             return bad("empty service or resource vocabulary".into());
         }
-        if self.quantiles.is_empty()
-            || self.quantiles.iter().any(|q| !(*q > 0.0 && *q < 1.0))
-            || self.quantiles.windows(2).any(|w| w[0] >= w[1])
-        {
+        if !quantiles_are_valid(&self.quantiles) {
             return bad(format!(
                 "quantile levels {:?} are not ascending in (0, 1)",
                 self.quantiles

@@ -76,10 +76,7 @@ impl Default for TrainOptions {
 impl TrainOptions {
     fn check(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::Options(m.to_string()));
-        if self.quantiles.is_empty()
-            || self.quantiles.iter().any(|q| !(*q > 0.0 && *q < 1.0))
-            || self.quantiles.windows(2).any(|w| w[0] >= w[1])
-        {
+        if !headroom_model::quantiles_are_valid(&self.quantiles) {
             return bad("--quantiles must be ascending levels in (0, 1)");
         }
         if self.epochs == 0 || self.batch_size == 0 || self.hidden == 0 {
