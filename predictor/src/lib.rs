@@ -1,1 +1,426 @@
-//! Headroom predictor (built in its own issue).
+//! `headroom-predictor`: serves the usage model (`model.onnx`, written by
+//! `headroom-train`) over gRPC (`headroom.v1.Predictor`) through ONNX
+//! Runtime. Queries are encoded with the spec stored in the model file, so
+//! a model is never served with the wrong encoding; `ReloadModel` swaps a
+//! new file in atomically and keeps the old one when the new one is bad.
+
+pub mod error;
+pub mod model;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, RwLock},
+};
+
+use headroom_model::{Encoded, ModelSpec, Query};
+use headroom_proto::v1::{
+    self,
+    predictor_server::{Predictor, PredictorServer},
+};
+use headroom_serving::grpc::{self, GrpcOptions};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, service::Routes};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+pub use error::{Error, Result};
+pub use model::{LoadedModel, init_runtime};
+
+/// The gRPC service name, as health reports it.
+pub const SERVICE_NAME: &str = "headroom.v1.Predictor";
+
+/// Everything the predictor needs to run.
+#[derive(Debug, Clone)]
+pub struct PredictorConfig {
+    /// Model file loaded at start and by `ReloadModel` without a path.
+    pub model_path: PathBuf,
+    /// Most queries in one `Predict`.
+    pub max_batch: usize,
+    /// Most points in one `PredictProfile` or `PredictTask` answer.
+    pub max_points: usize,
+    /// Server limits.
+    pub grpc: GrpcOptions,
+}
+
+#[derive(Debug)]
+struct State {
+    model: RwLock<Option<Arc<LoadedModel>>>,
+    config: PredictorConfig,
+    health: HealthReporter,
+}
+
+impl State {
+    fn current(&self) -> Result<Arc<LoadedModel>> {
+        self.model
+            .read()
+            .expect("the model slot is never poisoned: it is only swapped")
+            .clone()
+            .ok_or_else(|| {
+                Error::NoModel(format!(
+                    "{} was not loadable at start; call ReloadModel once it exists",
+                    self.config.model_path.display()
+                ))
+            })
+    }
+
+    async fn set_serving(&self, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.health.set_service_status(SERVICE_NAME, status).await;
+        self.health.set_service_status("", status).await;
+    }
+}
+
+/// Loads a model file on the blocking pool.
+async fn load(path: PathBuf) -> Result<LoadedModel> {
+    tokio::task::spawn_blocking(move || LoadedModel::load(&path))
+        .await
+        .map_err(|e| Error::Runtime(format!("model load panicked: {e}")))?
+}
+
+/// Runs the predictor on `listener` until `shutdown` is cancelled. The
+/// model is loaded first; a missing file leaves the server up but
+/// NOT_SERVING until `ReloadModel` succeeds, a bad file is an error.
+pub async fn run(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    config: PredictorConfig,
+) -> Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let model = match load(config.model_path.clone()).await {
+        Ok(m) => {
+            tracing::info!(path = %m.path, version = %m.spec.version, "model loaded");
+            Some(Arc::new(m))
+        }
+        Err(Error::NotFound(m)) => {
+            tracing::warn!(reason = %m, "starting without a model; NOT_SERVING until ReloadModel");
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let serving = model.is_some();
+    let state = Arc::new(State {
+        model: RwLock::new(model),
+        config,
+        health,
+    });
+    state.set_serving(serving).await;
+    let api = PredictorServer::new(PredictorApi {
+        state: state.clone(),
+    })
+    .max_decoding_message_size(state.config.grpc.max_message_bytes)
+    .max_encoding_message_size(state.config.grpc.max_message_bytes);
+    let routes = Routes::new(health_service).add_service(api);
+    let served = grpc::serve(listener, routes, &state.config.grpc, shutdown).await;
+    state.set_serving(false).await;
+    Ok(served?)
+}
+
+#[derive(Debug)]
+struct PredictorApi {
+    state: Arc<State>,
+}
+
+/// Encodes resolved queries, runs them and decodes each row.
+async fn infer(model: Arc<LoadedModel>, queries: Vec<Encoded>) -> Result<Vec<Vec<f64>>> {
+    tokio::task::spawn_blocking(move || {
+        let w = model.spec.width();
+        let mut x = vec![0.0; queries.len() * w];
+        for (q, row) in queries.iter().zip(x.chunks_exact_mut(w)) {
+            model.spec.encode_into(q, row);
+        }
+        let k = model.spec.quantiles.len();
+        let out = model.run(&x, queries.len())?;
+        Ok(queries
+            .iter()
+            .zip(out.chunks_exact(k))
+            .map(|(q, row)| model.spec.decode(q.resource, row))
+            .collect())
+    })
+    .await
+    .map_err(|e| Error::Runtime(format!("inference panicked: {e}")))?
+}
+
+/// The seconds of a curve: 0, step, 2·step, … up to the horizon.
+fn curve_seconds(horizon: f64, step: f64, max_points: usize, curves: usize) -> Result<Vec<f64>> {
+    if !(horizon.is_finite() && horizon > 0.0) {
+        return Err(Error::InvalidArgument(format!(
+            "horizon_seconds must be greater than 0, got {horizon}"
+        )));
+    }
+    if !(step.is_finite() && step > 0.0) {
+        return Err(Error::InvalidArgument(format!(
+            "step_seconds must be greater than 0, got {step}"
+        )));
+    }
+    let points = (horizon / step).floor() as usize + 1;
+    if points.saturating_mul(curves) > max_points {
+        return Err(Error::InvalidArgument(format!(
+            "{points} points × {curves} curves exceed the limit of {max_points}; raise step_seconds"
+        )));
+    }
+    Ok((0..points).map(|i| i as f64 * step).collect())
+}
+
+fn profile(
+    spec: &ModelSpec,
+    service: &str,
+    resource: usize,
+    seconds: &[f64],
+    values: &[Vec<f64>],
+) -> v1::Profile {
+    v1::Profile {
+        service: service.to_string(),
+        resource: spec.resources[resource].name.clone(),
+        seconds: seconds.to_vec(),
+        curves: spec
+            .quantiles
+            .iter()
+            .enumerate()
+            .map(|(i, q)| v1::QuantileCurve {
+                quantile: *q,
+                values: values.iter().map(|v| v[i]).collect(),
+            })
+            .collect(),
+        unit: spec.resources[resource].unit.clone(),
+    }
+}
+
+fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn info(model: &LoadedModel) -> v1::ModelInfoResponse {
+    let spec = &model.spec;
+    v1::ModelInfoResponse {
+        version: spec.version.clone(),
+        services: spec.services.clone(),
+        resources: spec.resources.iter().map(|r| r.name.clone()).collect(),
+        quantiles: spec.quantiles.clone(),
+        trained_from: spec.trained_from.map(timestamp),
+        trained_to: spec.trained_to.map(timestamp),
+        metrics: spec
+            .metrics
+            .iter()
+            .map(|m| v1::ModelMetric {
+                name: m.name.clone(),
+                resource: m.resource.clone(),
+                value: m.value,
+            })
+            .collect(),
+        feature_layout: spec.feature_layout,
+        path: model.path.clone(),
+        loaded_at: Some(timestamp(model.loaded_at)),
+    }
+}
+
+#[tonic::async_trait]
+impl Predictor for PredictorApi {
+    async fn predict(
+        &self,
+        request: Request<v1::PredictRequest>,
+    ) -> Result<Response<v1::PredictResponse>, Status> {
+        let model = self.state.current()?;
+        let r = request.into_inner();
+        let max = self.state.config.max_batch;
+        if r.queries.is_empty() || r.queries.len() > max {
+            return Err(Status::invalid_argument(format!(
+                "a batch holds 1 to {max} queries, got {}",
+                r.queries.len()
+            )));
+        }
+        let encoded = r
+            .queries
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                model
+                    .spec
+                    .resolve(&Query {
+                        task_services: &q.task_services,
+                        service: &q.service,
+                        resource: &q.resource,
+                        seconds: q.seconds,
+                    })
+                    .map_err(|e| Status::invalid_argument(format!("query {i}: {e}")))
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let values = infer(model.clone(), encoded).await?;
+        let quantiles = &model.spec.quantiles;
+        Ok(Response::new(v1::PredictResponse {
+            predictions: values
+                .into_iter()
+                .map(|v| v1::Prediction {
+                    quantiles: quantiles
+                        .iter()
+                        .zip(v)
+                        .map(|(q, value)| v1::QuantileValue {
+                            quantile: *q,
+                            value,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            model_version: model.spec.version.clone(),
+        }))
+    }
+
+    async fn predict_profile(
+        &self,
+        request: Request<v1::PredictProfileRequest>,
+    ) -> Result<Response<v1::PredictProfileResponse>, Status> {
+        let model = self.state.current()?;
+        let r = request.into_inner();
+        let seconds = curve_seconds(
+            r.horizon_seconds,
+            r.step_seconds,
+            self.state.config.max_points,
+            1,
+        )?;
+        let encoded = seconds
+            .iter()
+            .map(|s| {
+                model.spec.resolve(&Query {
+                    task_services: &r.task_services,
+                    service: &r.service,
+                    resource: &r.resource,
+                    seconds: *s,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Error::from)?;
+        let resource = encoded[0].resource;
+        let values = infer(model.clone(), encoded).await?;
+        Ok(Response::new(v1::PredictProfileResponse {
+            profile: Some(profile(
+                &model.spec,
+                &r.service,
+                resource,
+                &seconds,
+                &values,
+            )),
+            model_version: model.spec.version.clone(),
+        }))
+    }
+
+    async fn predict_task(
+        &self,
+        request: Request<v1::PredictTaskRequest>,
+    ) -> Result<Response<v1::PredictTaskResponse>, Status> {
+        let model = self.state.current()?;
+        let r = request.into_inner();
+        let spec = &model.spec;
+        if r.task_services.is_empty() {
+            return Err(Status::invalid_argument(
+                "task_services must name at least one service",
+            ));
+        }
+        let resources: Vec<String> = if r.resources.is_empty() {
+            spec.resources.iter().map(|x| x.name.clone()).collect()
+        } else {
+            r.resources.clone()
+        };
+        let mut services = r.task_services.clone();
+        services.sort();
+        services.dedup();
+        let curves = services.len() * resources.len();
+        let seconds = curve_seconds(
+            r.horizon_seconds,
+            r.step_seconds,
+            self.state.config.max_points,
+            curves,
+        )?;
+        let mut encoded = Vec::with_capacity(curves * seconds.len());
+        for service in &services {
+            for resource in &resources {
+                for s in &seconds {
+                    encoded.push(
+                        spec.resolve(&Query {
+                            task_services: &services,
+                            service,
+                            resource,
+                            seconds: *s,
+                        })
+                        .map_err(Error::from)?,
+                    );
+                }
+            }
+        }
+        let resource_index: Vec<usize> = encoded
+            .iter()
+            .step_by(seconds.len())
+            .map(|e| e.resource)
+            .collect();
+        let values = infer(model.clone(), encoded).await?;
+        let profiles = values
+            .chunks(seconds.len())
+            .zip(resource_index)
+            .enumerate()
+            .map(|(i, (v, res))| profile(spec, &services[i / resources.len()], res, &seconds, v))
+            .collect();
+        Ok(Response::new(v1::PredictTaskResponse {
+            profiles,
+            model_version: spec.version.clone(),
+        }))
+    }
+
+    async fn model_info(
+        &self,
+        _request: Request<v1::ModelInfoRequest>,
+    ) -> Result<Response<v1::ModelInfoResponse>, Status> {
+        let model = self.state.current()?;
+        Ok(Response::new(info(&model)))
+    }
+
+    async fn reload_model(
+        &self,
+        request: Request<v1::ReloadModelRequest>,
+    ) -> Result<Response<v1::ModelInfoResponse>, Status> {
+        let r = request.into_inner();
+        let path = if r.path.is_empty() {
+            self.state.config.model_path.clone()
+        } else {
+            PathBuf::from(r.path)
+        };
+        let loaded = Arc::new(load(path).await.inspect_err(|e| {
+            tracing::warn!(error = %e, "model reload refused; the current model keeps serving");
+        })?);
+        let answer = info(&loaded);
+        tracing::info!(path = %loaded.path, version = %loaded.spec.version, "model swapped in");
+        *self
+            .state
+            .model
+            .write()
+            .expect("the model slot is never poisoned: it is only swapped") = Some(loaded);
+        self.state.set_serving(true).await;
+        Ok(Response::new(answer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::curve_seconds;
+
+    #[test]
+    fn curves_run_from_zero_to_the_horizon_within_the_limit() {
+        assert_eq!(
+            curve_seconds(60.0, 20.0, 100, 1).unwrap(),
+            [0.0, 20.0, 40.0, 60.0]
+        );
+        assert_eq!(
+            curve_seconds(50.0, 20.0, 100, 1).unwrap(),
+            [0.0, 20.0, 40.0]
+        );
+        assert!(curve_seconds(0.0, 1.0, 100, 1).is_err());
+        assert!(curve_seconds(10.0, 0.0, 100, 1).is_err());
+        assert!(curve_seconds(10.0, f64::NAN, 100, 1).is_err());
+        let e = curve_seconds(100.0, 1.0, 1000, 10).unwrap_err();
+        assert!(e.to_string().contains("exceed the limit of 1000"), "{e}");
+    }
+}

@@ -1,0 +1,61 @@
+//! `headroom-predictor`: serves `model.onnx` over gRPC.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::Context as _;
+use clap::Parser;
+use headroom_predictor::PredictorConfig;
+use headroom_serving::{grpc::GrpcOptions, shutdown, telemetry};
+
+/// Serves the Headroom usage model (model.onnx) over gRPC
+/// (headroom.v1.Predictor) through ONNX Runtime.
+#[derive(Debug, Parser)]
+#[command(name = "headroom-predictor", version)]
+struct Cli {
+    /// gRPC listen address.
+    #[arg(long, env = "HEADROOM_LISTEN", default_value = "127.0.0.1:50053")]
+    listen: SocketAddr,
+    /// Model file, loaded at start and by ReloadModel without a path.
+    #[arg(long, env = "HEADROOM_MODEL", default_value = "model.onnx")]
+    model: PathBuf,
+    /// ONNX Runtime shared library (libonnxruntime.so); `scripts/stack up`
+    /// installs one and `.stack/env` sets it.
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    ort_dylib: Option<PathBuf>,
+    /// Most queries in one Predict.
+    #[arg(long, env = "HEADROOM_MAX_BATCH", default_value_t = 10_000)]
+    max_batch: usize,
+    /// Most points in one PredictProfile or PredictTask answer.
+    #[arg(long, env = "HEADROOM_MAX_POINTS", default_value_t = 200_000)]
+    max_points: usize,
+    /// Log format.
+    #[arg(long, env = "HEADROOM_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: telemetry::LogFormat,
+    #[command(flatten)]
+    grpc: GrpcOptions,
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    if let Err(e) = run(cli).await {
+        eprintln!("headroom-predictor: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    headroom_predictor::init_runtime(cli.ort_dylib.as_deref())?;
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("while binding {}", cli.listen))?;
+    let config = PredictorConfig {
+        model_path: cli.model,
+        max_batch: cli.max_batch,
+        max_points: cli.max_points,
+        grpc: cli.grpc,
+    };
+    headroom_predictor::run(listener, shutdown::on_signals(), config).await?;
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! The predictor against a real ONNX Runtime and a model trained here by
+//! `headroom-training`: answers match the training crate's forward pass,
+//! bad queries get INVALID_ARGUMENT naming the problem, and reloads swap
+//! models atomically, keeping the old one when the new file is bad.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use headroom_predictor::PredictorConfig;
+use headroom_proto::v1::{self, predictor_client::PredictorClient};
+use headroom_serving::grpc::GrpcOptions;
+use headroom_testkit as kit;
+use headroom_training::{
+    Trained, export,
+    simulate::{SimOptions, Workload},
+    train::{self, Checkpointing},
+};
+
+fn init_ort() -> anyhow::Result<()> {
+    let dylib = std::env::var("ORT_DYLIB_PATH")
+        .context("ORT_DYLIB_PATH is not set: run `scripts/stack up` and source .stack/env")?;
+    headroom_predictor::init_runtime(Some(Path::new(&dylib)))?;
+    Ok(())
+}
+
+fn trained_model(
+    dir: &Path,
+    name: &str,
+    version: &str,
+    seed: u64,
+) -> anyhow::Result<(PathBuf, Trained)> {
+    let data = Workload::new(&SimOptions {
+        seed,
+        services: 4,
+        tasks: 16,
+        interval: std::time::Duration::from_secs(30),
+        ..SimOptions::default()
+    })?
+    .dataset()?;
+    let opts = headroom_training::TrainOptions {
+        epochs: 2,
+        ..Default::default()
+    };
+    let trained = train::train(&data, &opts, Checkpointing::default(), version, false)?;
+    let path = dir.join(name);
+    export::write_model(&path, &trained.net, &trained.spec)?;
+    Ok((path, trained))
+}
+
+fn config(model_path: PathBuf) -> PredictorConfig {
+    PredictorConfig {
+        model_path,
+        max_batch: 100,
+        max_points: 1_000,
+        grpc: GrpcOptions::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predicts_profiles_and_reloads_models() -> anyhow::Result<()> {
+    kit::init_logs();
+    init_ort()?;
+    let dir = tempfile::tempdir()?;
+    let (path, trained) = trained_model(dir.path(), "model.onnx", "first", 1)?;
+    let spec = trained.spec.clone();
+    let server =
+        kit::spawn_server(|l, s| headroom_predictor::run(l, s, config(path.clone()))).await?;
+    let mut client = PredictorClient::new(server.channel().await?);
+
+    let info = client
+        .model_info(v1::ModelInfoRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(info.version, "first");
+    assert_eq!(info.services, spec.services);
+    assert_eq!(info.quantiles, spec.quantiles);
+    assert_eq!(info.feature_layout, headroom_model::FEATURE_LAYOUT);
+
+    // Predict matches the training crate's own forward pass.
+    let mix = vec![spec.services[0].clone(), spec.services[1].clone()];
+    let queries: Vec<v1::PredictQuery> = [("cpu", 0.0), ("memory", 300.0), ("net_rx", 900.0)]
+        .iter()
+        .map(|(r, s)| v1::PredictQuery {
+            task_services: mix.clone(),
+            service: spec.services[1].clone(),
+            resource: (*r).to_string(),
+            seconds: *s,
+        })
+        .collect();
+    let answer = client
+        .predict(v1::PredictRequest {
+            queries: queries.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(answer.model_version, "first");
+    assert_eq!(answer.predictions.len(), 3);
+    for (q, p) in queries.iter().zip(&answer.predictions) {
+        let e = spec.resolve(&headroom_model::Query {
+            task_services: &q.task_services,
+            service: &q.service,
+            resource: &q.resource,
+            seconds: q.seconds,
+        })?;
+        let mut row = vec![0.0; spec.width()];
+        spec.encode_into(&e, &mut row);
+        let want = spec.decode(e.resource, &trained.net.predict(&row)?);
+        let got: Vec<f64> = p.quantiles.iter().map(|v| v.value).collect();
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                "{got:?} vs {want:?}"
+            );
+        }
+        assert!(
+            got.windows(2).all(|w| w[0] <= w[1]),
+            "quantiles ascend: {got:?}"
+        );
+    }
+
+    // Bad queries are refused with the reason.
+    let refused = |q: v1::PredictQuery| {
+        let mut c = client.clone();
+        async move {
+            c.predict(v1::PredictRequest { queries: vec![q] })
+                .await
+                .unwrap_err()
+        }
+    };
+    let e = refused(v1::PredictQuery {
+        service: "billing".into(),
+        ..queries[0].clone()
+    })
+    .await;
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message()
+            .contains("query 0: service \"billing\" is unknown"),
+        "{}",
+        e.message()
+    );
+    let e = refused(v1::PredictQuery {
+        seconds: -5.0,
+        ..queries[0].clone()
+    })
+    .await;
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let e = client
+        .predict(v1::PredictRequest { queries: vec![] })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+
+    // A profile: one curve per quantile over 0..=horizon.
+    let profile = client
+        .predict_profile(v1::PredictProfileRequest {
+            task_services: mix.clone(),
+            service: spec.services[0].clone(),
+            resource: "memory".into(),
+            horizon_seconds: 600.0,
+            step_seconds: 60.0,
+        })
+        .await?
+        .into_inner()
+        .profile
+        .context("a profile")?;
+    assert_eq!(profile.seconds.len(), 11);
+    assert_eq!(profile.unit, "bytes");
+    assert_eq!(profile.curves.len(), spec.quantiles.len());
+    for i in 0..profile.seconds.len() {
+        assert!(
+            profile
+                .curves
+                .windows(2)
+                .all(|c| c[0].values[i] <= c[1].values[i])
+        );
+    }
+    let e = client
+        .predict_profile(v1::PredictProfileRequest {
+            task_services: mix.clone(),
+            service: spec.services[0].clone(),
+            resource: "memory".into(),
+            horizon_seconds: 1e6,
+            step_seconds: 1.0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
+
+    // A whole task: every service × every resource.
+    let task = client
+        .predict_task(v1::PredictTaskRequest {
+            task_services: mix.clone(),
+            resources: vec![],
+            horizon_seconds: 120.0,
+            step_seconds: 30.0,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(task.profiles.len(), 2 * spec.resources.len());
+    assert!(task.profiles.iter().all(|p| p.seconds.len() == 5));
+
+    // A bad file is refused and the current model keeps serving.
+    let garbage = dir.path().join("garbage.onnx");
+    std::fs::write(&garbage, b"not a model")?;
+    let e = client
+        .reload_model(v1::ReloadModelRequest {
+            path: garbage.display().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{}", e.message());
+    let e = client
+        .reload_model(v1::ReloadModelRequest {
+            path: dir.path().join("missing.onnx").display().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let info = client
+        .model_info(v1::ModelInfoRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(info.version, "first");
+
+    // A good one is swapped in.
+    let (second, _) = trained_model(dir.path(), "second.onnx", "second", 2)?;
+    let info = client
+        .reload_model(v1::ReloadModelRequest {
+            path: second.display().to_string(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(info.version, "second");
+    let answer = client
+        .predict(v1::PredictRequest {
+            queries: queries[..1].to_vec(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(answer.model_version, "second");
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_without_a_model_and_serves_once_one_is_loaded() -> anyhow::Result<()> {
+    init_ort()?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("model.onnx");
+    let server =
+        kit::spawn_server(|l, s| headroom_predictor::run(l, s, config(path.clone()))).await?;
+    let channel = server.channel().await?;
+    let mut client = PredictorClient::new(channel.clone());
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = |h: &mut tonic_health::pb::health_client::HealthClient<_>| {
+        let mut h = h.clone();
+        async move {
+            h.check(tonic_health::pb::HealthCheckRequest {
+                service: headroom_predictor::SERVICE_NAME.into(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+        }
+    };
+    assert_eq!(status(&mut health).await?, 2, "NOT_SERVING without a model");
+    let e = client
+        .model_info(v1::ModelInfoRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable);
+
+    trained_model(dir.path(), "model.onnx", "late", 3)?;
+    let info = client
+        .reload_model(v1::ReloadModelRequest {
+            path: String::new(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(info.version, "late");
+    assert_eq!(status(&mut health).await?, 1, "SERVING once loaded");
+
+    // A bad file at start is an error, not a silent empty server.
+    let bad = dir.path().join("bad.onnx");
+    std::fs::write(&bad, b"junk")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let e = headroom_predictor::run(listener, Default::default(), config(bad))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("bad.onnx"), "{e}");
+    server.stop().await
+}
