@@ -38,6 +38,9 @@ pub struct PredictorConfig {
     pub max_batch: usize,
     /// Most points in one `PredictProfile` or `PredictTask` answer.
     pub max_points: usize,
+    /// How often the model file is checked for a change (and, with no model
+    /// yet, for its appearance); `None` turns watching off.
+    pub watch_every: Option<std::time::Duration>,
     /// Server limits.
     pub grpc: GrpcOptions,
 }
@@ -61,6 +64,16 @@ impl State {
                     self.config.model_path.display()
                 ))
             })
+    }
+
+    /// Swaps a model in; requests already holding the old one finish on it.
+    async fn install(&self, loaded: Arc<LoadedModel>) {
+        tracing::info!(path = %loaded.path, version = %loaded.spec.version, "model swapped in");
+        *self
+            .model
+            .write()
+            .expect("the model slot is never poisoned: it is only swapped") = Some(loaded);
+        self.set_serving(true).await;
     }
 
     async fn set_serving(&self, serving: bool) {
@@ -108,6 +121,9 @@ pub async fn run(
         health,
     });
     state.set_serving(serving).await;
+    if let Some(every) = state.config.watch_every {
+        tokio::spawn(watch(state.clone(), every, shutdown.clone()));
+    }
     let api = PredictorServer::new(PredictorApi {
         state: state.clone(),
     })
@@ -117,6 +133,37 @@ pub async fn run(
     let served = grpc::serve(listener, routes, &state.config.grpc, shutdown).await;
     state.set_serving(false).await;
     Ok(served?)
+}
+
+/// What identifies a version of the model file on disk.
+fn file_stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Reloads the configured model file whenever it changes (or first
+/// appears). A file that fails to load is logged and retried on its next
+/// change; the current model keeps serving.
+async fn watch(state: Arc<State>, every: std::time::Duration, shutdown: CancellationToken) {
+    let path = state.config.model_path.clone();
+    let mut seen = state.current().ok().and_then(|_| file_stamp(&path));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let stamp = file_stamp(&path);
+        if stamp.is_none() || stamp == seen {
+            continue;
+        }
+        seen = stamp;
+        match load(path.clone()).await {
+            Ok(m) => state.install(Arc::new(m)).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "changed model file refused; the current model keeps serving")
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -392,13 +439,7 @@ impl Predictor for PredictorApi {
             tracing::warn!(error = %e, "model reload refused; the current model keeps serving");
         })?);
         let answer = info(&loaded);
-        tracing::info!(path = %loaded.path, version = %loaded.spec.version, "model swapped in");
-        *self
-            .state
-            .model
-            .write()
-            .expect("the model slot is never poisoned: it is only swapped") = Some(loaded);
-        self.state.set_serving(true).await;
+        self.state.install(loaded).await;
         Ok(Response::new(answer))
     }
 }

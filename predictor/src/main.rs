@@ -28,6 +28,9 @@ struct Cli {
     /// Most points in one PredictProfile or PredictTask answer.
     #[arg(long, env = "HEADROOM_MAX_POINTS", default_value_t = 200_000)]
     max_points: usize,
+    /// How often the model file is checked for changes ("0s": never).
+    #[arg(long, env = "HEADROOM_WATCH_EVERY", default_value = "2s", value_parser = humantime::parse_duration)]
+    watch_every: std::time::Duration,
     /// Log format.
     #[arg(long, env = "HEADROOM_LOG_FORMAT", value_enum, default_value_t)]
     log_format: telemetry::LogFormat,
@@ -54,6 +57,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         model_path: cli.model,
         max_batch: cli.max_batch,
         max_points: cli.max_points,
+        watch_every: (!cli.watch_every.is_zero()).then_some(cli.watch_every),
         grpc: cli.grpc,
     };
     headroom_predictor::run(listener, shutdown::on_signals(), config).await?;

@@ -52,6 +52,7 @@ fn config(model_path: PathBuf) -> PredictorConfig {
         model_path,
         max_batch: 100,
         max_points: 1_000,
+        watch_every: Some(std::time::Duration::from_millis(100)),
         grpc: GrpcOptions::default(),
     }
 }
@@ -278,6 +279,35 @@ async fn starts_without_a_model_and_serves_once_one_is_loaded() -> anyhow::Resul
         .into_inner();
     assert_eq!(info.version, "late");
     assert_eq!(status(&mut health).await?, 1, "SERVING once loaded");
+
+    // The watched file changes: the new model serves without a call.
+    trained_model(dir.path(), "next.onnx", "watched", 4)?;
+    std::fs::rename(dir.path().join("next.onnx"), &path)?;
+    kit::eventually(
+        "the changed file is loaded",
+        std::time::Duration::from_secs(20),
+        || {
+            let mut c = client.clone();
+            async move {
+                let v = c
+                    .model_info(v1::ModelInfoRequest {})
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .version;
+                (v == "watched").then_some(())
+            }
+        },
+    )
+    .await?;
+    // A broken write is ignored; the last good model keeps serving.
+    std::fs::write(&path, b"half a model")?;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let info = client
+        .model_info(v1::ModelInfoRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(info.version, "watched");
 
     // A bad file at start is an error, not a silent empty server.
     let bad = dir.path().join("bad.onnx");
