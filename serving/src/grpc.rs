@@ -99,7 +99,15 @@ pub async fn serve(
         .layer(stack)
         .add_routes(routes)
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            // Small answers must leave at once: without TCP_NODELAY a reply
+            // of more than one segment waits on the peer's delayed ACK
+            // (about 40 ms on Linux).
+            tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
+                if let Ok(c) = &conn {
+                    let _ = c.set_nodelay(true);
+                }
+                conn
+            }),
             shutdown.clone().cancelled_owned(),
         );
     // Idle clients may keep their connections open after the GOAWAY; they
