@@ -84,12 +84,7 @@ pub async fn run(
     }
     let state = Arc::new(Mutex::new(state));
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status(SERVICE_NAME, tonic_health::ServingStatus::Serving)
-        .await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
+    headroom_serving::grpc::report_health(&health, SERVICE_NAME, true).await;
 
     let sampling_stop = CancellationToken::new();
     let sampler = tokio::spawn(watch::sample_loop(

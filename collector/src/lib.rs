@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use tokio::{net::TcpListener, sync::broadcast};
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic_health::server::HealthReporter;
 
 pub use error::{Error, Result};
 use ingest::{IngestOptions, decode::Row};
@@ -59,13 +59,7 @@ impl Shared {
     /// Reports SERVING or NOT_SERVING, for the collector and the server as
     /// a whole.
     pub async fn set_serving(&self, serving: bool) {
-        let status = if serving {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        self.health.set_service_status(SERVICE_NAME, status).await;
-        self.health.set_service_status("", status).await;
+        grpc::report_health(&self.health, SERVICE_NAME, serving).await;
     }
 }
 

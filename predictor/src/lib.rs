@@ -21,7 +21,7 @@ use headroom_serving::grpc::{self, GrpcOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, service::Routes};
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic_health::server::HealthReporter;
 
 pub use error::{Error, Result};
 pub use model::{LoadedModel, init_runtime};
@@ -77,13 +77,7 @@ impl State {
     }
 
     async fn set_serving(&self, serving: bool) {
-        let status = if serving {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        self.health.set_service_status(SERVICE_NAME, status).await;
-        self.health.set_service_status("", status).await;
+        grpc::report_health(&self.health, SERVICE_NAME, serving).await;
     }
 }
 

@@ -187,3 +187,19 @@ where
         })
     }
 }
+
+/// Reports SERVING or NOT_SERVING for `service` and for the server as a
+/// whole (the empty name), the two entries health checkers ask about.
+pub async fn report_health(
+    health: &tonic_health::server::HealthReporter,
+    service: &str,
+    serving: bool,
+) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    health.set_service_status(service, status).await;
+    health.set_service_status("", status).await;
+}
