@@ -7,12 +7,11 @@
 
 use std::{
     path::Path,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use headroom_model::Query;
-use headroom_predictor::{LoadedModel, PredictorConfig};
+use headroom_model::{INPUT, OUTPUT, Query};
+use headroom_predictor::{InferenceOptions, PredictorConfig};
 use headroom_proto::v1::{self, predictor_client::PredictorClient};
 use headroom_serving::grpc::GrpcOptions;
 use headroom_testkit as kit;
@@ -21,6 +20,7 @@ use headroom_training::{
     simulate::{SimOptions, Workload},
     train::{self, Checkpointing},
 };
+use ort::value::TensorRef;
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
@@ -57,8 +57,16 @@ async fn main() -> anyhow::Result<()> {
         seconds: (i % 1800) as f64,
     };
 
-    // Raw in-process ort: encode and run, no gRPC.
-    let raw = LoadedModel::load(&path)?;
+    // Raw in-process ort: encode and run a session built the way the
+    // predictor builds one, no batcher, no gRPC.
+    let inference = InferenceOptions::default();
+    let mut raw = headroom_predictor::model::session(&std::fs::read(&path)?, &inference)?;
+    let width = spec.width();
+    let mut run = |x: &[f32], rows: usize| -> anyhow::Result<usize> {
+        let input = ndarray::ArrayView2::from_shape((rows, width), x)?;
+        let out = raw.run(ort::inputs![INPUT => TensorRef::from_array_view(input)?])?;
+        Ok(out[OUTPUT].try_extract_array::<f32>()?.len())
+    };
     let encode = |qs: &[v1::PredictQuery]| -> anyhow::Result<Vec<f32>> {
         let queries: Vec<Query<'_>> = qs
             .iter()
@@ -76,80 +84,87 @@ async fn main() -> anyhow::Result<()> {
     let mut raw_single = Vec::new();
     for _ in 0..2000 {
         let t = Instant::now();
-        raw.run(&encode(&one)?, 1)?;
+        run(&encode(&one)?, 1)?;
         raw_single.push(t.elapsed());
     }
     raw_single.sort();
     let mut raw_batch = Vec::new();
     for _ in 0..50 {
         let t = Instant::now();
-        raw.run(&encode(&batch)?, batch.len())?;
+        run(&encode(&batch)?, batch.len())?;
         raw_batch.push(t.elapsed());
     }
     raw_batch.sort();
 
-    let config = PredictorConfig {
-        model_path: path.clone(),
-        max_batch: 10_000,
-        max_points: 200_000,
-        watch_every: None,
-        grpc: GrpcOptions::default(),
+    // Where a served batch's time goes, in-process: the request's protobuf
+    // encode + decode, resolving and encoding its rows, the answer's
+    // protobuf encode + decode.
+    let anatomy = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<Duration> {
+        let mut times = Vec::new();
+        for _ in 0..50 {
+            let t = Instant::now();
+            f()?;
+            times.push(t.elapsed());
+        }
+        times.sort();
+        Ok(percentile(&times, 0.5))
     };
-    let server = kit::spawn_server(|l, s| headroom_predictor::run(l, s, config)).await?;
-    let channel = server.channel().await?;
-    let mut client = PredictorClient::new(channel.clone());
-    for _ in 0..200 {
-        client
-            .predict(v1::PredictRequest {
-                queries: one.clone(),
+    let request = v1::PredictRequest {
+        queries: batch.clone(),
+    };
+    let proto_in = anatomy(&mut || {
+        let bytes = prost::Message::encode_to_vec(&request);
+        let back: v1::PredictRequest = prost::Message::decode(&bytes[..])?;
+        anyhow::ensure!(back.queries.len() == 1024);
+        Ok(())
+    })?;
+    let resolve = anatomy(&mut || {
+        encode(&batch)?;
+        Ok(())
+    })?;
+    let answer = v1::PredictResponse {
+        predictions: (0..1024)
+            .map(|i| v1::Prediction {
+                quantiles: spec
+                    .quantiles
+                    .iter()
+                    .map(|q| v1::QuantileValue {
+                        quantile: *q,
+                        value: i as f64 * q,
+                    })
+                    .collect(),
             })
-            .await?;
-    }
-    let mut single = Vec::new();
-    for _ in 0..2000 {
-        let t = Instant::now();
-        client
-            .predict(v1::PredictRequest {
-                queries: one.clone(),
-            })
-            .await?;
-        single.push(t.elapsed());
-    }
-    single.sort();
-    let mut batched = Vec::new();
-    for _ in 0..50 {
-        let t = Instant::now();
-        client
-            .predict(v1::PredictRequest {
-                queries: batch.clone(),
-            })
-            .await?;
-        batched.push(t.elapsed());
-    }
-    batched.sort();
+            .collect(),
+        model_version: spec.version.clone(),
+    };
+    let proto_out = anatomy(&mut || {
+        let bytes = prost::Message::encode_to_vec(&answer.clone());
+        let back: v1::PredictResponse = prost::Message::decode(&bytes[..])?;
+        anyhow::ensure!(back.predictions.len() == 1024);
+        Ok(())
+    })?;
 
-    let clients = 16;
-    let per_client = 500;
-    let t = Instant::now();
-    let one = Arc::new(one);
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let mut c = PredictorClient::new(channel.clone());
-        let one = one.clone();
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..per_client {
-                c.predict(v1::PredictRequest {
-                    queries: (*one).clone(),
-                })
-                .await?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    let rate = (clients * per_client) as f64 / t.elapsed().as_secs_f64();
+    let batching = serve(&path, inference.clone(), &one, &batch).await?;
+    let unbatched = serve(
+        &path,
+        InferenceOptions {
+            max_batch_rows: 1,
+            ..inference.clone()
+        },
+        &one,
+        &batch,
+    )
+    .await?;
+    let waiting = serve(
+        &path,
+        InferenceOptions {
+            batch_wait: Duration::from_micros(200),
+            ..inference.clone()
+        },
+        &one,
+        &batch,
+    )
+    .await?;
     let raw_rate = 1.0 / raw_single[raw_single.len() / 2].as_secs_f64();
 
     println!(
@@ -159,19 +174,106 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "single query   gRPC    p50 {:>8.1} µs  p99 {:>8.1} µs  ({:.1}x raw p99)",
-        us(percentile(&single, 0.5)),
-        us(percentile(&single, 0.99)),
-        us(percentile(&single, 0.99)) / us(percentile(&raw_single, 0.99))
+        us(percentile(&batching.single, 0.5)),
+        us(percentile(&batching.single, 0.99)),
+        us(percentile(&batching.single, 0.99)) / us(percentile(&raw_single, 0.99))
     );
     println!(
         "1,024 batch    raw ort p50 {:>8.1} µs; gRPC p50 {:>8.1} µs ({:.2}x raw)",
         us(percentile(&raw_batch, 0.5)),
-        us(percentile(&batched, 0.5)),
-        us(percentile(&batched, 0.5)) / us(percentile(&raw_batch, 0.5))
+        us(percentile(&batching.batch, 0.5)),
+        us(percentile(&batching.batch, 0.5)) / us(percentile(&raw_batch, 0.5))
     );
     println!(
-        "{clients} clients    {rate:.0} queries/s over gRPC; raw single-query rate {raw_rate:.0}/s ({:.2}x)",
-        rate / raw_rate
+        "  in-process: request proto {:.1} µs, resolve + encode {:.1} µs, answer build + proto {:.1} µs",
+        us(proto_in),
+        us(resolve),
+        us(proto_out)
     );
-    server.stop().await
+    println!(
+        "{CLIENTS} clients    {:.0} queries/s micro-batched (wait {:?}), {:.0} unbatched ({:.2}x), {:.0} with a 200 µs wait ({:.2}x); raw single-query rate {raw_rate:.0}/s",
+        batching.rate,
+        inference.batch_wait,
+        unbatched.rate,
+        batching.rate / unbatched.rate,
+        waiting.rate,
+        waiting.rate / unbatched.rate,
+    );
+    Ok(())
+}
+
+const CLIENTS: usize = 16;
+
+struct Figures {
+    single: Vec<Duration>,
+    batch: Vec<Duration>,
+    rate: f64,
+}
+
+/// Serves `path` with `inference` and measures it over loopback gRPC.
+async fn serve(
+    path: &Path,
+    inference: InferenceOptions,
+    one: &[v1::PredictQuery],
+    batch: &[v1::PredictQuery],
+) -> anyhow::Result<Figures> {
+    let config = PredictorConfig {
+        model_path: path.to_path_buf(),
+        max_batch: 10_000,
+        max_points: 200_000,
+        watch_every: None,
+        inference,
+        grpc: GrpcOptions::default(),
+    };
+    let server = kit::spawn_server(|l, s| headroom_predictor::run(l, s, config)).await?;
+    let channel = server.channel().await?;
+    let mut client = PredictorClient::new(channel.clone());
+    let time = async |client: &mut PredictorClient<_>, queries: &[v1::PredictQuery]| {
+        let request = v1::PredictRequest {
+            queries: queries.to_vec(),
+        };
+        let t = Instant::now();
+        client.predict(request).await?;
+        anyhow::Ok(t.elapsed())
+    };
+    for _ in 0..200 {
+        time(&mut client, one).await?;
+    }
+    let mut single = Vec::new();
+    for _ in 0..2000 {
+        single.push(time(&mut client, one).await?);
+    }
+    single.sort();
+    let mut batched = Vec::new();
+    for _ in 0..50 {
+        batched.push(time(&mut client, batch).await?);
+    }
+    batched.sort();
+
+    let per_client = 500;
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut c = PredictorClient::new(channel.clone());
+        let one = one.to_vec();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per_client {
+                c.predict(v1::PredictRequest {
+                    queries: one.clone(),
+                })
+                .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let rate = (CLIENTS * per_client) as f64 / t.elapsed().as_secs_f64();
+    server.stop().await?;
+    Ok(Figures {
+        single,
+        batch: batched,
+        rate,
+    })
 }

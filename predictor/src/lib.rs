@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status, service::Routes};
 use tonic_health::server::HealthReporter;
 
 pub use error::{Error, Result};
-pub use model::{LoadedModel, init_runtime};
+pub use model::{InferenceOptions, LoadedModel, init_runtime};
 
 /// The gRPC service name, as health reports it.
 pub const SERVICE_NAME: &str = "headroom.v1.Predictor";
@@ -41,6 +41,8 @@ pub struct PredictorConfig {
     /// How often the model file is checked for a change (and, with no model
     /// yet, for its appearance); `None` turns watching off.
     pub watch_every: Option<std::time::Duration>,
+    /// Session threads and micro-batching.
+    pub inference: InferenceOptions,
     /// Server limits.
     pub grpc: GrpcOptions,
 }
@@ -82,8 +84,8 @@ impl State {
 }
 
 /// Loads a model file on the blocking pool.
-async fn load(path: PathBuf) -> Result<LoadedModel> {
-    tokio::task::spawn_blocking(move || LoadedModel::load(&path))
+async fn load(path: PathBuf, options: InferenceOptions) -> Result<LoadedModel> {
+    tokio::task::spawn_blocking(move || LoadedModel::load(&path, &options))
         .await
         .map_err(|e| Error::Runtime(format!("model load panicked: {e}")))?
 }
@@ -97,7 +99,7 @@ pub async fn run(
     config: PredictorConfig,
 ) -> Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    let model = match load(config.model_path.clone()).await {
+    let model = match load(config.model_path.clone(), config.inference.clone()).await {
         Ok(m) => {
             tracing::info!(path = %m.path, version = %m.spec.version, "model loaded");
             Some(Arc::new(m))
@@ -151,7 +153,7 @@ async fn watch(state: Arc<State>, every: std::time::Duration, shutdown: Cancella
             continue;
         }
         seen = stamp;
-        match load(path.clone()).await {
+        match load(path.clone(), state.config.inference.clone()).await {
             Ok(m) => state.install(Arc::new(m)).await,
             Err(e) => {
                 tracing::warn!(error = %e, "changed model file refused; the current model keeps serving")
@@ -165,24 +167,21 @@ struct PredictorApi {
     state: Arc<State>,
 }
 
-/// Encodes resolved queries, runs them and decodes each row.
-async fn infer(model: Arc<LoadedModel>, queries: Vec<Encoded>) -> Result<Vec<Vec<f64>>> {
-    tokio::task::spawn_blocking(move || {
-        let w = model.spec.width();
-        let mut x = vec![0.0; queries.len() * w];
-        for (q, row) in queries.iter().zip(x.chunks_exact_mut(w)) {
-            model.spec.encode_into(q, row);
-        }
-        let k = model.spec.quantiles.len();
-        let out = model.run(&x, queries.len())?;
-        Ok(queries
-            .iter()
-            .zip(out.chunks_exact(k))
-            .map(|(q, row)| model.spec.decode(q.resource, row))
-            .collect())
-    })
-    .await
-    .map_err(|e| Error::Runtime(format!("inference panicked: {e}")))?
+/// Encodes resolved queries, runs them in the model's next batch and
+/// decodes each row.
+async fn infer(model: &LoadedModel, queries: &[Encoded]) -> Result<Vec<Vec<f64>>> {
+    let w = model.spec.width();
+    let mut x = vec![0.0; queries.len() * w];
+    for (q, row) in queries.iter().zip(x.chunks_exact_mut(w)) {
+        model.spec.encode_into(q, row);
+    }
+    let k = model.spec.quantiles.len();
+    let out = model.run(x, queries.len()).await?;
+    Ok(queries
+        .iter()
+        .zip(out.chunks_exact(k))
+        .map(|(q, row)| model.spec.decode(q.resource, row))
+        .collect())
 }
 
 /// The seconds of a curve: 0, step, 2·step, … up to the horizon.
@@ -292,7 +291,7 @@ impl Predictor for PredictorApi {
                     .map_err(|e| Status::invalid_argument(format!("query {i}: {e}")))
             })
             .collect::<Result<Vec<_>, Status>>()?;
-        let values = infer(model.clone(), encoded).await?;
+        let values = infer(&model, &encoded).await?;
         let quantiles = &model.spec.quantiles;
         Ok(Response::new(v1::PredictResponse {
             predictions: values
@@ -337,7 +336,7 @@ impl Predictor for PredictorApi {
             .collect::<Result<Vec<_>, _>>()
             .map_err(Error::from)?;
         let resource = encoded[0].resource;
-        let values = infer(model.clone(), encoded).await?;
+        let values = infer(&model, &encoded).await?;
         Ok(Response::new(v1::PredictProfileResponse {
             profile: Some(profile(
                 &model.spec,
@@ -398,7 +397,7 @@ impl Predictor for PredictorApi {
             .step_by(seconds.len())
             .map(|e| e.resource)
             .collect();
-        let values = infer(model.clone(), encoded).await?;
+        let values = infer(&model, &encoded).await?;
         let profiles = values
             .chunks(seconds.len())
             .zip(resource_index)
@@ -429,7 +428,9 @@ impl Predictor for PredictorApi {
         } else {
             PathBuf::from(r.path)
         };
-        let loaded = Arc::new(load(path).await.inspect_err(|e| {
+        let loaded = Arc::new(load(path, self.state.config.inference.clone())
+                .await
+                .inspect_err(|e| {
             tracing::warn!(error = %e, "model reload refused; the current model keeps serving");
         })?);
         let answer = info(&loaded);

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context as _;
 use clap::Parser;
-use headroom_predictor::PredictorConfig;
+use headroom_predictor::{InferenceOptions, PredictorConfig};
 use headroom_serving::{grpc::GrpcOptions, shutdown, telemetry};
 
 /// Serves the Headroom usage model (model.onnx) over gRPC
@@ -31,6 +31,16 @@ struct Cli {
     /// How often the model file is checked for changes ("0s": never).
     #[arg(long, env = "HEADROOM_WATCH_EVERY", default_value = "2s", value_parser = humantime::parse_duration)]
     watch_every: std::time::Duration,
+    /// ONNX Runtime threads per run (default: half the cores, at least 1).
+    #[arg(long, env = "HEADROOM_INTRA_THREADS", default_value_t = headroom_predictor::model::default_intra_threads())]
+    intra_threads: usize,
+    /// Most rows gathered from concurrent requests into one ONNX Runtime run.
+    #[arg(long, env = "HEADROOM_MAX_BATCH_ROWS", default_value_t = 4096)]
+    max_batch_rows: usize,
+    /// Longest a run waits for more requests while others are in flight
+    /// ("0s": run what is queued at once; a lone request never waits).
+    #[arg(long, env = "HEADROOM_BATCH_WAIT", default_value = "0s", value_parser = humantime::parse_duration)]
+    batch_wait: std::time::Duration,
     /// Log format.
     #[arg(long, env = "HEADROOM_LOG_FORMAT", value_enum, default_value_t)]
     log_format: telemetry::LogFormat,
@@ -58,6 +68,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         max_batch: cli.max_batch,
         max_points: cli.max_points,
         watch_every: (!cli.watch_every.is_zero()).then_some(cli.watch_every),
+        inference: InferenceOptions {
+            intra_threads: cli.intra_threads,
+            max_batch_rows: cli.max_batch_rows,
+            batch_wait: cli.batch_wait,
+        },
         grpc: cli.grpc,
     };
     headroom_predictor::run(listener, shutdown::on_signals(), config).await?;

@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use headroom_predictor::PredictorConfig;
+use headroom_model::{INPUT, ModelSpec, OUTPUT};
+use headroom_predictor::{InferenceOptions, PredictorConfig};
 use headroom_proto::v1::{self, predictor_client::PredictorClient};
 use headroom_serving::grpc::GrpcOptions;
 use headroom_testkit as kit;
@@ -53,7 +54,54 @@ fn config(model_path: PathBuf) -> PredictorConfig {
         max_batch: 100,
         max_points: 1_000,
         watch_every: Some(std::time::Duration::from_millis(100)),
+        inference: InferenceOptions {
+            batch_wait: std::time::Duration::from_millis(1),
+            ..InferenceOptions::default()
+        },
         grpc: GrpcOptions::default(),
+    }
+}
+
+/// What every answer must equal: the same file run in-process by a plain
+/// `ort` session, one query per row, no batching and no gRPC.
+fn raw_ort(
+    path: &Path,
+    spec: &ModelSpec,
+    queries: &[v1::PredictQuery],
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    let mut session = ort::session::Session::builder()?.commit_from_file(path)?;
+    let mut answers = Vec::new();
+    for q in queries {
+        let query = headroom_model::Query {
+            task_services: &q.task_services,
+            service: &q.service,
+            resource: &q.resource,
+            seconds: q.seconds,
+        };
+        let e = spec.resolve(&query)?;
+        let x = spec.encode(&[query])?;
+        let input = ndarray::ArrayView2::from_shape((1, spec.width()), &x)?;
+        let out = session.run(ort::inputs![
+            INPUT => ort::value::TensorRef::from_array_view(input)?
+        ])?;
+        let row: Vec<f32> = out[OUTPUT]
+            .try_extract_array::<f32>()?
+            .iter()
+            .copied()
+            .collect();
+        answers.push(spec.decode(e.resource, &row));
+    }
+    Ok(answers)
+}
+
+fn assert_close(got: &v1::Prediction, want: &[f64]) {
+    let got: Vec<f64> = got.quantiles.iter().map(|v| v.value).collect();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        assert!(
+            (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+            "{got:?} vs raw ort {want:?}"
+        );
     }
 }
 
@@ -96,6 +144,14 @@ async fn predicts_profiles_and_reloads_models() -> anyhow::Result<()> {
         .into_inner();
     assert_eq!(answer.model_version, "first");
     assert_eq!(answer.predictions.len(), 3);
+    // … and an in-process ort run of the same file.
+    for (p, want) in answer
+        .predictions
+        .iter()
+        .zip(raw_ort(&path, &spec, &queries)?)
+    {
+        assert_close(p, &want);
+    }
     for (q, p) in queries.iter().zip(&answer.predictions) {
         let e = spec.resolve(&headroom_model::Query {
             task_services: &q.task_services,
@@ -200,6 +256,21 @@ async fn predicts_profiles_and_reloads_models() -> anyhow::Result<()> {
         .into_inner();
     assert_eq!(task.profiles.len(), 2 * spec.resources.len());
     assert!(task.profiles.iter().all(|p| p.seconds.len() == 5));
+
+    // grpcurl sees the service through reflection.
+    let listed = kit::grpcurl(&[], server.addr, &["list"]).await?;
+    assert!(
+        listed.lines().any(|l| l == "headroom.v1.Predictor"),
+        "{listed}"
+    );
+    assert!(
+        listed.lines().any(|l| l == "grpc.health.v1.Health"),
+        "{listed}"
+    );
+    let described = kit::grpcurl(&[], server.addr, &["describe", "headroom.v1.Predictor"]).await?;
+    assert!(described.contains("rpc PredictTask"), "{described}");
+    let called = kit::grpcurl(&[], server.addr, &["headroom.v1.Predictor/ModelInfo"]).await?;
+    assert!(called.contains("\"version\": \"first\""), "{called}");
 
     // A bad file is refused and the current model keeps serving.
     let garbage = dir.path().join("garbage.onnx");
@@ -317,5 +388,91 @@ async fn starts_without_a_model_and_serves_once_one_is_loaded() -> anyhow::Resul
         .await
         .unwrap_err();
     assert!(e.to_string().contains("bad.onnx"), "{e}");
+    server.stop().await
+}
+
+/// 16 clients keep predicting while the model is swapped back and forth by
+/// `ReloadModel` and by replacing the watched file: every request succeeds,
+/// every answer equals the raw ort answer of the version it names (so the
+/// micro-batcher hands each request its own rows), and both versions serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_loses_no_request() -> anyhow::Result<()> {
+    init_ort()?;
+    let dir = tempfile::tempdir()?;
+    let (a_path, a) = trained_model(dir.path(), "a.onnx", "a", 5)?;
+    let (b_path, b) = trained_model(dir.path(), "b.onnx", "b", 6)?;
+    let watched = dir.path().join("model.onnx");
+    std::fs::copy(&a_path, &watched)?;
+    let spec = a.spec.clone();
+    let server =
+        kit::spawn_server(|l, s| headroom_predictor::run(l, s, config(watched.clone()))).await?;
+    let channel = server.channel().await?;
+
+    let clients = 16;
+    let rounds = 100;
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let queries: Vec<v1::PredictQuery> = (0..(c % 3) + 1)
+            .map(|i| v1::PredictQuery {
+                task_services: spec.services[..2 + (c + i) % 2].to_vec(),
+                service: spec.services[(c + i) % 2].clone(),
+                resource: spec.resources[(c + i) % spec.resources.len()].name.clone(),
+                seconds: (c * 97 + i * 13) as f64,
+            })
+            .collect();
+        let want_a = raw_ort(&a_path, &spec, &queries)?;
+        let want_b = raw_ort(&b_path, &b.spec, &queries)?;
+        let mut client = PredictorClient::new(channel.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut seen = [0usize; 2];
+            for _ in 0..rounds {
+                let answer = client
+                    .predict(v1::PredictRequest {
+                        queries: queries.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                let (want, slot) = match answer.model_version.as_str() {
+                    "a" => (&want_a, 0),
+                    "b" => (&want_b, 1),
+                    v => anyhow::bail!("unexpected model version {v}"),
+                };
+                assert_eq!(answer.predictions.len(), queries.len());
+                for (p, w) in answer.predictions.iter().zip(want) {
+                    assert_close(p, w);
+                }
+                seen[slot] += 1;
+            }
+            anyhow::Ok(seen)
+        }));
+    }
+
+    let mut admin = PredictorClient::new(channel.clone());
+    for i in 0..6 {
+        if i == 3 {
+            // The watched file is replaced by the b model mid-load.
+            let staged = dir.path().join("staged.onnx");
+            std::fs::copy(&b_path, &staged)?;
+            std::fs::rename(&staged, &watched)?;
+        }
+        let next = if i % 2 == 0 { &b_path } else { &a_path };
+        admin
+            .reload_model(v1::ReloadModelRequest {
+                path: next.display().to_string(),
+            })
+            .await?;
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    }
+    let mut served = [0usize; 2];
+    for task in tasks {
+        let seen = task.await??;
+        served[0] += seen[0];
+        served[1] += seen[1];
+    }
+    assert_eq!(served[0] + served[1], clients * rounds, "no request lost");
+    assert!(
+        served[0] > 0 && served[1] > 0,
+        "both versions served: {served:?}"
+    );
     server.stop().await
 }

@@ -215,6 +215,30 @@ impl TestServer {
     }
 }
 
+/// Runs the real `grpcurl` (`HEADROOM_GRPCURL`, installed by `scripts/stack
+/// up`) in plaintext: `grpcurl -plaintext FLAGS… addr ARGS…`; returns its
+/// stdout, or an error holding its stderr.
+pub async fn grpcurl(flags: &[&str], addr: SocketAddr, args: &[&str]) -> anyhow::Result<String> {
+    let bin = std::env::var("HEADROOM_GRPCURL")
+        .context("HEADROOM_GRPCURL is not set: run `scripts/stack up` and source .stack/env")?;
+    let out = tokio::process::Command::new(&bin)
+        .arg("-plaintext")
+        .args(flags)
+        .arg(addr.to_string())
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .with_context(|| format!("while running {bin}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "grpcurl {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 /// Starts any service's `run(listener, shutdown)` on `127.0.0.1:0`.
 pub async fn spawn_server<F, Fut, E>(run: F) -> anyhow::Result<TestServer>
 where
