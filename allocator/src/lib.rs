@@ -1,1 +1,3 @@
-//! Headroom allocator (built in its own issue).
+//! Headroom allocator.
+pub mod place;
+pub mod strategy;

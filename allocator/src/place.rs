@@ -1,0 +1,386 @@
+//! Placement: a task's services onto nodes, a multi-dimensional bin
+//! packing over CPU and memory at every moment of the task.
+//!
+//! Each service brings a demand per moment (one moment for static peaks,
+//! the plan's steps for time-varying plans), so services whose peaks do not
+//! coincide may share a node. A node holds a set of services when, at every
+//! moment and in both dimensions, their summed demand fits its capacity.
+//!
+//! - **Exact** (small inputs, at most [`EXACT_MAX_SERVICES`] services and
+//!   [`EXACT_MAX_NODES`] nodes): an integer programme solved by `microlp`
+//!   through `good_lp` — binary `x[s][n]` (service on node), `y[n]` (node
+//!   used), `u[s]` (service unplaced); each service placed once or
+//!   unplaced; per node, moment and dimension the demand placed is at most
+//!   the capacity times `y[n]`; minimise nodes used, with an unplaced
+//!   service costing more than every node. Warm-started from the heuristic.
+//! - **Heuristic**: first-fit decreasing. Services sorted by their largest
+//!   demand as a share of the mean node capacity (the dominant resource);
+//!   each goes to the first node already in use where it fits at every
+//!   moment, else to the first unused node where it fits, else unplaced.
+
+use good_lp::{
+    Expression, ProblemVariables, Solution, SolverModel, Variable, WithInitialSolution,
+    WithTimeLimit, microlp, variable,
+};
+
+/// Most services the exact solver takes.
+pub const EXACT_MAX_SERVICES: usize = 12;
+/// Most nodes the exact solver takes.
+pub const EXACT_MAX_NODES: usize = 12;
+
+/// A node's capacity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    /// Name.
+    pub name: String,
+    /// Cores.
+    pub cpu: f64,
+    /// Bytes.
+    pub memory: f64,
+}
+
+/// A service's demand at each moment (`cpu[t]`, `memory[t]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Demand {
+    /// Service name.
+    pub service: String,
+    /// Cores per moment.
+    pub cpu: Vec<f64>,
+    /// Bytes per moment.
+    pub memory: Vec<f64>,
+}
+
+/// Which solver to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Solver {
+    /// Exact when the input is small enough, else the heuristic.
+    Auto,
+    /// Exact, refused above its size limits.
+    Exact,
+    /// First-fit decreasing.
+    Heuristic,
+}
+
+/// A placement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    /// `node[s]`: index of the node service `s` went to; `None`: unplaced.
+    pub node: Vec<Option<usize>>,
+    /// "exact" or "heuristic".
+    pub solver: &'static str,
+}
+
+impl Placement {
+    /// Nodes with at least one service.
+    pub fn nodes_used(&self) -> usize {
+        let mut used: Vec<usize> = self.node.iter().flatten().copied().collect();
+        used.sort_unstable();
+        used.dedup();
+        used.len()
+    }
+
+    /// Free (cpu, memory) of `node` at each moment.
+    pub fn headroom(&self, node: usize, nodes: &[Node], demands: &[Demand]) -> Vec<(f64, f64)> {
+        let moments = demands.first().map_or(1, |d| d.cpu.len());
+        (0..moments)
+            .map(|t| {
+                let (mut cpu, mut mem) = (nodes[node].cpu, nodes[node].memory);
+                for (s, d) in demands.iter().enumerate() {
+                    if self.node[s] == Some(node) {
+                        cpu -= d.cpu[t];
+                        mem -= d.memory[t];
+                    }
+                }
+                (cpu, mem)
+            })
+            .collect()
+    }
+}
+
+/// Why a placement could not be made.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlaceError {
+    /// Input the caller must fix.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn check(nodes: &[Node], demands: &[Demand]) -> Result<usize, PlaceError> {
+    let bad = |m: String| Err(PlaceError::Invalid(m));
+    if nodes.is_empty() {
+        return bad("no nodes to place on".into());
+    }
+    if demands.is_empty() {
+        return bad("no services to place".into());
+    }
+    for n in nodes {
+        if !(n.cpu.is_finite() && n.cpu > 0.0 && n.memory.is_finite() && n.memory > 0.0) {
+            return bad(format!(
+                "node {:?} needs cpu_cores and memory_bytes greater than 0, got {} and {}",
+                n.name, n.cpu, n.memory
+            ));
+        }
+    }
+    let moments = demands[0].cpu.len();
+    for d in demands {
+        if d.cpu.len() != moments || d.memory.len() != moments || moments == 0 {
+            return bad(format!(
+                "service {:?} has demands for {} moments, expected {moments}",
+                d.service,
+                d.cpu.len()
+            ));
+        }
+    }
+    Ok(moments)
+}
+
+fn fits(node: &Node, load: &[(f64, f64)], d: &Demand) -> bool {
+    load.iter().enumerate().all(|(t, (c, m))| {
+        c + d.cpu[t] <= node.cpu * (1.0 + 1e-9) && m + d.memory[t] <= node.memory * (1.0 + 1e-9)
+    })
+}
+
+/// First-fit decreasing (see the module doc).
+pub fn heuristic(nodes: &[Node], demands: &[Demand]) -> Result<Placement, PlaceError> {
+    let moments = check(nodes, demands)?;
+    let mean_cpu = nodes.iter().map(|n| n.cpu).sum::<f64>() / nodes.len() as f64;
+    let mean_mem = nodes.iter().map(|n| n.memory).sum::<f64>() / nodes.len() as f64;
+    let size = |d: &Demand| {
+        (0..moments)
+            .map(|t| (d.cpu[t] / mean_cpu).max(d.memory[t] / mean_mem))
+            .fold(0.0, f64::max)
+    };
+    let mut order: Vec<usize> = (0..demands.len()).collect();
+    order.sort_by(|&a, &b| {
+        size(&demands[b])
+            .total_cmp(&size(&demands[a]))
+            .then(a.cmp(&b))
+    });
+    let mut load = vec![vec![(0.0, 0.0); moments]; nodes.len()];
+    let mut used = vec![false; nodes.len()];
+    let mut node = vec![None; demands.len()];
+    for s in order {
+        let d = &demands[s];
+        let pick = (0..nodes.len())
+            .filter(|&n| used[n])
+            .chain((0..nodes.len()).filter(|&n| !used[n]))
+            .find(|&n| fits(&nodes[n], &load[n], d));
+        if let Some(n) = pick {
+            used[n] = true;
+            for (t, l) in load[n].iter_mut().enumerate() {
+                l.0 += d.cpu[t];
+                l.1 += d.memory[t];
+            }
+            node[s] = Some(n);
+        }
+    }
+    Ok(Placement {
+        node,
+        solver: "heuristic",
+    })
+}
+
+/// The exact integer programme (see the module doc).
+pub fn exact(nodes: &[Node], demands: &[Demand]) -> Result<Placement, PlaceError> {
+    let moments = check(nodes, demands)?;
+    if demands.len() > EXACT_MAX_SERVICES || nodes.len() > EXACT_MAX_NODES {
+        return Err(PlaceError::Invalid(format!(
+            "the exact solver takes at most {EXACT_MAX_SERVICES} services and {EXACT_MAX_NODES} nodes, got {} and {}; use the heuristic",
+            demands.len(),
+            nodes.len()
+        )));
+    }
+    let start = heuristic(nodes, demands)?;
+    let mut vars = ProblemVariables::new();
+    let x: Vec<Vec<Variable>> = demands
+        .iter()
+        .map(|_| {
+            nodes
+                .iter()
+                .map(|_| vars.add(variable().binary()))
+                .collect()
+        })
+        .collect();
+    let y: Vec<Variable> = nodes
+        .iter()
+        .map(|_| vars.add(variable().binary()))
+        .collect();
+    let u: Vec<Variable> = demands
+        .iter()
+        .map(|_| vars.add(variable().binary()))
+        .collect();
+    let penalty = nodes.len() as f64 + 1.0;
+    let objective: Expression = y.iter().map(|v| Expression::from(*v)).sum::<Expression>()
+        + u.iter().map(|v| penalty * *v).sum::<Expression>();
+    let mut model = vars.minimise(objective).using(microlp);
+    for (s, d) in demands.iter().enumerate() {
+        let placed: Expression = x[s].iter().map(|v| Expression::from(*v)).sum();
+        model.add_constraint((placed + u[s]).eq(1));
+        for (n, node) in nodes.iter().enumerate() {
+            // A service that cannot fit a node alone never goes there.
+            if !fits(node, &vec![(0.0, 0.0); moments], d) {
+                model.add_constraint(Expression::from(x[s][n]).eq(0));
+            }
+        }
+    }
+    for (n, node) in nodes.iter().enumerate() {
+        for t in 0..moments {
+            let cpu: Expression = demands
+                .iter()
+                .enumerate()
+                .map(|(s, d)| d.cpu[t] * x[s][n])
+                .sum();
+            model.add_constraint(cpu.leq(node.cpu * y[n]));
+            let mem: Expression = demands
+                .iter()
+                .enumerate()
+                .map(|(s, d)| (d.memory[t] / node.memory) * x[s][n])
+                .sum();
+            model.add_constraint(mem.leq(1.0 * y[n]));
+        }
+    }
+    let mut warm = Vec::new();
+    for (s, at) in start.node.iter().enumerate() {
+        for (n, v) in x[s].iter().enumerate() {
+            warm.push((*v, if *at == Some(n) { 1.0 } else { 0.0 }));
+        }
+        warm.push((u[s], if at.is_none() { 1.0 } else { 0.0 }));
+    }
+    for (n, v) in y.iter().enumerate() {
+        warm.push((
+            *v,
+            if start.node.contains(&Some(n)) {
+                1.0
+            } else {
+                0.0
+            },
+        ));
+    }
+    let solution = model
+        .with_initial_solution(warm)
+        .with_time_limit(10.0)
+        .solve()
+        .map_err(|e| PlaceError::Invalid(format!("the exact solver failed: {e}")))?;
+    let node = x
+        .iter()
+        .map(|row| row.iter().position(|v| solution.value(*v) > 0.5))
+        .collect();
+    Ok(Placement {
+        node,
+        solver: "exact",
+    })
+}
+
+/// Places with `solver`.
+pub fn place(nodes: &[Node], demands: &[Demand], solver: Solver) -> Result<Placement, PlaceError> {
+    match solver {
+        Solver::Exact => exact(nodes, demands),
+        Solver::Heuristic => heuristic(nodes, demands),
+        Solver::Auto if demands.len() <= EXACT_MAX_SERVICES && nodes.len() <= EXACT_MAX_NODES => {
+            exact(nodes, demands).or_else(|_| heuristic(nodes, demands))
+        }
+        Solver::Auto => heuristic(nodes, demands),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn node(name: &str, cpu: f64, memory: f64) -> Node {
+        Node {
+            name: name.into(),
+            cpu,
+            memory,
+        }
+    }
+
+    fn demand(service: &str, cpu: &[f64], memory: &[f64]) -> Demand {
+        Demand {
+            service: service.into(),
+            cpu: cpu.to_vec(),
+            memory: memory.to_vec(),
+        }
+    }
+
+    fn within_capacity(p: &Placement, nodes: &[Node], demands: &[Demand]) -> bool {
+        (0..nodes.len()).all(|n| {
+            p.headroom(n, nodes, demands)
+                .iter()
+                .all(|(c, m)| *c >= -1e-6 * nodes[n].cpu && *m >= -1e-6 * nodes[n].memory)
+        })
+    }
+
+    #[test]
+    fn peaks_that_do_not_coincide_share_a_node() {
+        let nodes = vec![node("a", 4.0, 8.0), node("b", 4.0, 8.0)];
+        // Static peaks: 3 + 3 cores do not fit one 4-core node.
+        let stat = vec![demand("x", &[3.0], &[1.0]), demand("y", &[3.0], &[1.0])];
+        assert_eq!(exact(&nodes, &stat).unwrap().nodes_used(), 2);
+        // Over time, x peaks early and y late: they share.
+        let planned = vec![
+            demand("x", &[3.0, 1.0], &[1.0, 1.0]),
+            demand("y", &[1.0, 3.0], &[1.0, 1.0]),
+        ];
+        let p = exact(&nodes, &planned).unwrap();
+        assert_eq!(p.nodes_used(), 1);
+        assert!(within_capacity(&p, &nodes, &planned));
+    }
+
+    #[test]
+    fn the_exact_solver_finds_the_fewest_nodes() {
+        // 20 cores of demand on 10-core nodes: two nodes, packed full.
+        let nodes: Vec<Node> = (0..4)
+            .map(|i| node(&format!("n{i}"), 10.0, 100.0))
+            .collect();
+        let sizes = [6.0, 5.0, 4.0, 3.0, 2.0];
+        let ds: Vec<Demand> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| demand(&format!("s{i}"), &[*c], &[1.0]))
+            .collect();
+        let p = exact(&nodes, &ds).unwrap();
+        assert_eq!(p.nodes_used(), 2, "6+4 and 5+3+2");
+        assert!(p.node.iter().all(Option::is_some));
+    }
+
+    #[test]
+    fn what_fits_nowhere_is_reported_and_bad_input_is_named() {
+        let nodes = vec![node("a", 2.0, 8.0)];
+        let ds = vec![demand("big", &[3.0], &[1.0]), demand("ok", &[1.0], &[1.0])];
+        for p in [exact(&nodes, &ds).unwrap(), heuristic(&nodes, &ds).unwrap()] {
+            assert_eq!(p.node, vec![None, Some(0)]);
+        }
+        let e = heuristic(&[node("z", 0.0, 1.0)], &ds).unwrap_err();
+        assert!(e.to_string().contains("node \"z\""), "{e}");
+        assert!(heuristic(&nodes, &[]).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn placements_never_exceed_a_node(
+            caps in prop::collection::vec((1.0f64..16.0, 1.0f64..64.0), 1..5),
+            loads in prop::collection::vec(prop::collection::vec((0.0f64..8.0, 0.0f64..32.0), 3), 1..7),
+        ) {
+            let nodes: Vec<Node> = caps.iter().enumerate().map(|(i, (c, m))| node(&format!("n{i}"), *c, *m)).collect();
+            let ds: Vec<Demand> = loads.iter().enumerate().map(|(i, l)| Demand {
+                service: format!("s{i}"),
+                cpu: l.iter().map(|x| x.0).collect(),
+                memory: l.iter().map(|x| x.1).collect(),
+            }).collect();
+            let h = heuristic(&nodes, &ds).unwrap();
+            prop_assert!(within_capacity(&h, &nodes, &ds));
+            let e = exact(&nodes, &ds).unwrap();
+            prop_assert!(within_capacity(&e, &nodes, &ds));
+            let placed = |p: &Placement| p.node.iter().filter(|n| n.is_some()).count();
+            // The exact answer places at least as many, on no more nodes when it places as many.
+            prop_assert!(placed(&e) >= placed(&h));
+            if placed(&e) == placed(&h) {
+                prop_assert!(e.nodes_used() <= h.nodes_used());
+            }
+        }
+    }
+}
