@@ -148,9 +148,13 @@ async fn create_partition(
     if exists {
         return Ok(None);
     }
-    // Keeps ingest from adding rows of this range to the default partition
-    // between the move and the attach (which checks the default partition).
-    sqlx::query("LOCK TABLE samples_default IN SHARE ROW EXCLUSIVE MODE")
+    // Holds ingest and readers off the table until the move and the attach
+    // commit together: ingest must not add rows of this range to the default
+    // partition between the move and the attach (which checks it), and a
+    // reader must not plan with the old partitions but read after the move
+    // (it would miss the moved rows). Moves are rare and small: late or
+    // early samples only.
+    sqlx::query("LOCK TABLE samples IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *tx)
         .await?;
     sqlx::query(&format!(
