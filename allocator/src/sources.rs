@@ -1,0 +1,264 @@
+//! Where the allocator's inputs come from: history from the collector
+//! (`ExportSamples`, `GetTask`, `ListTasks`) and quantile curves from the
+//! predictor (`PredictTask`), both over gRPC.
+
+use std::collections::{BTreeMap, HashMap};
+
+use headroom_proto::v1::{
+    self, collector_client::CollectorClient, predictor_client::PredictorClient,
+};
+use tonic::{Code, Status, transport::Channel};
+
+use crate::strategy::{Curves, Obs};
+
+/// A stored task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskInfo {
+    /// Id.
+    pub id: String,
+    /// Start, unix seconds.
+    pub start: f64,
+    /// End, unix seconds, when it ended.
+    pub end: Option<f64>,
+    /// Its mix of services, sorted.
+    pub services: Vec<String>,
+}
+
+impl TaskInfo {
+    fn from_proto(t: &v1::Task) -> Self {
+        let secs = |ts: &prost_types::Timestamp| ts.seconds as f64 + ts.nanos as f64 * 1e-9;
+        Self {
+            id: t.id.clone(),
+            start: t.start.as_ref().map_or(0.0, secs),
+            end: t.end.as_ref().map(secs),
+            services: t.services.clone(),
+        }
+    }
+}
+
+/// Samples of several series, with the tasks they belong to.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// Tasks referenced by the samples.
+    pub tasks: Vec<TaskInfo>,
+    /// Samples per (service, resource), in time order.
+    pub series: BTreeMap<(String, String), Vec<Obs>>,
+}
+
+impl History {
+    /// Samples of one series (empty when none).
+    pub fn of(&self, service: &str, resource: &str) -> &[Obs] {
+        self.series
+            .get(&(service.to_string(), resource.to_string()))
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
+/// A collector's answer turned into the caller's error: an unknown name is
+/// the caller's INVALID_ARGUMENT here, an unreachable collector UNAVAILABLE.
+fn upstream(what: &str, s: Status) -> Status {
+    match s.code() {
+        Code::NotFound | Code::InvalidArgument => Status::invalid_argument(s.message().to_string()),
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
+            Status::unavailable(format!("{what} is unavailable: {}", s.message()))
+        }
+        _ => Status::new(s.code(), format!("{what}: {}", s.message())),
+    }
+}
+
+fn timestamp(secs: f64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: secs.floor() as i64,
+        nanos: ((secs - secs.floor()) * 1e9) as i32,
+    }
+}
+
+/// The collector, as the allocator uses it.
+#[derive(Debug, Clone)]
+pub struct Collector {
+    client: CollectorClient<Channel>,
+}
+
+impl Collector {
+    /// A client over `channel`.
+    pub fn new(channel: Channel) -> Self {
+        Self {
+            client: CollectorClient::new(channel).max_decoding_message_size(64 * 1024 * 1024),
+        }
+    }
+
+    /// One task.
+    pub async fn task(&self, id: &str) -> Result<TaskInfo, Status> {
+        let t = self
+            .client
+            .clone()
+            .get_task(v1::GetTaskRequest { id: id.to_string() })
+            .await
+            .map_err(|s| upstream("the collector", s))?
+            .into_inner();
+        Ok(TaskInfo::from_proto(&t))
+    }
+
+    /// Tasks that ran `service`, started within `[start, end)` (unix
+    /// seconds; unbounded when `None`), newest first.
+    pub async fn tasks(
+        &self,
+        service: &str,
+        start: Option<f64>,
+        end: Option<f64>,
+    ) -> Result<Vec<TaskInfo>, Status> {
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = self
+                .client
+                .clone()
+                .list_tasks(v1::ListTasksRequest {
+                    service: service.to_string(),
+                    start: start.map(timestamp),
+                    end: end.map(timestamp),
+                    page_size: 1000,
+                    page_token: token,
+                })
+                .await
+                .map_err(|s| upstream("the collector", s))?
+                .into_inner();
+            out.extend(page.tasks.iter().map(TaskInfo::from_proto));
+            if page.next_page_token.is_empty() {
+                return Ok(out);
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    /// Samples of `services` × `resources` within `[start, end)` (unix
+    /// seconds; unbounded when `None`), or of `task_ids` when given.
+    pub async fn history(
+        &self,
+        services: &[String],
+        resources: &[String],
+        task_ids: &[String],
+        start: Option<f64>,
+        end: Option<f64>,
+    ) -> Result<History, Status> {
+        let mut stream = self
+            .client
+            .clone()
+            .export_samples(v1::ExportSamplesRequest {
+                filter: Some(v1::UsageFilter {
+                    services: services.to_vec(),
+                    resources: resources.to_vec(),
+                    task_ids: task_ids.to_vec(),
+                    start: start.map(timestamp),
+                    end: end.map(timestamp),
+                }),
+                chunk_size: 0,
+            })
+            .await
+            .map_err(|s| upstream("the collector", s))?
+            .into_inner();
+        let mut history = History::default();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        while let Some(chunk) = stream
+            .message()
+            .await
+            .map_err(|s| upstream("the collector", s))?
+        {
+            for t in &chunk.tasks {
+                index.entry(t.id.clone()).or_insert_with(|| {
+                    history.tasks.push(TaskInfo::from_proto(t));
+                    history.tasks.len() - 1
+                });
+            }
+            for s in chunk.samples {
+                let Some(&task) = index.get(&s.task_id) else {
+                    continue;
+                };
+                let ts =
+                    s.ts.as_ref()
+                        .map_or(0.0, |t| t.seconds as f64 + t.nanos as f64 * 1e-9);
+                history
+                    .series
+                    .entry((s.service, s.resource))
+                    .or_default()
+                    .push(Obs {
+                        ts,
+                        task,
+                        value: s.value,
+                    });
+            }
+        }
+        Ok(history)
+    }
+}
+
+/// The predictor, as the allocator uses it.
+#[derive(Debug, Clone)]
+pub struct Predictor {
+    client: PredictorClient<Channel>,
+}
+
+/// Curves of a task's services and the model that drew them.
+#[derive(Debug, Clone)]
+pub struct Predicted {
+    /// Curves per (service, resource).
+    pub curves: BTreeMap<(String, String), Curves>,
+    /// Units per resource.
+    pub units: HashMap<String, String>,
+    /// Model version.
+    pub model_version: String,
+}
+
+impl Predictor {
+    /// A client over `channel`.
+    pub fn new(channel: Channel) -> Self {
+        Self {
+            client: PredictorClient::new(channel).max_decoding_message_size(64 * 1024 * 1024),
+        }
+    }
+
+    /// Quantile curves for every service × resource of the mix `services`
+    /// from 0 to `horizon` every `step` seconds.
+    pub async fn task(
+        &self,
+        services: &[String],
+        resources: &[String],
+        horizon: f64,
+        step: f64,
+    ) -> Result<Predicted, Status> {
+        let answer = self
+            .client
+            .clone()
+            .predict_task(v1::PredictTaskRequest {
+                task_services: services.to_vec(),
+                resources: resources.to_vec(),
+                horizon_seconds: horizon,
+                step_seconds: step,
+            })
+            .await
+            .map_err(|s| upstream("the predictor", s))?
+            .into_inner();
+        let mut curves = BTreeMap::new();
+        let mut units = HashMap::new();
+        for p in answer.profiles {
+            let levels: Vec<f64> = p.curves.iter().map(|c| c.quantile).collect();
+            let values = (0..p.seconds.len())
+                .map(|t| p.curves.iter().map(|c| c.values[t]).collect())
+                .collect();
+            units.insert(p.resource.clone(), p.unit.clone());
+            curves.insert(
+                (p.service.clone(), p.resource.clone()),
+                Curves {
+                    seconds: p.seconds,
+                    levels,
+                    values,
+                },
+            );
+        }
+        Ok(Predicted {
+            curves,
+            units,
+            model_version: answer.model_version,
+        })
+    }
+}

@@ -1,0 +1,381 @@
+//! The allocator over real gRPC, against a real collector on PostgreSQL
+//! holding simulated history and a real predictor serving a model trained
+//! on that history through ONNX Runtime.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use headroom_allocator::{AllocatorConfig, ServiceOptions};
+use headroom_collector::CollectorConfig;
+use headroom_predictor::{InferenceOptions, PredictorConfig};
+use headroom_proto::v1::{self, allocator_client::AllocatorClient};
+use headroom_serving::grpc::GrpcOptions;
+use headroom_testkit as kit;
+use headroom_training::{
+    export,
+    simulate::{SimOptions, Workload},
+    train::{self, Checkpointing},
+};
+use tonic::Code;
+
+struct Stack {
+    collector: kit::TestServer,
+    predictor: kit::TestServer,
+    allocator: kit::TestServer,
+    data: headroom_training::Dataset,
+    _db: kit::TestDb,
+    _dir: tempfile::TempDir,
+}
+
+impl Stack {
+    async fn start() -> anyhow::Result<Self> {
+        kit::init_logs();
+        let dylib = std::env::var("ORT_DYLIB_PATH")
+            .context("ORT_DYLIB_PATH is not set: run `scripts/stack up` and source .stack/env")?;
+        headroom_predictor::init_runtime(Some(Path::new(&dylib)))?;
+        let db = kit::TestDb::new().await?;
+        let workload = Workload::new(&SimOptions {
+            seed: 11,
+            services: 4,
+            tasks: 24,
+            min_duration: std::time::Duration::from_secs(600),
+            max_duration: std::time::Duration::from_secs(900),
+            interval: std::time::Duration::from_secs(30),
+            spacing: std::time::Duration::from_secs(1200),
+            ..SimOptions::default()
+        })?;
+        workload.write_postgres(&db.pool).await?;
+        let data = workload.dataset()?;
+        let dir = tempfile::tempdir()?;
+        let trained = train::train(
+            &data,
+            &headroom_training::TrainOptions::default(),
+            Checkpointing::default(),
+            "alloc-test",
+            false,
+        )?;
+        let model = dir.path().join("model.onnx");
+        export::write_model(&model, &trained.net, &trained.spec)?;
+
+        let collector_config = CollectorConfig {
+            database_url: db.url.clone(),
+            max_connections: 4,
+            ingest: None,
+            lifecycle: Default::default(),
+            grpc: GrpcOptions::default(),
+        };
+        let collector =
+            kit::spawn_server(|l, s| headroom_collector::run(l, s, collector_config)).await?;
+        let predictor_config = PredictorConfig {
+            model_path: model,
+            max_batch: 10_000,
+            max_points: 200_000,
+            watch_every: None,
+            inference: InferenceOptions::default(),
+            grpc: GrpcOptions::default(),
+        };
+        let predictor =
+            kit::spawn_server(|l, s| headroom_predictor::run(l, s, predictor_config)).await?;
+        let allocator_config = AllocatorConfig {
+            collector: collector.url(),
+            predictor: predictor.url(),
+            service: ServiceOptions::default(),
+            grpc: GrpcOptions::default(),
+        };
+        let allocator =
+            kit::spawn_server(|l, s| headroom_allocator::run(l, s, allocator_config)).await?;
+        Ok(Self {
+            collector,
+            predictor,
+            allocator,
+            data,
+            _db: db,
+            _dir: dir,
+        })
+    }
+
+    async fn client(&self) -> anyhow::Result<AllocatorClient<tonic::transport::Channel>> {
+        Ok(AllocatorClient::new(self.allocator.channel().await?))
+    }
+
+    /// Observed values of one series in the simulated history.
+    fn observed(&self, service: &str, resource: &str) -> Vec<f64> {
+        let s = self
+            .data
+            .services
+            .iter()
+            .position(|x| x == service)
+            .unwrap();
+        let r = self
+            .data
+            .resources
+            .iter()
+            .position(|x| x == resource)
+            .unwrap();
+        let mut v: Vec<f64> = self
+            .data
+            .rows
+            .iter()
+            .filter(|row| row.service as usize == s && row.resource as usize == r)
+            .map(|row| row.value as f64)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.allocator.stop().await?;
+        self.predictor.stop().await?;
+        self.collector.stop().await
+    }
+}
+
+fn workload(services: &[String]) -> Option<v1::Workload> {
+    Some(v1::Workload {
+        services: services.to_vec(),
+        ..Default::default()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recommends_plans_and_places_from_history_and_the_model() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let mut client = stack.client().await?;
+    let mix: Vec<String> = stack.data.services[..2].to_vec();
+
+    let mut peaks = std::collections::HashMap::new();
+    for strategy in ["max", "percentile", "predictive", "plan"] {
+        let answer = client
+            .recommend(v1::RecommendRequest {
+                workload: workload(&mix),
+                strategy: strategy.into(),
+                params: None,
+            })
+            .await
+            .with_context(|| format!("recommend {strategy}"))?
+            .into_inner();
+        assert_eq!(
+            answer.allocations.len(),
+            4,
+            "{strategy}: 2 services × cpu, memory"
+        );
+        for a in &answer.allocations {
+            let seen = stack.observed(&a.service, &a.resource);
+            let median = seen[(seen.len() - 1) / 2];
+            let top = seen[seen.len() - 1];
+            let e = a.explanation.as_ref().context("an explanation")?;
+            assert_eq!(e.strategy, strategy);
+            assert!(a.request <= a.limit, "{strategy}: {a:?}");
+            assert!((0.0..=1.0).contains(&a.expected_slack), "{a:?}");
+            assert!((0.0..=1.0).contains(&a.violation_risk), "{a:?}");
+            match strategy {
+                "max" => {
+                    assert!(
+                        a.request >= top - 1e-6,
+                        "max {} below the observed max {top}",
+                        a.request
+                    );
+                    assert_eq!(e.samples_used as usize, seen.len());
+                }
+                "percentile" => {
+                    assert!(
+                        a.request >= median,
+                        "percentile {} below the observed median {median}",
+                        a.request
+                    );
+                    assert!(
+                        a.request <= top * 1.3,
+                        "percentile {} far above the max {top}",
+                        a.request
+                    );
+                }
+                _ => {
+                    assert_eq!(e.model_version, "alloc-test");
+                    assert!(
+                        a.request > 0.0 && a.request < top * 5.0,
+                        "{strategy}: {a:?} vs max {top}"
+                    );
+                }
+            }
+            peaks.insert((strategy, a.service.clone(), a.resource.clone()), a.request);
+        }
+    }
+    // The plan's peak never exceeds holding the predictive level throughout.
+    for s in &mix {
+        for r in ["cpu", "memory"] {
+            let plan = peaks[&("plan", s.clone(), r.to_string())];
+            let predictive = peaks[&("predictive", s.clone(), r.to_string())];
+            assert!(
+                (plan - predictive).abs() <= 1e-6 * predictive.max(1.0),
+                "{s}/{r}: {plan} vs {predictive}"
+            );
+        }
+    }
+
+    // A plan: segments cover the horizon within the resize bounds.
+    let plan = client
+        .plan(v1::PlanRequest {
+            workload: workload(&mix),
+            params: Some(v1::StrategyParams {
+                max_resizes: Some(2),
+                min_segment_seconds: Some(120.0),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    assert!(
+        (600.0..=900.0).contains(&plan.horizon_seconds),
+        "horizon from the stored tasks: {}",
+        plan.horizon_seconds
+    );
+    assert_eq!(plan.plans.len(), 4);
+    for p in &plan.plans {
+        assert!(!p.segments.is_empty() && p.segments.len() <= 3, "{p:?}");
+        assert_eq!(p.segments[0].start_seconds, 0.0);
+        assert!((p.segments.last().unwrap().end_seconds - plan.horizon_seconds).abs() < 1e-6);
+        for w in p.segments.windows(2) {
+            assert_eq!(w[0].end_seconds, w[1].start_seconds);
+        }
+        for s in &p.segments {
+            assert!(s.end_seconds - s.start_seconds >= 120.0 - 1e-6, "{s:?}");
+            assert!(s.request <= s.limit);
+        }
+    }
+
+    // Placement, static and planned: capacity is never exceeded.
+    let node = |name: &str, cpu: f64, gib: f64| v1::Node {
+        name: name.into(),
+        cpu_cores: cpu,
+        memory_bytes: gib * 1073741824.0,
+    };
+    for mode in [v1::PlacementMode::Static, v1::PlacementMode::Planned] {
+        let placed = client
+            .place(v1::PlaceRequest {
+                workload: workload(&stack.data.services),
+                nodes: vec![
+                    node("a", 16.0, 64.0),
+                    node("b", 16.0, 64.0),
+                    node("tiny", 0.001, 0.001),
+                ],
+                mode: mode as i32,
+                solver: v1::Solver::Unspecified as i32,
+                strategy: String::new(),
+                params: Some(v1::StrategyParams {
+                    horizon_seconds: Some(900.0),
+                    ..Default::default()
+                }),
+            })
+            .await?
+            .into_inner();
+        assert_eq!(placed.solver, "exact");
+        assert_eq!(
+            placed.assignments.len() + placed.unplaced.len(),
+            stack.data.services.len()
+        );
+        assert!(placed.assignments.iter().all(|a| a.node != "tiny"));
+        assert!(placed.nodes_used >= 1 && placed.nodes_used <= 2);
+        for h in &placed.headroom {
+            assert!(!h.points.is_empty());
+            assert!(
+                h.points
+                    .iter()
+                    .all(|p| p.cpu_free >= -1e-9 && p.memory_free >= -1e-9),
+                "{h:?}"
+            );
+        }
+    }
+    stack.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_naming_the_problem() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let mut client = stack.client().await?;
+    let mix: Vec<String> = stack.data.services[..2].to_vec();
+    let refused = |r: Result<tonic::Response<v1::RecommendResponse>, tonic::Status>,
+                   needle: &str| {
+        let e = r.expect_err("refused");
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+        assert!(
+            e.message().contains(needle),
+            "{:?} lacks {needle:?}",
+            e.message()
+        );
+    };
+    let ask = |services: Vec<String>, strategy: &str| v1::RecommendRequest {
+        workload: workload(&services),
+        strategy: strategy.into(),
+        params: None,
+    };
+    refused(
+        client
+            .recommend(ask(vec!["billing".into()], "percentile"))
+            .await,
+        "billing",
+    );
+    refused(
+        client
+            .recommend(ask(vec!["billing".into(), mix[0].clone()], "predictive"))
+            .await,
+        "billing",
+    );
+    refused(
+        client.recommend(ask(vec![], "max")).await,
+        "names no services",
+    );
+    refused(
+        client.recommend(ask(mix.clone(), "magic")).await,
+        "\"magic\" does not exist",
+    );
+    refused(
+        client
+            .recommend(v1::RecommendRequest {
+                params: Some(v1::StrategyParams {
+                    target_violation_rate: Some(2.0),
+                    ..Default::default()
+                }),
+                ..ask(mix.clone(), "plan")
+            })
+            .await,
+        "target_violation_rate",
+    );
+    let e = client
+        .place(v1::PlaceRequest {
+            workload: workload(&mix),
+            nodes: vec![v1::Node {
+                name: "zero".into(),
+                cpu_cores: 0.0,
+                memory_bytes: 1e9,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("node \"zero\""), "{}", e.message());
+    let e = client
+        .place(v1::PlaceRequest {
+            workload: workload(&mix),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("no nodes"), "{}", e.message());
+
+    // grpcurl sees the service through reflection.
+    let listed = kit::grpcurl(&[], stack.allocator.addr, &["list"]).await?;
+    assert!(
+        listed.lines().any(|l| l == "headroom.v1.Allocator"),
+        "{listed}"
+    );
+    let described = kit::grpcurl(
+        &[],
+        stack.allocator.addr,
+        &["describe", "headroom.v1.Allocator"],
+    )
+    .await?;
+    assert!(described.contains("rpc Place"), "{described}");
+    stack.stop().await
+}
