@@ -3,6 +3,7 @@
 //! collector's history and the predictor's quantile curves; see
 //! [`strategy`] for the strategies and [`place`] for placement.
 
+pub mod backtest;
 pub mod place;
 pub mod service;
 pub mod sources;

@@ -433,10 +433,15 @@ impl Allocator for AllocatorApi {
 
     async fn backtest(
         &self,
-        _request: Request<v1::BacktestRequest>,
+        request: Request<v1::BacktestRequest>,
     ) -> Result<Response<v1::BacktestResponse>, Status> {
-        Err(Status::unimplemented(
-            "Backtest is not built yet (issue #7 is open)",
-        ))
+        crate::backtest::run(
+            &self.collector,
+            &self.predictor,
+            self.options.history.as_secs_f64(),
+            request.into_inner(),
+        )
+        .await
+        .map(Response::new)
     }
 }

@@ -217,6 +217,17 @@ impl Predictor {
         }
     }
 
+    /// What the loaded model is.
+    pub async fn info(&self) -> Result<v1::ModelInfoResponse, Status> {
+        Ok(self
+            .client
+            .clone()
+            .model_info(v1::ModelInfoRequest {})
+            .await
+            .map_err(|s| upstream("the predictor", s))?
+            .into_inner())
+    }
+
     /// Quantile curves for every service × resource of the mix `services`
     /// from 0 to `horizon` every `step` seconds.
     pub async fn task(

@@ -559,12 +559,38 @@ impl Curves {
     }
 }
 
-/// `predictive`: the curve at `1 − target_violation_rate` (plus margin),
-/// its peak held over the whole horizon.
+impl Curves {
+    /// The constant allocation over points `range` whose expected share of
+    /// samples above it is `rate` (bisection on the predicted
+    /// distributions; never above the peak of the `1 − rate` curve, where
+    /// every point's share is at most `rate`).
+    pub fn calibrated(&self, range: std::ops::Range<usize>, rate: f64) -> f64 {
+        let n = range.len().max(1) as f64;
+        let share = |x: f64| range.clone().map(|t| self.at(t).exceedance(x)).sum::<f64>() / n;
+        let mut hi = range
+            .clone()
+            .map(|t| self.at(t).value_at(1.0 - rate))
+            .fold(0.0, f64::max);
+        let mut lo = 0.0;
+        for _ in 0..48 {
+            let mid = 0.5 * (lo + hi);
+            if share(mid) > rate {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        hi
+    }
+}
+
+/// `predictive`: one level held over the whole horizon, the lowest whose
+/// expected share of samples above it is `target_violation_rate` (plus
+/// margin).
 pub fn predictive(curves: &Curves, params: &Params) -> Alloc {
     let level = 1.0 - params.target_violation_rate;
-    let curve = curves.level(level, params.margin);
-    let request = curve.iter().copied().fold(0.0, f64::max);
+    let request = curves.calibrated(0..curves.seconds.len(), params.target_violation_rate)
+        * (1.0 + params.margin);
     let limit = request * params.limit_ratio;
     let n = curves.seconds.len();
     let (slack, risk) = curves.expected(&vec![request; n], &vec![limit; n]);
@@ -575,7 +601,8 @@ pub fn predictive(curves: &Curves, params: &Params) -> Alloc {
         violation_risk: risk,
         samples_used: 0,
         detail: format!(
-            "peak of the predicted p{:.4} over {:.0} s for this mix of services",
+            "lowest level with an expected {:.2} % of samples above it (p{:.4} of the predicted distributions) over {:.0} s for this mix of services",
+            params.target_violation_rate * 100.0,
             level * 100.0,
             curves.seconds.last().copied().unwrap_or(0.0)
         ),
@@ -680,7 +707,10 @@ pub fn plan(curves: &Curves, horizon: f64, params: &Params) -> (Vec<Segment>, Al
     let n = curves.seconds.len();
     let mut request = vec![0.0; n];
     let mut segs = Vec::with_capacity(cuts.len());
-    for (i, &(a, b, peak)) in cuts.iter().enumerate() {
+    for (i, &(a, b, _)) in cuts.iter().enumerate() {
+        // The cuts follow the curve's shape; each segment's level is then
+        // the lowest with the target share of samples above it.
+        let peak = curves.calibrated(a..b, params.target_violation_rate) * (1.0 + params.margin);
         request[a..b].iter_mut().for_each(|r| *r = peak);
         segs.push(Segment {
             start: curves.seconds[a],
@@ -703,11 +733,12 @@ pub fn plan(curves: &Curves, horizon: f64, params: &Params) -> (Vec<Segment>, Al
         violation_risk: risk,
         samples_used: 0,
         detail: format!(
-            "{} segments (at most {} resizes, each at least {:.0} s) of the predicted p{:.4}",
+            "{} segments (at most {} resizes, each at least {:.0} s) cut along the predicted p{:.4}, each at the lowest level with an expected {:.2} % of samples above it",
             segs.len(),
             params.max_resizes,
             params.min_segment_seconds,
-            level * 100.0
+            level * 100.0,
+            params.target_violation_rate * 100.0
         ),
     };
     (segs, alloc)
