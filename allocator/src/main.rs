@@ -76,6 +76,51 @@ enum Command {
         #[command(flatten)]
         ask: Ask,
     },
+    /// Replay held-out tasks through the strategies and score them.
+    Backtest {
+        /// Allocator URL.
+        #[arg(
+            long,
+            env = "HEADROOM_ALLOCATOR_URL",
+            default_value = "http://127.0.0.1:50054"
+        )]
+        allocator: String,
+        /// Held-out tasks started at or after this time (RFC 3339).
+        #[arg(long, required_unless_present = "tasks")]
+        split: Option<chrono::DateTime<chrono::Utc>>,
+        /// Or these held-out tasks, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        tasks: Vec<String>,
+        /// Strategies (all when empty), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        strategies: Vec<String>,
+        /// Resources (cpu and memory when empty), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        resources: Vec<String>,
+        /// Most held-out tasks (the newest).
+        #[arg(long, default_value_t = 100)]
+        max_tasks: u32,
+        /// Accepted share of samples above the limit (predictive, plan).
+        #[arg(long)]
+        target_violation_rate: Option<f64>,
+        /// Most resizes in a plan.
+        #[arg(long)]
+        max_resizes: Option<u32>,
+        /// Shortest plan segment, in seconds.
+        #[arg(long)]
+        min_segment_seconds: Option<f64>,
+        /// Output format of the table.
+        #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+        output: TableFormat,
+        /// Chart (PNG) of usage against each strategy's allocation for
+        /// these services, comma-separated; one file per service and
+        /// resource, named after --chart.
+        #[arg(long, value_delimiter = ',', requires = "chart")]
+        chart_services: Vec<String>,
+        /// Chart file, e.g. backtest.png (becomes backtest-SERVICE-RESOURCE.png).
+        #[arg(long)]
+        chart: Option<std::path::PathBuf>,
+    },
     /// Assign the services to nodes.
     Place {
         #[command(flatten)]
@@ -129,6 +174,16 @@ struct Ask {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Table)]
     output: Output,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TableFormat {
+    /// Aligned columns.
+    Table,
+    /// JSON.
+    Json,
+    /// CSV with a header.
+    Csv,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -385,6 +440,54 @@ async fn ask(command: Command) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Backtest {
+            allocator,
+            split,
+            tasks,
+            strategies,
+            resources,
+            max_tasks,
+            target_violation_rate,
+            max_resizes,
+            min_segment_seconds,
+            output,
+            chart_services,
+            chart,
+        } => {
+            let mut client = AllocatorClient::connect(allocator.clone())
+                .await
+                .with_context(|| format!("cannot reach the allocator at {allocator}"))?;
+            let answer = client
+                .backtest(v1::BacktestRequest {
+                    strategies,
+                    split: split.map(|t| prost_types::Timestamp {
+                        seconds: t.timestamp(),
+                        nanos: t.timestamp_subsec_nanos() as i32,
+                    }),
+                    task_ids: tasks,
+                    services: Vec::new(),
+                    resources,
+                    params: Some(v1::StrategyParams {
+                        target_violation_rate,
+                        max_resizes,
+                        min_segment_seconds,
+                        ..Default::default()
+                    }),
+                    max_tasks,
+                    trace_services: chart_services,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_backtest(&answer, output)?;
+            if let Some(path) = chart {
+                for t in &answer.traces {
+                    let file = chart_path(&path, &t.service, &t.resource);
+                    backtest_chart(&file, t)?;
+                    eprintln!("chart: {}", file.display());
+                }
+            }
+        }
         Command::Place {
             ask,
             nodes,
@@ -451,5 +554,135 @@ async fn ask(command: Command) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// The backtest table in `format`.
+fn print_backtest(answer: &v1::BacktestResponse, format: TableFormat) -> anyhow::Result<()> {
+    const HEADER: [&str; 8] = [
+        "strategy",
+        "resource",
+        "relative_slack",
+        "absolute_slack",
+        "violation_rate",
+        "oom_events",
+        "changes",
+        "samples",
+    ];
+    match format {
+        TableFormat::Table => {
+            println!(
+                "{} held-out tasks; absolute slack in core-hours (cpu), GiB-hours (memory), GiB (IO)",
+                answer.task_ids.len()
+            );
+            println!(
+                "{:<12} {:<10} {:>9} {:>10} {:>10} {:>6} {:>8} {:>8}",
+                "strategy",
+                "resource",
+                "rel.slack",
+                "abs.slack",
+                "violation",
+                "oom",
+                "changes",
+                "samples"
+            );
+            for r in &answer.rows {
+                println!(
+                    "{:<12} {:<10} {:>8.1}% {:>10.3} {:>9.2}% {:>6} {:>8} {:>8}",
+                    r.strategy,
+                    r.resource,
+                    r.relative_slack * 100.0,
+                    r.absolute_slack,
+                    r.violation_rate * 100.0,
+                    r.oom_events,
+                    r.changes,
+                    r.samples
+                );
+            }
+        }
+        TableFormat::Json => {
+            let rows: Vec<_> = answer
+                .rows
+                .iter()
+                .map(|r| {
+                    json!({
+                        "strategy": r.strategy, "resource": r.resource,
+                        "relative_slack": r.relative_slack, "absolute_slack": r.absolute_slack,
+                        "violation_rate": r.violation_rate, "oom_events": r.oom_events,
+                        "changes": r.changes, "samples": r.samples,
+                    })
+                })
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({"task_ids": answer.task_ids, "rows": rows}))?
+            );
+        }
+        TableFormat::Csv => {
+            let mut w = csv::Writer::from_writer(std::io::stdout());
+            w.write_record(HEADER)?;
+            for r in &answer.rows {
+                w.write_record([
+                    r.strategy.clone(),
+                    r.resource.clone(),
+                    r.relative_slack.to_string(),
+                    r.absolute_slack.to_string(),
+                    r.violation_rate.to_string(),
+                    r.oom_events.to_string(),
+                    r.changes.to_string(),
+                    r.samples.to_string(),
+                ])?;
+            }
+            w.flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// `dir/stem-SERVICE-RESOURCE.ext` beside `path`.
+fn chart_path(path: &std::path::Path, service: &str, resource: &str) -> std::path::PathBuf {
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("backtest");
+    let ext = path.extension().and_then(|s| s.to_str()).unwrap_or("png");
+    path.with_file_name(format!("{stem}-{service}-{resource}.{ext}"))
+}
+
+/// Usage of one traced series against each strategy's request.
+fn backtest_chart(path: &std::path::Path, t: &v1::BacktestTrace) -> anyhow::Result<()> {
+    use headroom_charts::{PALETTE, Series, line_chart};
+    let mut series = vec![Series {
+        label: "used".into(),
+        points: t
+            .seconds
+            .iter()
+            .copied()
+            .zip(t.used.iter().copied())
+            .collect(),
+        color: (0, 0, 0),
+    }];
+    for (i, s) in t.strategies.iter().enumerate() {
+        series.push(Series {
+            label: s.strategy.clone(),
+            points: t
+                .seconds
+                .iter()
+                .copied()
+                .zip(s.request.iter().copied())
+                .collect(),
+            color: PALETTE[i % PALETTE.len()],
+        });
+    }
+    line_chart(
+        path,
+        &format!(
+            "{} {} in task {}: usage and allocations",
+            t.service, t.resource, t.task_id
+        ),
+        "seconds into the task",
+        &format!("{} ({})", t.resource, t.unit),
+        &series,
+    )?;
     Ok(())
 }

@@ -549,6 +549,69 @@ async fn backtests_every_strategy_on_held_out_tasks() -> anyhow::Result<()> {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
+
+    // The CLI: the backtest as CSV with a chart, a recommendation as a
+    // Kubernetes patch, the plan as a resize schedule.
+    let cli = |args: Vec<String>| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_headroom-allocator"))
+            .args(args)
+            .output()
+            .expect("the CLI runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let url = allocator.url();
+    let chart = dir.path().join("bt.png");
+    let csv = cli(vec![
+        "backtest".into(),
+        "--allocator".into(),
+        url.clone(),
+        "--split".into(),
+        split.to_rfc3339(),
+        "--output".into(),
+        "csv".into(),
+        "--chart-services".into(),
+        traced.clone(),
+        "--chart".into(),
+        chart.display().to_string(),
+    ]);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "strategy,resource,relative_slack,absolute_slack,violation_rate,oom_events,changes,samples"
+    );
+    assert_eq!(lines.len(), 1 + 8, "{csv}");
+    for r in ["cpu", "memory"] {
+        let png = std::fs::read(dir.path().join(format!("bt-{traced}-{r}.png")))?;
+        assert_eq!(&png[1..4], b"PNG");
+    }
+    let k8s = cli(vec![
+        "recommend".into(),
+        "--allocator".into(),
+        url.clone(),
+        "--services".into(),
+        all.services[..2].join(","),
+        "--output".into(),
+        "k8s".into(),
+    ]);
+    assert!(
+        k8s.contains("resources:") && k8s.contains("requests:") && k8s.contains("cpu: "),
+        "{k8s}"
+    );
+    let schedule = cli(vec![
+        "plan".into(),
+        "--allocator".into(),
+        url,
+        "--services".into(),
+        all.services[..2].join(","),
+        "--output".into(),
+        "k8s".into(),
+    ]);
+    assert!(schedule.contains("- after: 0s"), "{schedule}");
     allocator.stop().await?;
     predictor.stop().await?;
     collector.stop().await
