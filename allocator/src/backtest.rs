@@ -160,6 +160,36 @@ fn mean_duration(tasks: &[TaskInfo], mix: &[String]) -> Option<f64> {
         .or_else(|| mean(done.iter().map(|d| d.0).collect()))
 }
 
+/// A step series `(seconds, value)` (ascending) as segments: one per run
+/// of equal values, each from its first sample to the next run's.
+pub fn steps_to_segments(steps: &[(f64, f64)]) -> Vec<Segment> {
+    let mut out: Vec<Segment> = Vec::new();
+    for &(t, v) in steps {
+        match out.last_mut() {
+            Some(last) if last.request == v => last.end = last.end.max(t),
+            Some(last) => {
+                last.end = t;
+                out.push(Segment {
+                    start: t,
+                    end: t,
+                    request: v,
+                    limit: v,
+                });
+            }
+            None => out.push(Segment {
+                start: 0.0,
+                end: t,
+                request: v,
+                limit: v,
+            }),
+        }
+    }
+    if let Some(last) = out.last_mut() {
+        last.end = f64::INFINITY;
+    }
+    out
+}
+
 /// Runs a backtest (see the module doc) against the collector's history
 /// and the predictor's model.
 pub async fn run(
@@ -169,20 +199,17 @@ pub async fn run(
     r: v1::BacktestRequest,
 ) -> Result<v1::BacktestResponse, Status> {
     let invalid = |m: String| Status::invalid_argument(m);
-    let strategies: Vec<Strategy> = if r.strategies.is_empty() {
-        DEFAULT_STRATEGIES.to_vec()
-    } else {
+    let named = !r.strategies.is_empty();
+    let mut strategies: Vec<Strategy> = if named {
         r.strategies
             .iter()
             .map(|s| s.parse().map_err(invalid))
             .collect::<Result<_, _>>()?
+    } else {
+        let mut all = DEFAULT_STRATEGIES.to_vec();
+        all.push(Strategy::Provisioned);
+        all
     };
-    if strategies.contains(&Strategy::Provisioned) {
-        return Err(invalid(
-            "strategy \"provisioned\" needs an imported trace's allocations, and none are stored"
-                .into(),
-        ));
-    }
     let mut params_of = HashMap::new();
     for s in &strategies {
         params_of.insert(*s, Params::resolve(r.params.as_ref(), *s).map_err(invalid)?);
@@ -250,6 +277,44 @@ pub async fn run(
         )
         .await?;
 
+    // What the trace's operators allocated, where an import stored it.
+    let mut per_task: HashMap<(Strategy, usize, String, String), Allocation> = HashMap::new();
+    if strategies.contains(&Strategy::Provisioned) {
+        let given = collector.provisioned(&services, &resources, &ids).await?;
+        let task_index: HashMap<&str, usize> = replay
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.id.as_str(), i))
+            .collect();
+        for ((service, resource), obs) in &given.series {
+            let mut by_task: BTreeMap<usize, Vec<(f64, f64)>> = BTreeMap::new();
+            for o in obs {
+                let task = &given.tasks[o.task];
+                if let Some(&ti) = task_index.get(task.id.as_str()) {
+                    by_task
+                        .entry(ti)
+                        .or_default()
+                        .push((o.ts - task.start, o.value));
+                }
+            }
+            for (ti, steps) in by_task {
+                per_task.insert(
+                    (Strategy::Provisioned, ti, service.clone(), resource.clone()),
+                    Allocation::Segments(steps_to_segments(&steps)),
+                );
+            }
+        }
+        if per_task.is_empty() {
+            if named {
+                return Err(Status::failed_precondition(
+                    "strategy \"provisioned\" replays an imported trace's allocations, and none are stored for the held-out tasks",
+                ));
+            }
+            strategies.retain(|s| *s != Strategy::Provisioned);
+        }
+    }
+
     // The model must not have seen the held-out data.
     let model_based = strategies
         .iter()
@@ -289,7 +354,6 @@ pub async fn run(
     }
 
     // Model-based allocations, one per task (shared by tasks of one mix).
-    let mut per_task: HashMap<(Strategy, usize, String, String), Allocation> = HashMap::new();
     if model_based {
         let mut curves_of_mix = HashMap::new();
         for (ti, task) in replay.tasks.iter().enumerate() {
@@ -442,6 +506,18 @@ mod tests {
             (6.0, 6.0),
             "past the horizon the last segment holds"
         );
+    }
+
+    #[test]
+    fn provisioned_steps_become_segments() {
+        let s = steps_to_segments(&[(0.0, 2.0), (10.0, 2.0), (20.0, 4.0), (30.0, 4.0)]);
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[0].start, s[0].end, s[0].request), (0.0, 20.0, 2.0));
+        assert_eq!((s[1].start, s[1].request), (20.0, 4.0));
+        let a = Allocation::Segments(s);
+        assert_eq!(a.at(15.0), (2.0, 2.0));
+        assert_eq!(a.at(25.0), (4.0, 4.0));
+        assert_eq!(a.changes(), 1);
     }
 
     #[test]

@@ -141,6 +141,31 @@ impl Collector {
         start: Option<f64>,
         end: Option<f64>,
     ) -> Result<History, Status> {
+        self.export(services, resources, task_ids, start, end, false)
+            .await
+    }
+
+    /// What operators allocated to `services` in `task_ids` (imported
+    /// traces), shaped as history.
+    pub async fn provisioned(
+        &self,
+        services: &[String],
+        resources: &[String],
+        task_ids: &[String],
+    ) -> Result<History, Status> {
+        self.export(services, resources, task_ids, None, None, true)
+            .await
+    }
+
+    async fn export(
+        &self,
+        services: &[String],
+        resources: &[String],
+        task_ids: &[String],
+        start: Option<f64>,
+        end: Option<f64>,
+        provisioned: bool,
+    ) -> Result<History, Status> {
         let mut stream = self
             .client
             .clone()
@@ -153,6 +178,7 @@ impl Collector {
                     end: end.map(timestamp),
                 }),
                 chunk_size: 0,
+                provisioned,
             })
             .await
             .map_err(|s| upstream("the collector", s))?

@@ -616,3 +616,102 @@ async fn backtests_every_strategy_on_held_out_tasks() -> anyhow::Result<()> {
     predictor.stop().await?;
     collector.stop().await
 }
+
+/// An imported Bitbrains trace: the backtest replays what its operators
+/// provisioned beside the history-based strategies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backtests_an_imported_trace_against_what_was_provisioned() -> anyhow::Result<()> {
+    let db = kit::TestDb::new().await?;
+    let dir = tempfile::tempdir()?;
+    let header = "Timestamp [ms];\tCPU cores;\tCPU capacity provisioned [MHZ];\tCPU usage [MHZ];\tCPU usage [%];\tMemory capacity provisioned [KB];\tMemory usage [KB];\tDisk read throughput [KB/s];\tDisk write throughput [KB/s];\tNetwork received throughput [KB/s];\tNetwork transmitted throughput [KB/s]";
+    let t0: i64 = 1_376_314_800;
+    let mut used: Vec<(i64, f64)> = Vec::new();
+    for vm in 1..=3 {
+        let mut text = format!("{header}\n");
+        for i in 0..576_i64 {
+            // 4 cores of 2,600 MHz; usage cycles between 0.4 and 1.4 cores.
+            let cores = 0.4 + (i % 24) as f64 / 23.0 + vm as f64 * 0.0;
+            let mhz = cores * 2600.0;
+            text.push_str(&format!(
+                "{};\t4;\t10400;\t{mhz};\t0;\t8388608;\t{};\t0;\t0;\t0;\t0\n",
+                t0 + i * 300,
+                1048576 + (i % 10) * 1024
+            ));
+            if vm == 1 {
+                used.push((i * 300, cores));
+            }
+        }
+        std::fs::write(dir.path().join(format!("{vm}.csv")), text)?;
+    }
+    let start = chrono::Utc::now() - chrono::Duration::days(2) - chrono::Duration::minutes(5);
+    let report = headroom_collector::import::bitbrains(
+        &db.pool,
+        &headroom_collector::import::BitbrainsOptions {
+            paths: vec![dir.path().to_path_buf()],
+            window: std::time::Duration::from_secs(6 * 3600),
+            start: Some(start),
+        },
+    )
+    .await?;
+    assert_eq!((report.malformed, report.tasks, report.services), (0, 8, 3));
+
+    let collector_config = CollectorConfig {
+        database_url: db.url.clone(),
+        max_connections: 4,
+        ingest: None,
+        lifecycle: Default::default(),
+        grpc: GrpcOptions::default(),
+    };
+    let collector =
+        kit::spawn_server(|l, s| headroom_collector::run(l, s, collector_config)).await?;
+    let allocator_config = AllocatorConfig {
+        collector: collector.url(),
+        predictor: "http://127.0.0.1:9".into(),
+        service: ServiceOptions::default(),
+        grpc: GrpcOptions::default(),
+    };
+    let allocator =
+        kit::spawn_server(|l, s| headroom_allocator::run(l, s, allocator_config)).await?;
+    let mut client = AllocatorClient::new(allocator.channel().await?);
+    let split = start + chrono::Duration::days(1);
+    let answer = client
+        .backtest(v1::BacktestRequest {
+            split: Some(prost_types::Timestamp {
+                seconds: split.timestamp(),
+                nanos: 0,
+            }),
+            strategies: vec!["max".into(), "percentile".into(), "provisioned".into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(answer.task_ids.len(), 4);
+    let row = |s: &str, r: &str| {
+        answer
+            .rows
+            .iter()
+            .find(|x| x.strategy == s && x.resource == r)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {s}/{r} row in {:?}", answer.rows))
+    };
+    // Provisioned: 4 cores against the known usage of the second day.
+    let held: Vec<f64> = used
+        .iter()
+        .filter(|(s, _)| *s >= 86_400)
+        .map(|(_, c)| (4.0 - c) / 4.0)
+        .collect();
+    let want = held.iter().sum::<f64>() / held.len() as f64;
+    let got = row("provisioned", "cpu");
+    assert!(
+        (got.relative_slack - want).abs() < 1e-6,
+        "{} vs {want}",
+        got.relative_slack
+    );
+    assert_eq!(got.violation_rate, 0.0);
+    assert_eq!(got.samples, 3 * held.len() as u64);
+    // The VPA-style recommendation leaves far less idle than the operators did.
+    assert!(row("percentile", "cpu").relative_slack < got.relative_slack);
+    assert!(row("provisioned", "memory").relative_slack > 0.7);
+    allocator.stop().await?;
+    collector.stop().await
+}

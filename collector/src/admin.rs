@@ -87,6 +87,7 @@ pub async fn reset(pool: &PgPool, confirmed: bool) -> Result<()> {
     }
     let mut tx = pool.begin().await?;
     for table in [
+        "provisioned",
         "samples",
         "rollup_1m",
         "rollup_1h",

@@ -388,12 +388,21 @@ impl Collector for CollectorApi {
         let chunk = page_size(r.chunk_size, DEFAULT_CHUNK, MAX_CHUNK, "chunk_size")? as usize;
         let filter = resolve(&self.shared, r.filter.as_ref()).await?;
         let (services, resources) = store::names(&self.shared.pool).await?;
-        // Old tasks whose raw samples are gone are exported per minute.
-        let rollup = store::rollup::choose_for_export(&self.shared.pool, &filter).await?;
+        // Old tasks whose raw samples are gone are exported per minute;
+        // imported allocations are kept as they are.
+        let rollup = if r.provisioned {
+            None
+        } else {
+            store::rollup::choose_for_export(&self.shared.pool, &filter).await?
+        };
+        let query = if r.provisioned {
+            store::export_provisioned_query()
+        } else {
+            store::export_query(rollup)
+        };
         let pool = self.shared.pool.clone();
         let (tx, rx) = mpsc::channel::<Result<v1::ExportSamplesResponse, Status>>(4);
         tokio::spawn(async move {
-            let query = store::export_query(rollup);
             let mut rows = store::export_rows(&pool, &filter, &query)
                 .map_err(Error::from)
                 .chunks(chunk);

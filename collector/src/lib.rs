@@ -5,6 +5,7 @@
 pub mod admin;
 mod api;
 pub mod error;
+pub mod import;
 pub mod ingest;
 pub mod store;
 

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use headroom_collector::{
-    CollectorConfig, admin, ingest::IngestOptions, store, store::lifecycle::LifecycleOptions,
+    CollectorConfig, admin, import, ingest::IngestOptions, store,
+    store::lifecycle::LifecycleOptions,
 };
 use headroom_serving::{grpc::GrpcOptions, shutdown, telemetry};
 
@@ -65,6 +66,19 @@ enum Command {
         #[command(subcommand)]
         action: AdminCommand,
     },
+    /// Import a public trace into the store (usage and what was provisioned).
+    Import {
+        #[command(subcommand)]
+        trace: ImportCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImportCommand {
+    /// Alibaba cluster-trace-v2018 container files.
+    Alibaba(import::AlibabaOptions),
+    /// Bitbrains GWA-T-12 per-VM files.
+    Bitbrains(import::BitbrainsOptions),
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,6 +134,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 grpc: cli.serve.grpc,
             };
             headroom_collector::run(listener, shutdown::on_signals(), config).await?;
+        }
+        Some(Command::Import { trace }) => {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(2)
+                .connect(&cli.database_url)
+                .await
+                .context("while connecting to the database")?;
+            let report = match trace {
+                ImportCommand::Alibaba(o) => import::alibaba(&pool, &o).await?,
+                ImportCommand::Bitbrains(o) => import::bitbrains(&pool, &o).await?,
+            };
+            eprintln!("{}", report.summary());
         }
         Some(Command::Admin { action }) => {
             let pool = sqlx::postgres::PgPoolOptions::new()

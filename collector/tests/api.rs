@@ -267,6 +267,7 @@ async fn the_query_api_answers_from_stored_samples_and_refuses_bad_input() -> an
                 ..Default::default()
             }),
             chunk_size: 30,
+            provisioned: false,
         })
         .await?
         .into_inner();
@@ -350,6 +351,7 @@ async fn the_query_api_answers_from_stored_samples_and_refuses_bad_input() -> an
                 ..Default::default()
             }),
             chunk_size: 0,
+            provisioned: false,
         })
         .await
         .unwrap_err();

@@ -8,7 +8,7 @@ pub mod sketch;
 mod write;
 
 pub use query::*;
-pub use write::{Batch, WritePath, WriteReport, write_batch};
+pub use write::{Batch, WritePath, WriteReport, write_batch, write_provisioned};
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 

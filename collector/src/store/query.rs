@@ -415,6 +415,16 @@ pub fn export_query(rollup: Option<super::rollup::Resolution>) -> String {
     }
 }
 
+/// The statement behind [`export_rows`] for imported allocations (the
+/// `provisioned` table), in the shape of raw samples.
+pub fn export_provisioned_query() -> String {
+    format!(
+        "SELECT x.task_id, x.service_id, x.resource_id, x.value, x.ts, t.start_ts \
+         FROM provisioned x JOIN tasks t ON t.id = x.task_id WHERE {SAMPLE_FILTER} \
+         ORDER BY x.task_id, x.service_id, x.resource_id, x.ts"
+    )
+}
+
 /// Id-to-name maps of both lookup tables.
 pub async fn names(pool: &PgPool) -> Result<(HashMap<i32, String>, HashMap<i32, String>)> {
     let services = list_services(pool)

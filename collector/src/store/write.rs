@@ -328,3 +328,46 @@ async fn insert_samples(
     }
     Ok(inserted)
 }
+
+/// Stores imported allocations (`provisioned`): one value per (task,
+/// service, resource, time); a value already stored is kept. The tasks
+/// must exist (write their usage first). Returns the rows newly stored.
+pub async fn write_provisioned(pool: &PgPool, lookups: &Lookups, rows: &[Row]) -> Result<u64> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut names: Vec<&str> = rows.iter().map(|r| r.service.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let services = lookups.service_ids(pool, &names).await?;
+    let resources = lookups.resource_ids(pool).await?;
+    let mut task = Vec::with_capacity(rows.len());
+    let mut service = Vec::with_capacity(rows.len());
+    let mut resource = Vec::with_capacity(rows.len());
+    let mut value = Vec::with_capacity(rows.len());
+    let mut ts = Vec::with_capacity(rows.len());
+    for r in rows {
+        task.push(r.task_id.clone());
+        service.push(services[&r.service]);
+        resource.push(resources[r.resource]);
+        value.push(r.value);
+        ts.push(
+            chrono::DateTime::from_timestamp_micros(r.ts_us).ok_or_else(|| {
+                crate::Error::InvalidArgument(format!("timestamp {} µs is out of range", r.ts_us))
+            })?,
+        );
+    }
+    let done = sqlx::query(
+        "INSERT INTO provisioned (task_id, service_id, resource_id, value, ts) \
+         SELECT * FROM UNNEST($1::text[], $2::int[], $3::int[], $4::float8[], $5::timestamptz[]) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&task)
+    .bind(&service)
+    .bind(&resource)
+    .bind(&value)
+    .bind(&ts)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}

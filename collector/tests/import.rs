@@ -1,0 +1,185 @@
+//! The trace importers against a real PostgreSQL, on small files written
+//! here in the public formats: values converted as documented, containers
+//! summed, tasks and mixes formed, provisioned allocations stored, and
+//! malformed rows counted with their line.
+
+use std::io::Write as _;
+
+use chrono::{DateTime, Utc};
+use headroom_collector::import::{self, AlibabaOptions, BitbrainsOptions};
+use headroom_testkit as kit;
+
+fn at(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text)
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+async fn series(pool: &sqlx::PgPool, table: &str, service: &str, res: &str) -> Vec<(String, f64)> {
+    sqlx::query_as(&format!(
+        "SELECT x.task_id, x.value FROM {table} x \
+         JOIN services s ON s.id = x.service_id JOIN resources r ON r.id = x.resource_id \
+         WHERE s.name = $1 AND r.name = $2 ORDER BY x.ts"
+    ))
+    .bind(service)
+    .bind(res)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn alibaba_containers_become_app_units_on_machine_windows() -> anyhow::Result<()> {
+    let db = kit::TestDb::new().await?;
+    let dir = tempfile::tempdir()?;
+    let meta = dir.path().join("container_meta.csv");
+    let usage = dir.path().join("container_usage.csv");
+    // c_1 and c_2: app_1 on m_1 (2 cores, 4 units each); c_3: app_2 on m_1;
+    // c_4 has a broken request.
+    std::fs::write(
+        &meta,
+        "c_1,m_1,0,app_1,started,200,400,4\n\
+         c_2,m_1,0,app_1,started,200,400,4\n\
+         c_3,m_1,0,app_2,started,100,100,2\n\
+         c_4,m_2,0,app_3,started,x,100,2\n",
+    )?;
+    let mut u = std::fs::File::create(&usage)?;
+    for ts in [0, 10, 3600, 3610] {
+        writeln!(u, "c_1,m_1,{ts},50,25,,,,1000,2000,1")?;
+        writeln!(u, "c_2,m_1,{ts},100,50,,,,,,1")?;
+        if ts < 3600 {
+            writeln!(u, "c_3,m_1,{ts},10,10,,,,,,1")?;
+        }
+    }
+    writeln!(u, "c_9,m_1,0,10,10,,,,,,1")?; // unknown container
+    writeln!(u, "c_1,m_1,20,10")?; // too few fields
+    writeln!(u, "c_1,m_1,30,10,250,,,,,,1")?; // memory above 100 %
+    drop(u);
+    let report = import::alibaba(
+        &db.pool,
+        &AlibabaOptions {
+            meta,
+            usage,
+            window: std::time::Duration::from_secs(3600),
+            memory_unit: 1e9,
+            start: Some(at("2026-11-20T00:00:00Z")),
+        },
+    )
+    .await?;
+    assert_eq!(report.malformed, 4, "{}", report.summary());
+    assert!(
+        report.examples[0].contains("cpu_request"),
+        "{:?}",
+        report.examples
+    );
+    assert!(
+        report.examples.iter().any(|e| e.contains("c_9")),
+        "{:?}",
+        report.examples
+    );
+    assert_eq!(report.tasks, 2);
+
+    // app_1 = c_1 + c_2: 0.5 × 2 + 1.0 × 2 cores; 0.25 × 4e9 + 0.5 × 4e9 bytes.
+    let cpu = series(&db.pool, "samples", "app_1", "cpu").await;
+    assert_eq!(cpu.len(), 4);
+    assert!(cpu.iter().all(|(_, v)| (v - 3.0).abs() < 1e-9), "{cpu:?}");
+    assert_eq!(cpu[0].0, "alibaba-m_1-0");
+    assert_eq!(cpu[2].0, "alibaba-m_1-1");
+    let mem = series(&db.pool, "samples", "app_1", "memory").await;
+    assert!(mem.iter().all(|(_, v)| (v - 3e9).abs() < 1.0), "{mem:?}");
+    let net = series(&db.pool, "samples", "app_1", "net_rx").await;
+    assert_eq!(net.len(), 4, "only c_1 reports network");
+    let given = series(&db.pool, "provisioned", "app_1", "cpu").await;
+    assert!(
+        given.iter().all(|(_, v)| (v - 4.0).abs() < 1e-9),
+        "{given:?}"
+    );
+    let given = series(&db.pool, "provisioned", "app_2", "memory").await;
+    assert!(
+        given.iter().all(|(_, v)| (v - 2e9).abs() < 1.0),
+        "{given:?}"
+    );
+    // Mixes: app_2 ran in the first hour only.
+    let mixes: Vec<(String, Vec<String>)> =
+        sqlx::query_as("SELECT id, services FROM tasks ORDER BY id")
+            .fetch_all(&db.pool)
+            .await?;
+    assert_eq!(
+        mixes,
+        [
+            ("alibaba-m_1-0".into(), vec!["app_1".into(), "app_2".into()]),
+            ("alibaba-m_1-1".into(), vec!["app_1".into()]),
+        ]
+    );
+    Ok(())
+}
+
+const HEADER: &str = "Timestamp [ms];\tCPU cores;\tCPU capacity provisioned [MHZ];\tCPU usage [MHZ];\tCPU usage [%];\tMemory capacity provisioned [KB];\tMemory usage [KB];\tDisk read throughput [KB/s];\tDisk write throughput [KB/s];\tNetwork received throughput [KB/s];\tNetwork transmitted throughput [KB/s]";
+
+#[tokio::test]
+async fn bitbrains_vms_are_read_in_either_time_unit() -> anyhow::Result<()> {
+    let db = kit::TestDb::new().await?;
+    let dir = tempfile::tempdir()?;
+    // VM 1 in seconds (as published), VM 2 in milliseconds; 300 s apart.
+    let mut one = format!("{HEADER}\n");
+    let mut two = format!("{HEADER}\n");
+    for i in 0..4 {
+        let t: i64 = 1_376_314_846 + i * 300;
+        one.push_str(&format!(
+            "{t};\t4;\t10400;\t1300;\t12.5;\t8388608;\t2097152;\t1;\t2;\t3;\t4\n"
+        ));
+        two.push_str(&format!(
+            "{};\t2;\t5200;\t5200;\t100;\t1048576;\t1048576;\t0;\t0;\t0;\t0\n",
+            t * 1000
+        ));
+    }
+    one.push_str("1376316046;\t4;\tNaNx;\t1;\t1;\t1;\t1;\t1;\t1;\t1;\t1\n");
+    std::fs::write(dir.path().join("1.csv"), one)?;
+    std::fs::write(dir.path().join("2.csv"), two)?;
+    let report = import::bitbrains(
+        &db.pool,
+        &BitbrainsOptions {
+            paths: vec![dir.path().to_path_buf()],
+            window: std::time::Duration::from_secs(86_400),
+            start: Some(at("2026-11-20T00:00:00Z")),
+        },
+    )
+    .await?;
+    assert_eq!(report.malformed, 1, "{}", report.summary());
+    assert_eq!((report.services, report.tasks), (2, 1));
+    // 1300 MHz on cores of 10400 / 4 = 2600 MHz: half a core.
+    let cpu = series(&db.pool, "samples", "vm-1", "cpu").await;
+    assert_eq!(cpu.len(), 4);
+    assert!(cpu.iter().all(|(_, v)| (v - 0.5).abs() < 1e-9), "{cpu:?}");
+    let cpu = series(&db.pool, "samples", "vm-2", "cpu").await;
+    assert!(cpu.iter().all(|(_, v)| (v - 2.0).abs() < 1e-9), "{cpu:?}");
+    let mem = series(&db.pool, "samples", "vm-1", "memory").await;
+    assert!(mem.iter().all(|(_, v)| (v - 2147483648.0).abs() < 1.0));
+    let rd = series(&db.pool, "samples", "vm-1", "disk_read").await;
+    assert!(rd.iter().all(|(_, v)| (v - 1024.0).abs() < 1e-9));
+    // Both files' samples line up at the same instants (ms read as ms).
+    let spans: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT s.name, extract(epoch FROM max(x.ts) - min(x.ts))::bigint \
+         FROM samples x JOIN services s ON s.id = x.service_id GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    assert_eq!(spans, [("vm-1".into(), 900), ("vm-2".into(), 900)]);
+    let given = series(&db.pool, "provisioned", "vm-1", "memory").await;
+    assert!(given.iter().all(|(_, v)| (v - 8589934592.0).abs() < 1.0));
+
+    // A file without the header is refused with the reason.
+    std::fs::write(dir.path().join("3.csv"), "1;2;3\n")?;
+    let e = import::bitbrains(
+        &db.pool,
+        &BitbrainsOptions {
+            paths: vec![dir.path().join("3.csv")],
+            window: std::time::Duration::from_secs(86_400),
+            start: None,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("GWA-T-12 header"), "{e}");
+    Ok(())
+}
