@@ -17,7 +17,7 @@ use tonic::Status;
 
 use crate::{
     sources::{Collector, History, Predictor, TaskInfo},
-    strategy::{self, Kind, Params, Segment, Strategy},
+    strategy::{self, Kind, Params, Segment, Strategy, Summary},
 };
 
 /// Strategies a backtest runs when none are named.
@@ -340,11 +340,12 @@ pub async fn run(
         .filter(|s| matches!(s, Strategy::Max | Strategy::Percentile))
     {
         for ((service, resource), obs) in &past.series {
-            let kind = Kind::of(resource);
+            let params = &params_of[s];
+            let summary = Summary::of(obs, Kind::of(resource), params.half_life_seconds);
             let a = if *s == Strategy::Max {
-                strategy::max(obs, kind, &params_of[s])
+                strategy::max(&summary, params)
             } else {
-                strategy::percentile(obs, kind, &params_of[s])
+                strategy::percentile(&summary, params)
             };
             fixed.insert(
                 (*s, service.clone(), resource.clone()),

@@ -73,7 +73,12 @@ pub async fn run(
     let predictor = sources::Predictor::new(lazy("predictor", &config.predictor)?);
     let (health, health_service) = tonic_health::server::health_reporter();
     grpc::report_health(&health, SERVICE_NAME, true).await;
-    let api = AllocatorServer::new(AllocatorApi::new(collector, predictor, config.service))
+    let snapshot_every = config.service.snapshot_every;
+    let api = AllocatorApi::new(collector, predictor, config.service);
+    if let Some(every) = snapshot_every {
+        tokio::spawn(api.clone().keep_snapshot(every, shutdown.clone()));
+    }
+    let api = AllocatorServer::new(api)
         .max_decoding_message_size(config.grpc.max_message_bytes)
         .max_encoding_message_size(config.grpc.max_message_bytes);
     let routes = Routes::new(health_service).add_service(api);

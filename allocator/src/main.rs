@@ -55,6 +55,10 @@ struct Serve {
     /// Most services in one workload.
     #[arg(long, env = "HEADROOM_MAX_SERVICES", default_value_t = 10_000)]
     max_services: usize,
+    /// How often the in-memory snapshot of every series' history is
+    /// rebuilt ("0s": none; every request then reads its history).
+    #[arg(long, env = "HEADROOM_SNAPSHOT_EVERY", default_value = "1m", value_parser = humantime::parse_duration)]
+    snapshot_every: std::time::Duration,
     #[command(flatten)]
     grpc: GrpcOptions,
 }
@@ -262,6 +266,7 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
         service: ServiceOptions {
             history: s.history,
             max_services: s.max_services,
+            snapshot_every: (!s.snapshot_every.is_zero()).then_some(s.snapshot_every),
         },
         grpc: s.grpc,
     };

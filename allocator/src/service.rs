@@ -4,12 +4,15 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
+use tokio::sync::RwLock;
+use tokio_util::sync::CancellationToken;
+
 use headroom_proto::v1::{self, allocator_server::Allocator};
 use tonic::{Request, Response, Status};
 
 use crate::{
     place::{self, Demand, Node},
-    sources::{Collector, History, Predicted, Predictor},
+    sources::{Collector, Predicted, Predictor, Summaries},
     strategy::{self, Alloc, Kind, Params, Segment, Strategy},
 };
 
@@ -23,6 +26,10 @@ pub struct ServiceOptions {
     pub history: Duration,
     /// Most services in one workload.
     pub max_services: usize,
+    /// How often the snapshot of every series' history (which answers
+    /// history-based requests without reading samples) is rebuilt; `None`:
+    /// no snapshot, every request reads its history.
+    pub snapshot_every: Option<Duration>,
 }
 
 impl Default for ServiceOptions {
@@ -30,6 +37,7 @@ impl Default for ServiceOptions {
         Self {
             history: Duration::from_secs(8 * 86_400),
             max_services: 10_000,
+            snapshot_every: None,
         }
     }
 }
@@ -40,6 +48,39 @@ pub struct AllocatorApi {
     collector: Collector,
     predictor: Predictor,
     options: Arc<ServiceOptions>,
+    snapshot: Arc<RwLock<Option<Arc<Snapshot>>>>,
+}
+
+/// Every series' history summarised, as of `built`.
+#[derive(Debug)]
+struct Snapshot {
+    built: std::time::Instant,
+    series: Summaries,
+}
+
+/// Where a history-based answer's samples came from.
+enum Source {
+    Snapshot(Arc<Snapshot>),
+    Read(Summaries),
+}
+
+impl Source {
+    fn summaries(&self) -> &Summaries {
+        match self {
+            Self::Snapshot(s) => &s.series,
+            Self::Read(s) => s,
+        }
+    }
+
+    fn note(&self) -> String {
+        match self {
+            Self::Snapshot(s) => format!(
+                " (from the history snapshot of {:.0} s ago)",
+                s.built.elapsed().as_secs_f64()
+            ),
+            Self::Read(_) => String::new(),
+        }
+    }
 }
 
 /// A workload resolved to names.
@@ -82,6 +123,7 @@ impl AllocatorApi {
             collector,
             predictor,
             options: Arc::new(options),
+            snapshot: Arc::default(),
         }
     }
 
@@ -141,17 +183,68 @@ impl AllocatorApi {
             })
     }
 
-    async fn history(&self, w: &Workload) -> Result<History, Status> {
+    /// Summaries of the workload's series: from the latest snapshot when
+    /// it holds them all with this half-life, else read now.
+    async fn summaries(&self, w: &Workload, params: &Params) -> Result<Source, Status> {
+        if let Some(snap) = self.snapshot.read().await.clone() {
+            let covered = w.services.iter().all(|s| {
+                w.resources
+                    .iter()
+                    .all(|r| snap.series.contains_key(&(s.clone(), r.clone())))
+            });
+            let same_decay = snap
+                .series
+                .values()
+                .next()
+                .is_none_or(|x| x.half_life() == params.half_life_seconds);
+            if covered && same_decay {
+                return Ok(Source::Snapshot(snap));
+            }
+        }
         let end = now();
-        self.collector
-            .history(
-                &w.services,
-                &w.resources,
-                &[],
-                Some(end - self.options.history.as_secs_f64()),
-                None,
-            )
-            .await
+        Ok(Source::Read(
+            self.collector
+                .summaries(
+                    &w.services,
+                    &w.resources,
+                    Some(end - self.options.history.as_secs_f64()),
+                    None,
+                    params.half_life_seconds,
+                )
+                .await?,
+        ))
+    }
+
+    /// Rebuilds the snapshot of every series' history every `every`, until
+    /// `shutdown`; a failed rebuild keeps the previous snapshot.
+    pub async fn keep_snapshot(self, every: Duration, shutdown: CancellationToken) {
+        loop {
+            let end = now();
+            let built = self
+                .collector
+                .summaries(
+                    &[],
+                    &[],
+                    Some(end - self.options.history.as_secs_f64()),
+                    None,
+                    Params::default().half_life_seconds,
+                )
+                .await;
+            match built {
+                Ok(series) => {
+                    tracing::debug!(series = series.len(), "history snapshot rebuilt");
+                    *self.snapshot.write().await = Some(Arc::new(Snapshot {
+                        built: std::time::Instant::now(),
+                        series,
+                    }));
+                }
+                Err(e) => tracing::warn!(error = %e.message(), "history snapshot not rebuilt"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
     }
 
     async fn curves(&self, w: &Workload, params: &Params) -> Result<(Predicted, f64), Status> {
@@ -174,24 +267,23 @@ impl AllocatorApi {
         let mut allocs = Vec::new();
         match strategy {
             Strategy::Max | Strategy::Percentile => {
-                let history = self.history(w).await?;
+                let source = self.summaries(w, params).await?;
+                let summaries = source.summaries();
                 for service in &w.services {
                     for resource in &w.resources {
-                        let obs = history.of(service, resource);
-                        if obs.is_empty() {
+                        let Some(summary) = summaries.get(&(service.clone(), resource.clone()))
+                        else {
                             return Err(Status::failed_precondition(format!(
-                                "no history of {service}/{resource} in the last {}: {strategy} needs samples (have {:?} over {} tasks)",
+                                "no history of {service}/{resource} in the last {}: {strategy} needs samples",
                                 humantime::format_duration(self.options.history),
-                                history.series.keys().collect::<Vec<_>>(),
-                                history.tasks.len()
                             )));
-                        }
-                        let kind = Kind::of(resource);
-                        let a = if strategy == Strategy::Max {
-                            strategy::max(obs, kind, params)
-                        } else {
-                            strategy::percentile(obs, kind, params)
                         };
+                        let mut a = if strategy == Strategy::Max {
+                            strategy::max(summary, params)
+                        } else {
+                            strategy::percentile(summary, params)
+                        };
+                        a.detail.push_str(&source.note());
                         allocs.push((service.clone(), resource.clone(), a, Vec::new()));
                     }
                 }

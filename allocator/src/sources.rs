@@ -9,7 +9,10 @@ use headroom_proto::v1::{
 };
 use tonic::{Code, Status, transport::Channel};
 
-use crate::strategy::{Curves, Obs};
+use crate::strategy::{Curves, Kind, Obs, Summary};
+
+/// Summaries per (service, resource).
+pub type Summaries = HashMap<(String, String), Summary>;
 
 /// A stored task.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,6 +146,55 @@ impl Collector {
     ) -> Result<History, Status> {
         self.export(services, resources, task_ids, start, end, false)
             .await
+    }
+
+    /// Summaries of every series of `services` × `resources` (all when
+    /// empty) within `[start, end)`, built while the samples stream in.
+    pub async fn summaries(
+        &self,
+        services: &[String],
+        resources: &[String],
+        start: Option<f64>,
+        end: Option<f64>,
+        half_life: f64,
+    ) -> Result<Summaries, Status> {
+        let mut stream = self
+            .client
+            .clone()
+            .export_samples(v1::ExportSamplesRequest {
+                filter: Some(v1::UsageFilter {
+                    services: services.to_vec(),
+                    resources: resources.to_vec(),
+                    task_ids: Vec::new(),
+                    start: start.map(timestamp),
+                    end: end.map(timestamp),
+                }),
+                chunk_size: 0,
+                provisioned: false,
+            })
+            .await
+            .map_err(|s| upstream("the collector", s))?
+            .into_inner();
+        let mut out = Summaries::new();
+        let mut tasks: HashMap<String, u64> = HashMap::new();
+        while let Some(chunk) = stream
+            .message()
+            .await
+            .map_err(|s| upstream("the collector", s))?
+        {
+            for s in chunk.samples {
+                let next = tasks.len() as u64;
+                let task = *tasks.entry(s.task_id).or_insert(next);
+                let ts =
+                    s.ts.as_ref()
+                        .map_or(0.0, |t| t.seconds as f64 + t.nanos as f64 * 1e-9);
+                let kind = Kind::of(&s.resource);
+                out.entry((s.service, s.resource))
+                    .or_insert_with(|| Summary::new(kind, half_life))
+                    .add(task, s.value, ts);
+            }
+        }
+        Ok(out)
     }
 
     /// What operators allocated to `services` in `task_ids` (imported

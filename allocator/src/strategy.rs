@@ -12,7 +12,7 @@
 //!   piecewise-constant segments of at least `min_segment_seconds`, chosen
 //!   to minimise the allocated area (an exact dynamic programme).
 
-use std::{fmt, str::FromStr};
+use std::{collections::HashMap, fmt, str::FromStr};
 
 use headroom_proto::v1;
 
@@ -262,25 +262,6 @@ pub struct Obs {
     pub value: f64,
 }
 
-/// How an allocation of `request` fares against observed values: mean
-/// relative slack (never negative) and the share of values above `limit`.
-pub fn fit(values: impl Iterator<Item = f64>, request: f64, limit: f64) -> (f64, f64) {
-    let (mut n, mut slack, mut over) = (0usize, 0.0, 0usize);
-    for v in values {
-        n += 1;
-        if request > 0.0 {
-            slack += ((request - v) / request).max(0.0);
-        }
-        if v > limit {
-            over += 1;
-        }
-    }
-    if n == 0 {
-        return (0.0, 0.0);
-    }
-    (slack / n as f64, over as f64 / n as f64)
-}
-
 /// The plain (unweighted) lower-rank percentile `p` in (0, 100].
 pub fn plain_percentile(values: &mut [f64], p: f64) -> f64 {
     if values.is_empty() {
@@ -291,27 +272,9 @@ pub fn plain_percentile(values: &mut [f64], p: f64) -> f64 {
     values[rank.clamp(1, values.len()) - 1]
 }
 
-/// `max`: the historical maximum rounded up to the resource's step.
-pub fn max(history: &[Obs], kind: Kind, params: &Params) -> Alloc {
-    let peak = history.iter().map(|o| o.value).fold(0.0, f64::max);
-    let step = kind.round_step();
-    let request = ((peak / step).floor() + 1.0) * step;
-    let limit = request * params.limit_ratio;
-    let (slack, risk) = fit(history.iter().map(|o| o.value), request, limit);
-    Alloc {
-        request,
-        limit,
-        expected_slack: slack,
-        violation_risk: risk,
-        samples_used: history.len() as u64,
-        detail: format!(
-            "historical maximum {peak:.4} rounded up to the next {step} (the prototype's rule)"
-        ),
-    }
-}
-
 /// The VPA's histogram: exponentially growing buckets (5 % apart) holding
-/// weights that double every half-life towards the newest sample.
+/// weights that double every half-life towards newer samples (an infinite
+/// half-life counts every sample once).
 #[derive(Debug, Clone)]
 pub struct DecayingHistogram {
     first: f64,
@@ -323,8 +286,8 @@ pub struct DecayingHistogram {
 }
 
 impl DecayingHistogram {
-    /// An empty histogram for `kind`, decaying with `half_life` seconds
-    /// towards `reference` (unix seconds; the newest sample's time).
+    /// An empty histogram for `kind`, decaying with `half_life` seconds;
+    /// weights are relative to `reference` (unix seconds).
     pub fn new(kind: Kind, half_life: f64, reference: f64) -> Self {
         Self {
             first: kind.first_bucket(),
@@ -345,6 +308,11 @@ impl DecayingHistogram {
         (x.ln() / self.ratio.ln()).floor() as usize
     }
 
+    /// The lower edge of bucket `i`.
+    fn lower(&self, i: usize) -> f64 {
+        self.first * (self.ratio.powi(i as i32) - 1.0) / (self.ratio - 1.0)
+    }
+
     /// The upper edge of bucket `i`.
     fn upper(&self, i: usize) -> f64 {
         self.first * (self.ratio.powi(i as i32 + 1) - 1.0) / (self.ratio - 1.0)
@@ -352,7 +320,17 @@ impl DecayingHistogram {
 
     /// Adds a sample taken at `ts`.
     pub fn add(&mut self, value: f64, ts: f64) {
-        let w = ((ts - self.reference) / self.half_life).exp2();
+        let mut exponent = (ts - self.reference) / self.half_life;
+        if exponent > 200.0 {
+            // Renormalise before the weights overflow (the VPA does too).
+            let shift = exponent.floor();
+            let f = (-shift).exp2();
+            self.weights.iter_mut().for_each(|w| *w *= f);
+            self.total *= f;
+            self.reference += shift * self.half_life;
+            exponent -= shift;
+        }
+        let w = exponent.exp2();
         let i = self.bucket(value.max(0.0)).min(100_000);
         if self.weights.len() <= i {
             self.weights.resize(i + 1, 0.0);
@@ -377,57 +355,164 @@ impl DecayingHistogram {
         }
         self.upper(self.weights.len().saturating_sub(1))
     }
+
+    /// Mean relative slack of `request` and the share above `limit` over
+    /// the histogram's samples (each bucket at its midpoint; the share of a
+    /// bucket straddling the limit in proportion).
+    pub fn fit(&self, request: f64, limit: f64) -> (f64, f64) {
+        if self.total <= 0.0 {
+            return (0.0, 0.0);
+        }
+        let (mut slack, mut over) = (0.0, 0.0);
+        for (i, w) in self.weights.iter().enumerate().filter(|(_, w)| **w > 0.0) {
+            let (lo, hi) = (self.lower(i), self.upper(i));
+            if request > 0.0 {
+                slack += w * ((request - 0.5 * (lo + hi)) / request).max(0.0);
+            }
+            over += w * ((hi - limit) / (hi - lo)).clamp(0.0, 1.0);
+        }
+        (slack / self.total, over / self.total)
+    }
+}
+
+/// What the history-based strategies need of one series, built sample by
+/// sample: decaying and plain histograms, per-task peaks, the maximum.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    kind: Kind,
+    half_life: f64,
+    decayed: Option<DecayingHistogram>,
+    plain: DecayingHistogram,
+    peaks: HashMap<u64, (f64, f64)>,
+    max: f64,
+    count: u64,
+    oldest: f64,
+    newest: f64,
+}
+
+impl Summary {
+    /// An empty summary decaying with `half_life` seconds.
+    pub fn new(kind: Kind, half_life: f64) -> Self {
+        Self {
+            kind,
+            half_life,
+            decayed: None,
+            plain: DecayingHistogram::new(kind, f64::INFINITY, 0.0),
+            peaks: HashMap::new(),
+            max: 0.0,
+            count: 0,
+            oldest: f64::MAX,
+            newest: f64::MIN,
+        }
+    }
+
+    /// The summary of `history` (tasks keyed by their index).
+    pub fn of(history: &[Obs], kind: Kind, half_life: f64) -> Self {
+        let mut s = Self::new(kind, half_life);
+        for o in history {
+            s.add(o.task as u64, o.value, o.ts);
+        }
+        s
+    }
+
+    /// Adds a sample of task `task` taken at `ts`.
+    pub fn add(&mut self, task: u64, value: f64, ts: f64) {
+        let half_life = self.half_life;
+        let kind = self.kind;
+        self.decayed
+            .get_or_insert_with(|| DecayingHistogram::new(kind, half_life, ts))
+            .add(value, ts);
+        self.plain.add(value, 0.0);
+        let peak = self.peaks.entry(task).or_insert((value, ts));
+        if value > peak.0 {
+            *peak = (value, ts);
+        }
+        self.max = self.max.max(value);
+        self.count += 1;
+        self.oldest = self.oldest.min(ts);
+        self.newest = self.newest.max(ts);
+    }
+
+    /// Samples summarised.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The decay this summary was built with, in seconds.
+    pub fn half_life(&self) -> f64 {
+        self.half_life
+    }
+
+    fn fit(&self, request: f64, limit: f64) -> (f64, f64) {
+        let (slack, risk) = self.plain.fit(request, limit);
+        // Nothing observed lies above a limit at or over the maximum.
+        (slack, if limit >= self.max { 0.0 } else { risk })
+    }
+}
+
+/// `max`: the historical maximum rounded up to the resource's step.
+pub fn max(history: &Summary, params: &Params) -> Alloc {
+    let peak = history.max;
+    let step = history.kind.round_step();
+    let request = ((peak / step).floor() + 1.0) * step;
+    let limit = request * params.limit_ratio;
+    let (slack, risk) = history.fit(request, limit);
+    Alloc {
+        request,
+        limit,
+        expected_slack: slack,
+        violation_risk: risk,
+        samples_used: history.count,
+        detail: format!(
+            "historical maximum {peak:.4} rounded up to the next {step} (the prototype's rule)"
+        ),
+    }
 }
 
 /// `percentile`: the VPA recommender over `history` (see the module doc).
 /// The request is the target percentile plus the margin, never below the
 /// plain median of the history; the lower (p50) and upper (p95) bounds
 /// widen as the history is shorter than a week, as the VPA's confidence.
-pub fn percentile(history: &[Obs], kind: Kind, params: &Params) -> Alloc {
-    let newest = history.iter().map(|o| o.ts).fold(f64::MIN, f64::max);
-    let oldest = history.iter().map(|o| o.ts).fold(f64::MAX, f64::min);
-    let mut hist = DecayingHistogram::new(kind, params.half_life_seconds, newest);
-    let (p, what) = match kind {
+pub fn percentile(history: &Summary, params: &Params) -> Alloc {
+    let kind = history.kind;
+    let (p, what, peaks);
+    let hist = match kind {
         Kind::Memory => {
             // Peaks per task, each at the time it happened.
-            let mut peaks: std::collections::BTreeMap<usize, Obs> = Default::default();
-            for o in history {
-                let e = peaks.entry(o.task).or_insert(*o);
-                if o.value > e.value {
-                    *e = *o;
-                }
+            let mut h = DecayingHistogram::new(kind, history.half_life, history.newest);
+            for (value, ts) in history.peaks.values() {
+                h.add(*value, *ts);
             }
-            for o in peaks.values() {
-                hist.add(o.value, o.ts);
-            }
-            (params.memory_percentile, "per-task peaks")
+            peaks = h;
+            (p, what) = (params.memory_percentile, "per-task peaks");
+            &peaks
         }
         _ => {
-            for o in history {
-                hist.add(o.value, o.ts);
+            (p, what) = (params.cpu_percentile, "samples");
+            match &history.decayed {
+                Some(h) => h,
+                None => &history.plain,
             }
-            (params.cpu_percentile, "samples")
         }
     };
-    let mut plain: Vec<f64> = history.iter().map(|o| o.value).collect();
-    let median = plain_percentile(&mut plain, 50.0);
+    let median = history.plain.percentile(50.0);
     let scale = 1.0 + params.margin;
     let target = hist.percentile(p) * scale;
     let request = target.max(median);
-    let days = ((newest - oldest) / 86_400.0).max(1.0 / 24.0);
+    let days = ((history.newest - history.oldest) / 86_400.0).max(1.0 / 24.0);
     let lower = hist.percentile(50.0) * scale * (1.0 + 0.001 / days).powi(-2);
     let upper = hist.percentile(95.0) * scale * (1.0 + 1.0 / days);
     let limit = request * params.limit_ratio;
-    let (slack, risk) = fit(history.iter().map(|o| o.value), request, limit);
+    let (slack, risk) = history.fit(request, limit);
     Alloc {
         request,
         limit,
         expected_slack: slack,
         violation_risk: risk,
-        samples_used: history.len() as u64,
+        samples_used: history.count,
         detail: format!(
             "p{p} of {what} in a histogram decaying with a {}h half-life, plus {:.0} % margin; bounds [{lower:.4}, {upper:.4}] from {days:.1} days of history",
-            params.half_life_seconds / 3600.0,
+            history.half_life / 3600.0,
             params.margin * 100.0
         ),
     }
@@ -776,10 +861,16 @@ mod tests {
 
     #[test]
     fn max_rounds_up_to_the_next_ten() {
-        let a = max(&obs(&[0.2, 0.734, 0.5]), Kind::Cpu, &Params::default());
+        let a = max(
+            &Summary::of(&obs(&[0.2, 0.734, 0.5]), Kind::Cpu, 86_400.0),
+            &Params::default(),
+        );
         assert!((a.request - 0.74).abs() < 1e-12, "{}", a.request);
         assert_eq!(a.violation_risk, 0.0);
-        let a = max(&obs(&[15.0 * 1048576.0]), Kind::Memory, &Params::default());
+        let a = max(
+            &Summary::of(&obs(&[15.0 * 1048576.0]), Kind::Memory, 86_400.0),
+            &Params::default(),
+        );
         assert_eq!(a.request, 20.0 * 1048576.0);
     }
 
@@ -855,14 +946,14 @@ mod tests {
         ) {
             let params = Params { cpu_percentile: p, memory_percentile: p, margin, limit_ratio: ratio, ..Params::default() };
             let kind = if memory { Kind::Memory } else { Kind::Cpu };
-            let history = obs(&values);
-            let a = percentile(&history, kind, &params);
+            let history = Summary::of(&obs(&values), kind, params.half_life_seconds);
+            let a = percentile(&history, &params);
             let mut v = values.clone();
             prop_assert!(a.request >= plain_percentile(&mut v, 50.0));
             prop_assert!(a.request <= a.limit);
             prop_assert!((0.0..=1.0).contains(&a.expected_slack));
             prop_assert!((0.0..=1.0).contains(&a.violation_risk));
-            let m = max(&history, kind, &params);
+            let m = max(&history, &params);
             prop_assert!(m.request > v.iter().copied().fold(0.0, f64::max) - 1e-9);
             prop_assert!(m.request <= m.limit);
         }

@@ -203,6 +203,40 @@ async fn recommends_plans_and_places_from_history_and_the_model() -> anyhow::Res
             );
         }
     }
+    // An allocator answering from its history snapshot answers the same.
+    let snapshot_config = AllocatorConfig {
+        collector: stack.collector.url(),
+        predictor: stack.predictor.url(),
+        service: ServiceOptions {
+            snapshot_every: Some(std::time::Duration::from_millis(100)),
+            ..ServiceOptions::default()
+        },
+        grpc: GrpcOptions::default(),
+    };
+    let snapshotting =
+        kit::spawn_server(|l, s| headroom_allocator::run(l, s, snapshot_config)).await?;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut other = AllocatorClient::new(snapshotting.channel().await?);
+    for strategy in ["max", "percentile"] {
+        let ask = v1::RecommendRequest {
+            workload: workload(&mix),
+            strategy: strategy.into(),
+            params: None,
+        };
+        let a = client.recommend(ask.clone()).await?.into_inner();
+        let mut b = other.recommend(ask).await?.into_inner();
+        for x in &mut b.allocations {
+            let e = x.explanation.as_mut().context("an explanation")?;
+            let at = e
+                .detail
+                .find(" (from the history snapshot of")
+                .context("from the snapshot")?;
+            e.detail.truncate(at);
+        }
+        assert_eq!(a, b, "{strategy}: read now vs from the snapshot");
+    }
+    snapshotting.stop().await?;
+
     // The model-based strategies aim at the target share of samples above
     // the limit (1 % by default).
     for s in &mix {
