@@ -16,7 +16,9 @@ use headroom_proto::v1;
 use tonic::Status;
 
 use crate::{
-    sources::{Collector, History, Predictor, TaskInfo},
+    sources::{
+        Collector, History, Predictor, TaskInfo, expected_duration, seconds_of as secs, timestamp,
+    },
     strategy::{self, Kind, Params, Segment, Strategy, Summary},
 };
 
@@ -120,17 +122,6 @@ pub fn score(score: &mut Score, samples: &[(f64, f64)], alloc: &Allocation, kind
     score.changes += alloc.changes();
 }
 
-fn timestamp(secs: f64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: secs.floor() as i64,
-        nanos: ((secs - secs.floor()) * 1e9) as i32,
-    }
-}
-
-fn secs(t: &prost_types::Timestamp) -> f64 {
-    t.seconds as f64 + t.nanos as f64 * 1e-9
-}
-
 /// Samples of each (task, service, resource), as `(seconds, used)`.
 type Replay = BTreeMap<(usize, String, String), Vec<(f64, f64)>>;
 
@@ -145,19 +136,6 @@ fn by_task(history: &History) -> Replay {
         }
     }
     out
-}
-
-/// Mean duration of the finished tasks in `tasks` with the mix `mix`, or
-/// of all of them when none has it.
-fn mean_duration(tasks: &[TaskInfo], mix: &[String]) -> Option<f64> {
-    let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-    let done: Vec<(f64, bool)> = tasks
-        .iter()
-        .filter_map(|t| t.end.map(|e| (e - t.start, t.services == mix)))
-        .filter(|d| d.0 > 0.0)
-        .collect();
-    mean(done.iter().filter(|d| d.1).map(|d| d.0).collect())
-        .or_else(|| mean(done.iter().map(|d| d.0).collect()))
 }
 
 /// A step series `(seconds, value)` (ascending) as segments: one per run
@@ -364,7 +342,7 @@ pub async fn run(
                     .params
                     .as_ref()
                     .and_then(|p| p.horizon_seconds)
-                    .or_else(|| mean_duration(&past.tasks, &mix))
+                    .or_else(|| expected_duration(&past.tasks, &mix))
                     .ok_or_else(|| {
                         Status::failed_precondition(
                             "no finished task before the split tells the task duration: give params.horizon_seconds",
@@ -467,6 +445,36 @@ pub async fn run(
         traces,
         split: Some(timestamp(split)),
     })
+}
+
+/// The backtest as an aligned table, one row per strategy and resource.
+pub fn table(answer: &v1::BacktestResponse) -> String {
+    let mut out = format!(
+        "{} held-out tasks; absolute slack in core-hours (cpu), GiB-hours (memory), GiB (IO)\n{:<12} {:<10} {:>9} {:>10} {:>10} {:>6} {:>8} {:>8}\n",
+        answer.task_ids.len(),
+        "strategy",
+        "resource",
+        "rel.slack",
+        "abs.slack",
+        "violation",
+        "oom",
+        "changes",
+        "samples"
+    );
+    for r in &answer.rows {
+        out.push_str(&format!(
+            "{:<12} {:<10} {:>8.1}% {:>10.3} {:>9.2}% {:>6} {:>8} {:>8}\n",
+            r.strategy,
+            r.resource,
+            r.relative_slack * 100.0,
+            r.absolute_slack,
+            r.violation_rate * 100.0,
+            r.oom_events,
+            r.changes,
+            r.samples
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -82,13 +82,8 @@ enum Command {
     },
     /// Replay held-out tasks through the strategies and score them.
     Backtest {
-        /// Allocator URL.
-        #[arg(
-            long,
-            env = "HEADROOM_ALLOCATOR_URL",
-            default_value = "http://127.0.0.1:50054"
-        )]
-        allocator: String,
+        #[command(flatten)]
+        server: Server,
         /// Held-out tasks started at or after this time (RFC 3339).
         #[arg(long, required_unless_present = "tasks")]
         split: Option<chrono::DateTime<chrono::Utc>>,
@@ -104,15 +99,8 @@ enum Command {
         /// Most held-out tasks (the newest).
         #[arg(long, default_value_t = 100)]
         max_tasks: u32,
-        /// Accepted share of samples above the limit (predictive, plan).
-        #[arg(long)]
-        target_violation_rate: Option<f64>,
-        /// Most resizes in a plan.
-        #[arg(long)]
-        max_resizes: Option<u32>,
-        /// Shortest plan segment, in seconds.
-        #[arg(long)]
-        min_segment_seconds: Option<f64>,
+        #[command(flatten)]
+        tuning: Tuning,
         /// Output format of the table.
         #[arg(long, value_enum, default_value_t = TableFormat::Table)]
         output: TableFormat,
@@ -141,9 +129,9 @@ enum Command {
     },
 }
 
-/// What every client command asks about.
-#[derive(Debug, clap::Args)]
-struct Ask {
+/// The allocator a client command talks to.
+#[derive(Debug, Clone, clap::Args)]
+struct Server {
     /// Allocator URL.
     #[arg(
         long,
@@ -151,6 +139,21 @@ struct Ask {
         default_value = "http://127.0.0.1:50054"
     )]
     allocator: String,
+}
+
+impl Server {
+    async fn client(&self) -> anyhow::Result<AllocatorClient<tonic::transport::Channel>> {
+        AllocatorClient::connect(self.allocator.clone())
+            .await
+            .with_context(|| format!("cannot reach the allocator at {}", self.allocator))
+    }
+}
+
+/// What every client command asks about.
+#[derive(Debug, clap::Args)]
+struct Ask {
+    #[command(flatten)]
+    server: Server,
     /// A stored task whose mix is allocated for.
     #[arg(long, conflicts_with = "services")]
     task: Option<String>,
@@ -160,12 +163,22 @@ struct Ask {
     /// Resources (cpu and memory when empty), comma-separated.
     #[arg(long, value_delimiter = ',')]
     resources: Vec<String>,
-    /// Accepted share of samples above the limit (predictive, plan).
-    #[arg(long)]
-    target_violation_rate: Option<f64>,
+    #[command(flatten)]
+    tuning: Tuning,
     /// Task duration to allocate for, in seconds.
     #[arg(long)]
     horizon_seconds: Option<f64>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+/// Strategy parameters every command takes.
+#[derive(Debug, Clone, clap::Args)]
+struct Tuning {
+    /// Accepted share of samples above the limit (predictive, plan).
+    #[arg(long)]
+    target_violation_rate: Option<f64>,
     /// Most resizes in a plan.
     #[arg(long)]
     max_resizes: Option<u32>,
@@ -175,9 +188,18 @@ struct Ask {
     /// Limit as a multiple of the request.
     #[arg(long)]
     limit_ratio: Option<f64>,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Output::Table)]
-    output: Output,
+}
+
+impl Tuning {
+    fn params(&self) -> v1::StrategyParams {
+        v1::StrategyParams {
+            target_violation_rate: self.target_violation_rate,
+            max_resizes: self.max_resizes,
+            min_segment_seconds: self.min_segment_seconds,
+            limit_ratio: self.limit_ratio,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -226,19 +248,13 @@ impl Ask {
 
     fn params(&self) -> v1::StrategyParams {
         v1::StrategyParams {
-            target_violation_rate: self.target_violation_rate,
             horizon_seconds: self.horizon_seconds,
-            max_resizes: self.max_resizes,
-            min_segment_seconds: self.min_segment_seconds,
-            limit_ratio: self.limit_ratio,
-            ..Default::default()
+            ..self.tuning.params()
         }
     }
 
     async fn client(&self) -> anyhow::Result<AllocatorClient<tonic::transport::Channel>> {
-        AllocatorClient::connect(self.allocator.clone())
-            .await
-            .with_context(|| format!("cannot reach the allocator at {}", self.allocator))
+        self.server.client().await
     }
 }
 
@@ -446,23 +462,20 @@ async fn ask(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Backtest {
-            allocator,
+            server,
             split,
             tasks,
             strategies,
             resources,
             max_tasks,
-            target_violation_rate,
-            max_resizes,
-            min_segment_seconds,
+            tuning,
             output,
             chart_services,
             chart,
         } => {
-            let mut client = AllocatorClient::connect(allocator.clone())
-                .await
-                .with_context(|| format!("cannot reach the allocator at {allocator}"))?;
-            let answer = client
+            let answer = server
+                .client()
+                .await?
                 .backtest(v1::BacktestRequest {
                     strategies,
                     split: split.map(|t| prost_types::Timestamp {
@@ -472,12 +485,7 @@ async fn ask(command: Command) -> anyhow::Result<()> {
                     task_ids: tasks,
                     services: Vec::new(),
                     resources,
-                    params: Some(v1::StrategyParams {
-                        target_violation_rate,
-                        max_resizes,
-                        min_segment_seconds,
-                        ..Default::default()
-                    }),
+                    params: Some(tuning.params()),
                     max_tasks,
                     trace_services: chart_services,
                 })
@@ -575,36 +583,7 @@ fn print_backtest(answer: &v1::BacktestResponse, format: TableFormat) -> anyhow:
         "samples",
     ];
     match format {
-        TableFormat::Table => {
-            println!(
-                "{} held-out tasks; absolute slack in core-hours (cpu), GiB-hours (memory), GiB (IO)",
-                answer.task_ids.len()
-            );
-            println!(
-                "{:<12} {:<10} {:>9} {:>10} {:>10} {:>6} {:>8} {:>8}",
-                "strategy",
-                "resource",
-                "rel.slack",
-                "abs.slack",
-                "violation",
-                "oom",
-                "changes",
-                "samples"
-            );
-            for r in &answer.rows {
-                println!(
-                    "{:<12} {:<10} {:>8.1}% {:>10.3} {:>9.2}% {:>6} {:>8} {:>8}",
-                    r.strategy,
-                    r.resource,
-                    r.relative_slack * 100.0,
-                    r.absolute_slack,
-                    r.violation_rate * 100.0,
-                    r.oom_events,
-                    r.changes,
-                    r.samples
-                );
-            }
-        }
+        TableFormat::Table => print!("{}", headroom_allocator::backtest::table(answer)),
         TableFormat::Json => {
             let rows: Vec<_> = answer
                 .rows

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     place::{self, Demand, Node},
-    sources::{Collector, Predicted, Predictor, Summaries},
+    sources::{Collector, Predicted, Predictor, Summaries, expected_duration},
     strategy::{self, Alloc, Kind, Params, Segment, Strategy},
 };
 
@@ -160,27 +160,19 @@ impl AllocatorApi {
         })
     }
 
-    /// The horizon: given, or the mean duration of stored tasks with this
-    /// mix (of tasks running its first service when none has it exactly).
+    /// The horizon: given, or the longest stored task with this mix (of
+    /// tasks running its first service when none has it exactly).
     async fn horizon(&self, w: &Workload, params: &Params) -> Result<f64, Status> {
         if let Some(h) = params.horizon_seconds {
             return Ok(h);
         }
         let tasks = self.collector.tasks(&w.services[0], None, None).await?;
-        let ended: Vec<(f64, bool)> = tasks
-            .iter()
-            .filter_map(|t| t.end.map(|e| (e - t.start, t.services == w.services)))
-            .filter(|(d, _)| *d > 0.0)
-            .collect();
-        let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-        mean(ended.iter().filter(|e| e.1).map(|e| e.0).collect())
-            .or_else(|| mean(ended.iter().map(|e| e.0).collect()))
-            .ok_or_else(|| {
-                invalid(format!(
-                    "no finished task ran {:?}, so the task's duration is unknown: give params.horizon_seconds",
-                    w.services[0]
-                ))
-            })
+        expected_duration(&tasks, &w.services).ok_or_else(|| {
+            invalid(format!(
+                "no finished task ran {:?}, so the task's duration is unknown: give params.horizon_seconds",
+                w.services[0]
+            ))
+        })
     }
 
     /// Summaries of the workload's series: from the latest snapshot when

@@ -27,16 +27,57 @@ pub struct TaskInfo {
     pub services: Vec<String>,
 }
 
+/// A timestamp as unix seconds.
+pub fn seconds_of(t: &prost_types::Timestamp) -> f64 {
+    t.seconds as f64 + t.nanos as f64 * 1e-9
+}
+
+fn export_request(
+    services: &[String],
+    resources: &[String],
+    task_ids: &[String],
+    start: Option<f64>,
+    end: Option<f64>,
+    provisioned: bool,
+) -> v1::ExportSamplesRequest {
+    v1::ExportSamplesRequest {
+        filter: Some(v1::UsageFilter {
+            services: services.to_vec(),
+            resources: resources.to_vec(),
+            task_ids: task_ids.to_vec(),
+            start: start.map(timestamp),
+            end: end.map(timestamp),
+        }),
+        chunk_size: 0,
+        provisioned,
+    }
+}
+
 impl TaskInfo {
     fn from_proto(t: &v1::Task) -> Self {
-        let secs = |ts: &prost_types::Timestamp| ts.seconds as f64 + ts.nanos as f64 * 1e-9;
         Self {
             id: t.id.clone(),
-            start: t.start.as_ref().map_or(0.0, secs),
-            end: t.end.as_ref().map(secs),
+            start: t.start.as_ref().map_or(0.0, seconds_of),
+            end: t.end.as_ref().map(seconds_of),
             services: t.services.clone(),
         }
     }
+}
+
+/// How long a task of `mix` is expected to run: the longest finished task
+/// in `tasks` with exactly this mix, else the longest of them all. The
+/// longest, not the mean: usage that grows over a task (memory) must be
+/// covered to its end.
+pub fn expected_duration(tasks: &[TaskInfo], mix: &[String]) -> Option<f64> {
+    let done = || {
+        tasks
+            .iter()
+            .filter_map(|t| t.end.map(|e| (e - t.start, t.services == mix)))
+            .filter(|d| d.0 > 0.0)
+    };
+    let longest = |v: Vec<f64>| v.into_iter().reduce(f64::max);
+    longest(done().filter(|d| d.1).map(|d| d.0).collect())
+        .or_else(|| longest(done().map(|d| d.0).collect()))
 }
 
 /// Samples of several series, with the tasks they belong to.
@@ -69,7 +110,8 @@ fn upstream(what: &str, s: Status) -> Status {
     }
 }
 
-fn timestamp(secs: f64) -> prost_types::Timestamp {
+/// Unix seconds as a timestamp.
+pub fn timestamp(secs: f64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: secs.floor() as i64,
         nanos: ((secs - secs.floor()) * 1e9) as i32,
@@ -158,43 +200,44 @@ impl Collector {
         end: Option<f64>,
         half_life: f64,
     ) -> Result<Summaries, Status> {
+        let mut out = Summaries::new();
+        let mut tasks: HashMap<String, u64> = HashMap::new();
+        let request = export_request(services, resources, &[], start, end, false);
+        self.each_chunk(request, |chunk| {
+            for s in chunk.samples {
+                let next = tasks.len() as u64;
+                let task = *tasks.entry(s.task_id).or_insert(next);
+                let kind = Kind::of(&s.resource);
+                out.entry((s.service, s.resource))
+                    .or_insert_with(|| Summary::new(kind, half_life))
+                    .add(task, s.value, s.ts.as_ref().map_or(0.0, seconds_of));
+            }
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Streams an export, handing each chunk to `f`.
+    async fn each_chunk(
+        &self,
+        request: v1::ExportSamplesRequest,
+        mut f: impl FnMut(v1::ExportSamplesResponse),
+    ) -> Result<(), Status> {
         let mut stream = self
             .client
             .clone()
-            .export_samples(v1::ExportSamplesRequest {
-                filter: Some(v1::UsageFilter {
-                    services: services.to_vec(),
-                    resources: resources.to_vec(),
-                    task_ids: Vec::new(),
-                    start: start.map(timestamp),
-                    end: end.map(timestamp),
-                }),
-                chunk_size: 0,
-                provisioned: false,
-            })
+            .export_samples(request)
             .await
             .map_err(|s| upstream("the collector", s))?
             .into_inner();
-        let mut out = Summaries::new();
-        let mut tasks: HashMap<String, u64> = HashMap::new();
         while let Some(chunk) = stream
             .message()
             .await
             .map_err(|s| upstream("the collector", s))?
         {
-            for s in chunk.samples {
-                let next = tasks.len() as u64;
-                let task = *tasks.entry(s.task_id).or_insert(next);
-                let ts =
-                    s.ts.as_ref()
-                        .map_or(0.0, |t| t.seconds as f64 + t.nanos as f64 * 1e-9);
-                let kind = Kind::of(&s.resource);
-                out.entry((s.service, s.resource))
-                    .or_insert_with(|| Summary::new(kind, half_life))
-                    .add(task, s.value, ts);
-            }
+            f(chunk);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// What operators allocated to `services` in `task_ids` (imported
@@ -218,30 +261,10 @@ impl Collector {
         end: Option<f64>,
         provisioned: bool,
     ) -> Result<History, Status> {
-        let mut stream = self
-            .client
-            .clone()
-            .export_samples(v1::ExportSamplesRequest {
-                filter: Some(v1::UsageFilter {
-                    services: services.to_vec(),
-                    resources: resources.to_vec(),
-                    task_ids: task_ids.to_vec(),
-                    start: start.map(timestamp),
-                    end: end.map(timestamp),
-                }),
-                chunk_size: 0,
-                provisioned,
-            })
-            .await
-            .map_err(|s| upstream("the collector", s))?
-            .into_inner();
         let mut history = History::default();
         let mut index: HashMap<String, usize> = HashMap::new();
-        while let Some(chunk) = stream
-            .message()
-            .await
-            .map_err(|s| upstream("the collector", s))?
-        {
+        let request = export_request(services, resources, task_ids, start, end, provisioned);
+        self.each_chunk(request, |chunk| {
             for t in &chunk.tasks {
                 index.entry(t.id.clone()).or_insert_with(|| {
                     history.tasks.push(TaskInfo::from_proto(t));
@@ -252,20 +275,18 @@ impl Collector {
                 let Some(&task) = index.get(&s.task_id) else {
                     continue;
                 };
-                let ts =
-                    s.ts.as_ref()
-                        .map_or(0.0, |t| t.seconds as f64 + t.nanos as f64 * 1e-9);
                 history
                     .series
                     .entry((s.service, s.resource))
                     .or_default()
                     .push(Obs {
-                        ts,
+                        ts: s.ts.as_ref().map_or(0.0, seconds_of),
                         task,
                         value: s.value,
                     });
             }
-        }
+        })
+        .await?;
         Ok(history)
     }
 }

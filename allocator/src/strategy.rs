@@ -443,10 +443,20 @@ impl Summary {
         self.half_life
     }
 
-    fn fit(&self, request: f64, limit: f64) -> (f64, f64) {
+    /// The answer for `request`: its limit, and its slack and risk over
+    /// the summarised samples (nothing observed lies above a limit at or
+    /// over the maximum).
+    fn alloc(&self, request: f64, params: &Params, detail: String) -> Alloc {
+        let limit = request * params.limit_ratio;
         let (slack, risk) = self.plain.fit(request, limit);
-        // Nothing observed lies above a limit at or over the maximum.
-        (slack, if limit >= self.max { 0.0 } else { risk })
+        Alloc {
+            request,
+            limit,
+            expected_slack: slack,
+            violation_risk: if limit >= self.max { 0.0 } else { risk },
+            samples_used: self.count,
+            detail,
+        }
     }
 }
 
@@ -455,18 +465,13 @@ pub fn max(history: &Summary, params: &Params) -> Alloc {
     let peak = history.max;
     let step = history.kind.round_step();
     let request = ((peak / step).floor() + 1.0) * step;
-    let limit = request * params.limit_ratio;
-    let (slack, risk) = history.fit(request, limit);
-    Alloc {
+    history.alloc(
         request,
-        limit,
-        expected_slack: slack,
-        violation_risk: risk,
-        samples_used: history.count,
-        detail: format!(
+        params,
+        format!(
             "historical maximum {peak:.4} rounded up to the next {step} (the prototype's rule)"
         ),
-    }
+    )
 }
 
 /// `percentile`: the VPA recommender over `history` (see the module doc).
@@ -502,20 +507,15 @@ pub fn percentile(history: &Summary, params: &Params) -> Alloc {
     let days = ((history.newest - history.oldest) / 86_400.0).max(1.0 / 24.0);
     let lower = hist.percentile(50.0) * scale * (1.0 + 0.001 / days).powi(-2);
     let upper = hist.percentile(95.0) * scale * (1.0 + 1.0 / days);
-    let limit = request * params.limit_ratio;
-    let (slack, risk) = history.fit(request, limit);
-    Alloc {
+    history.alloc(
         request,
-        limit,
-        expected_slack: slack,
-        violation_risk: risk,
-        samples_used: history.count,
-        detail: format!(
+        params,
+        format!(
             "p{p} of {what} in a histogram decaying with a {}h half-life, plus {:.0} % margin; bounds [{lower:.4}, {upper:.4}] from {days:.1} days of history",
             history.half_life / 3600.0,
             params.margin * 100.0
         ),
-    }
+    )
 }
 
 /// A predicted distribution at one moment: ascending quantile levels and

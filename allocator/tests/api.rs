@@ -2,20 +2,13 @@
 //! holding simulated history and a real predictor serving a model trained
 //! on that history through ONNX Runtime.
 
-use std::path::Path;
+mod support;
 
 use anyhow::Context as _;
-use headroom_allocator::{AllocatorConfig, ServiceOptions};
-use headroom_collector::CollectorConfig;
-use headroom_predictor::{InferenceOptions, PredictorConfig};
+use headroom_allocator::ServiceOptions;
 use headroom_proto::v1::{self, allocator_client::AllocatorClient};
-use headroom_serving::grpc::GrpcOptions;
 use headroom_testkit as kit;
-use headroom_training::{
-    export,
-    simulate::{SimOptions, Workload},
-    train::{self, Checkpointing},
-};
+use headroom_training::simulate::{SimOptions, Workload};
 use tonic::Code;
 
 struct Stack {
@@ -30,9 +23,7 @@ struct Stack {
 impl Stack {
     async fn start() -> anyhow::Result<Self> {
         kit::init_logs();
-        let dylib = std::env::var("ORT_DYLIB_PATH")
-            .context("ORT_DYLIB_PATH is not set: run `scripts/stack up` and source .stack/env")?;
-        headroom_predictor::init_runtime(Some(Path::new(&dylib)))?;
+        support::init_ort()?;
         let db = kit::TestDb::new().await?;
         let workload = Workload::new(&SimOptions {
             seed: 11,
@@ -47,43 +38,11 @@ impl Stack {
         workload.write_postgres(&db.pool).await?;
         let data = workload.dataset()?;
         let dir = tempfile::tempdir()?;
-        let trained = train::train(
-            &data,
-            &headroom_training::TrainOptions::default(),
-            Checkpointing::default(),
-            "alloc-test",
-            false,
-        )?;
-        let model = dir.path().join("model.onnx");
-        export::write_model(&model, &trained.net, &trained.spec)?;
-
-        let collector_config = CollectorConfig {
-            database_url: db.url.clone(),
-            max_connections: 4,
-            ingest: None,
-            lifecycle: Default::default(),
-            grpc: GrpcOptions::default(),
-        };
-        let collector =
-            kit::spawn_server(|l, s| headroom_collector::run(l, s, collector_config)).await?;
-        let predictor_config = PredictorConfig {
-            model_path: model,
-            max_batch: 10_000,
-            max_points: 200_000,
-            watch_every: None,
-            inference: InferenceOptions::default(),
-            grpc: GrpcOptions::default(),
-        };
-        let predictor =
-            kit::spawn_server(|l, s| headroom_predictor::run(l, s, predictor_config)).await?;
-        let allocator_config = AllocatorConfig {
-            collector: collector.url(),
-            predictor: predictor.url(),
-            service: ServiceOptions::default(),
-            grpc: GrpcOptions::default(),
-        };
+        let model = support::model_before(&db, None, "alloc-test", dir.path()).await?;
+        let collector = support::collector(&db).await?;
+        let predictor = support::predictor(model).await?;
         let allocator =
-            kit::spawn_server(|l, s| headroom_allocator::run(l, s, allocator_config)).await?;
+            support::allocator(&collector, &predictor.url(), ServiceOptions::default()).await?;
         Ok(Self {
             collector,
             predictor,
@@ -204,17 +163,15 @@ async fn recommends_plans_and_places_from_history_and_the_model() -> anyhow::Res
         }
     }
     // An allocator answering from its history snapshot answers the same.
-    let snapshot_config = AllocatorConfig {
-        collector: stack.collector.url(),
-        predictor: stack.predictor.url(),
-        service: ServiceOptions {
+    let snapshotting = support::allocator(
+        &stack.collector,
+        &stack.predictor.url(),
+        ServiceOptions {
             snapshot_every: Some(std::time::Duration::from_millis(100)),
             ..ServiceOptions::default()
         },
-        grpc: GrpcOptions::default(),
-    };
-    let snapshotting =
-        kit::spawn_server(|l, s| headroom_allocator::run(l, s, snapshot_config)).await?;
+    )
+    .await?;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let mut other = AllocatorClient::new(snapshotting.channel().await?);
     for strategy in ["max", "percentile"] {
@@ -424,9 +381,7 @@ async fn bad_input_is_refused_naming_the_problem() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backtests_every_strategy_on_held_out_tasks() -> anyhow::Result<()> {
     kit::init_logs();
-    let dylib = std::env::var("ORT_DYLIB_PATH")
-        .context("ORT_DYLIB_PATH is not set: run `scripts/stack up` and source .stack/env")?;
-    headroom_predictor::init_runtime(Some(Path::new(&dylib)))?;
+    support::init_ort()?;
     let db = kit::TestDb::new().await?;
     let workload = Workload::new(&SimOptions {
         seed: 21,
@@ -443,53 +398,12 @@ async fn backtests_every_strategy_on_held_out_tasks() -> anyhow::Result<()> {
     // Tasks run one after another: the last 12 are held out.
     let starts: Vec<_> = workload.tasks.iter().map(|t| t.start).collect();
     let split = starts[starts.len() - 12];
-    let before = headroom_training::Dataset::from_postgres(
-        &db.pool,
-        &headroom_training::dataset::Window {
-            start: None,
-            end: Some(split),
-        },
-    )
-    .await?;
-    assert!(before.rows.len() < all.rows.len());
-    let trained = train::train(
-        &before,
-        &headroom_training::TrainOptions::default(),
-        Checkpointing::default(),
-        "before-split",
-        false,
-    )?;
     let dir = tempfile::tempdir()?;
-    let model = dir.path().join("model.onnx");
-    export::write_model(&model, &trained.net, &trained.spec)?;
-
-    let collector_config = CollectorConfig {
-        database_url: db.url.clone(),
-        max_connections: 4,
-        ingest: None,
-        lifecycle: Default::default(),
-        grpc: GrpcOptions::default(),
-    };
-    let collector =
-        kit::spawn_server(|l, s| headroom_collector::run(l, s, collector_config)).await?;
-    let predictor_config = PredictorConfig {
-        model_path: model,
-        max_batch: 10_000,
-        max_points: 200_000,
-        watch_every: None,
-        inference: InferenceOptions::default(),
-        grpc: GrpcOptions::default(),
-    };
-    let predictor =
-        kit::spawn_server(|l, s| headroom_predictor::run(l, s, predictor_config)).await?;
-    let allocator_config = AllocatorConfig {
-        collector: collector.url(),
-        predictor: predictor.url(),
-        service: ServiceOptions::default(),
-        grpc: GrpcOptions::default(),
-    };
+    let model = support::model_before(&db, Some(split), "before-split", dir.path()).await?;
+    let collector = support::collector(&db).await?;
+    let predictor = support::predictor(model).await?;
     let allocator =
-        kit::spawn_server(|l, s| headroom_allocator::run(l, s, allocator_config)).await?;
+        support::allocator(&collector, &predictor.url(), ServiceOptions::default()).await?;
     let mut client = AllocatorClient::new(allocator.channel().await?);
     let split_ts = prost_types::Timestamp {
         seconds: split.timestamp(),
@@ -689,23 +603,9 @@ async fn backtests_an_imported_trace_against_what_was_provisioned() -> anyhow::R
     .await?;
     assert_eq!((report.malformed, report.tasks, report.services), (0, 8, 3));
 
-    let collector_config = CollectorConfig {
-        database_url: db.url.clone(),
-        max_connections: 4,
-        ingest: None,
-        lifecycle: Default::default(),
-        grpc: GrpcOptions::default(),
-    };
-    let collector =
-        kit::spawn_server(|l, s| headroom_collector::run(l, s, collector_config)).await?;
-    let allocator_config = AllocatorConfig {
-        collector: collector.url(),
-        predictor: "http://127.0.0.1:9".into(),
-        service: ServiceOptions::default(),
-        grpc: GrpcOptions::default(),
-    };
+    let collector = support::collector(&db).await?;
     let allocator =
-        kit::spawn_server(|l, s| headroom_allocator::run(l, s, allocator_config)).await?;
+        support::allocator(&collector, "http://127.0.0.1:9", ServiceOptions::default()).await?;
     let mut client = AllocatorClient::new(allocator.channel().await?);
     let split = start + chrono::Duration::days(1);
     let answer = client

@@ -46,14 +46,20 @@ async fn insert_days(
     Ok(())
 }
 
-#[tokio::test]
-async fn samples_land_in_day_partitions_and_retention_drops_whole_days() -> anyhow::Result<()> {
-    kit::init_logs();
+/// A migrated store holding the task `job`.
+async fn store_with_job() -> anyhow::Result<kit::TestDb> {
     let db = kit::TestDb::new().await?;
     store::migrate(&db.pool).await?;
     sqlx::query("INSERT INTO tasks (id, start_ts) VALUES ('job', now())")
         .execute(&db.pool)
         .await?;
+    Ok(db)
+}
+
+#[tokio::test]
+async fn samples_land_in_day_partitions_and_retention_drops_whole_days() -> anyhow::Result<()> {
+    kit::init_logs();
+    let db = store_with_job().await?;
     let now = at("2026-11-28T12:00:00Z");
     // Before any maintenance everything waits in the default partition.
     insert_days(&db.pool, now, -10..=1).await?;
@@ -140,11 +146,7 @@ async fn samples_land_in_day_partitions_and_retention_drops_whole_days() -> anyh
 /// exclusively, so a query plans and reads either before or after both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_during_a_drain_see_every_sample() -> anyhow::Result<()> {
-    let db = kit::TestDb::new().await?;
-    store::migrate(&db.pool).await?;
-    sqlx::query("INSERT INTO tasks (id, start_ts) VALUES ('job', now())")
-        .execute(&db.pool)
-        .await?;
+    let db = store_with_job().await?;
     let now = at("2026-11-28T12:00:00Z");
     insert_days(&db.pool, now, -6..=0).await?;
     let want = 7 * 24;

@@ -1,0 +1,239 @@
+//! Allocator figures, each against a baseline measured in the same run:
+//!
+//! - `Recommend` (percentile) for a task of 1,000 services, answered from
+//!   the history snapshot and read from the collector, against a gRPC
+//!   health check of the same server (the floor of any call);
+//! - `Backtest` over 100 held-out simulated tasks (history-based and
+//!   model-based strategies), against reading the same held-out samples
+//!   (`ExportSamples`).
+//!
+//! `cargo bench -p headroom-allocator --bench allocator` (needs the local
+//! stack: `scripts/stack up`, `source .stack/env`).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use headroom_allocator::ServiceOptions;
+use headroom_proto::v1::{
+    self, allocator_client::AllocatorClient, collector_client::CollectorClient,
+};
+use headroom_testkit as kit;
+use headroom_training::simulate::{SimOptions, Workload};
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn snapshot(on: bool) -> ServiceOptions {
+    ServiceOptions {
+        snapshot_every: on.then_some(Duration::from_secs(3600)),
+        ..ServiceOptions::default()
+    }
+}
+
+async fn health(server: &kit::TestServer) -> anyhow::Result<Duration> {
+    let mut h = tonic_health::pb::health_client::HealthClient::new(server.channel().await?);
+    let mut times = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        h.check(tonic_health::pb::HealthCheckRequest {
+            service: headroom_allocator::SERVICE_NAME.into(),
+        })
+        .await?;
+        times.push(t.elapsed());
+    }
+    Ok(median(times))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    support::init_ort()?;
+
+    // --- Recommend for 1,000 services -------------------------------------
+    let db = kit::TestDb::new().await?;
+    let wide = Workload::new(&SimOptions {
+        seed: 3,
+        services: 1100,
+        tasks: 130,
+        min_task_services: 50,
+        max_task_services: 50,
+        min_duration: Duration::from_secs(600),
+        max_duration: Duration::from_secs(600),
+        interval: Duration::from_secs(30),
+        spacing: Duration::from_secs(120),
+        ..SimOptions::default()
+    })?;
+    let t = Instant::now();
+    let stored = wide.write_postgres(&db.pool).await?;
+    println!(
+        "history: {stored} samples of 1,100 services written in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let data = wide.dataset()?;
+    let mut seen = vec![false; data.services.len()];
+    for r in &data.rows {
+        seen[r.service as usize] = true;
+    }
+    let services: Vec<String> = data
+        .services
+        .iter()
+        .zip(&seen)
+        .filter(|(_, s)| **s)
+        .map(|(n, _)| n.clone())
+        .take(1000)
+        .collect();
+    anyhow::ensure!(
+        services.len() == 1000,
+        "only {} services have history",
+        services.len()
+    );
+    let coll = support::collector(&db).await?;
+    let reading = support::allocator(&coll, "http://127.0.0.1:9", snapshot(false)).await?;
+    let snapshotting = support::allocator(&coll, "http://127.0.0.1:9", snapshot(true)).await?;
+    let ask = v1::RecommendRequest {
+        workload: Some(v1::Workload {
+            services: services.clone(),
+            ..Default::default()
+        }),
+        strategy: "percentile".into(),
+        params: None,
+    };
+    let mut read = AllocatorClient::new(reading.channel().await?);
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let a = read.recommend(ask.clone()).await?.into_inner();
+        times.push(t.elapsed());
+        anyhow::ensure!(a.allocations.len() == 2000);
+    }
+    let read_now = median(times);
+    let mut snap = AllocatorClient::new(snapshotting.channel().await?);
+    kit::eventually("the snapshot", Duration::from_secs(120), || {
+        let mut c = snap.clone();
+        let ask = ask.clone();
+        async move {
+            let a = c.recommend(ask).await.ok()?.into_inner();
+            a.allocations[0]
+                .explanation
+                .as_ref()?
+                .detail
+                .contains("snapshot")
+                .then_some(())
+        }
+    })
+    .await?;
+    let mut times = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        snap.recommend(ask.clone()).await?;
+        times.push(t.elapsed());
+    }
+    let from_snapshot = median(times);
+    let floor = health(&snapshotting).await?;
+    println!(
+        "Recommend, 1,000 services x cpu, memory: {:.1} ms from the snapshot, {:.1} ms reading the history ({:.1}x); health check {:.3} ms (snapshot answer = {:.0}x a health check)",
+        ms(from_snapshot),
+        ms(read_now),
+        ms(read_now) / ms(from_snapshot),
+        ms(floor),
+        ms(from_snapshot) / ms(floor)
+    );
+    snapshotting.stop().await?;
+    reading.stop().await?;
+    coll.stop().await?;
+
+    // --- Backtest over 100 held-out tasks --------------------------------
+    let db = kit::TestDb::new().await?;
+    let sim = Workload::new(&SimOptions {
+        seed: 9,
+        services: 8,
+        tasks: 300,
+        interval: Duration::from_secs(20),
+        ..SimOptions::default()
+    })?;
+    sim.write_postgres(&db.pool).await?;
+    let split = sim.tasks[200].start;
+    let dir = tempfile::tempdir()?;
+    let model = support::model_before(&db, Some(split), "bench", dir.path()).await?;
+    let coll = support::collector(&db).await?;
+    let pred = support::predictor(model).await?;
+    let alloc = support::allocator(&coll, &pred.url(), snapshot(false)).await?;
+    let mut client = AllocatorClient::new(alloc.channel().await?);
+    let split_ts = prost_types::Timestamp {
+        seconds: split.timestamp(),
+        nanos: 0,
+    };
+    let t = Instant::now();
+    let answer = client
+        .backtest(v1::BacktestRequest {
+            split: Some(split_ts),
+            max_tasks: 100,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let backtest = t.elapsed();
+    let ids = answer.task_ids.clone();
+    let mut exporter = CollectorClient::new(coll.channel().await?);
+    let t = Instant::now();
+    let mut stream = exporter
+        .export_samples(v1::ExportSamplesRequest {
+            filter: Some(v1::UsageFilter {
+                task_ids: ids,
+                resources: vec!["cpu".into(), "memory".into()],
+                ..Default::default()
+            }),
+            chunk_size: 0,
+            provisioned: false,
+        })
+        .await?
+        .into_inner();
+    let mut n = 0;
+    while let Some(c) = stream.message().await? {
+        n += c.samples.len();
+    }
+    let read = t.elapsed();
+    println!(
+        "Backtest, {} held-out tasks ({n} samples), 4 strategies: {:.0} ms; reading those samples {:.0} ms ({:.1}x)",
+        answer.task_ids.len(),
+        ms(backtest),
+        ms(read),
+        ms(backtest) / ms(read)
+    );
+    print!("{}", headroom_allocator::backtest::table(&answer));
+    // The model-based strategies again, aiming at the violation rate the
+    // percentile strategy reached on CPU: slack at an equal violation rate.
+    let percentile_cpu = answer
+        .rows
+        .iter()
+        .find(|r| r.strategy == "percentile" && r.resource == "cpu")
+        .map_or(0.05, |r| r.violation_rate.max(0.001));
+    let matched = client
+        .backtest(v1::BacktestRequest {
+            split: Some(split_ts),
+            max_tasks: 100,
+            strategies: vec!["predictive".into(), "plan".into()],
+            params: Some(v1::StrategyParams {
+                target_violation_rate: Some(percentile_cpu),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    println!(
+        "predictive and plan aiming at {:.2} % violations:",
+        percentile_cpu * 100.0
+    );
+    print!("{}", headroom_allocator::backtest::table(&matched));
+    alloc.stop().await?;
+    pred.stop().await?;
+    coll.stop().await
+}

@@ -1,0 +1,96 @@
+//! What the allocator's tests and benchmark start: a real collector on a
+//! test database, a real predictor over a model trained here, and the
+//! allocator in front of them.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use headroom_allocator::{AllocatorConfig, ServiceOptions};
+use headroom_collector::CollectorConfig;
+use headroom_predictor::{InferenceOptions, PredictorConfig};
+use headroom_serving::grpc::GrpcOptions;
+use headroom_testkit as kit;
+use headroom_training::{
+    Dataset, TrainOptions,
+    dataset::Window,
+    export,
+    train::{self, Checkpointing},
+};
+
+/// Loads ONNX Runtime from `ORT_DYLIB_PATH`.
+pub fn init_ort() -> anyhow::Result<()> {
+    let dylib = std::env::var("ORT_DYLIB_PATH")
+        .context("ORT_DYLIB_PATH is not set: run `scripts/stack up` and source .stack/env")?;
+    headroom_predictor::init_runtime(Some(Path::new(&dylib)))?;
+    Ok(())
+}
+
+/// A query-only collector on `db`.
+pub async fn collector(db: &kit::TestDb) -> anyhow::Result<kit::TestServer> {
+    let config = CollectorConfig {
+        database_url: db.url.clone(),
+        max_connections: 4,
+        ingest: None,
+        lifecycle: Default::default(),
+        grpc: GrpcOptions::default(),
+    };
+    kit::spawn_server(|l, s| headroom_collector::run(l, s, config)).await
+}
+
+/// A predictor serving `model`.
+pub async fn predictor(model: PathBuf) -> anyhow::Result<kit::TestServer> {
+    let config = PredictorConfig {
+        model_path: model,
+        max_batch: 10_000,
+        max_points: 200_000,
+        watch_every: None,
+        inference: InferenceOptions::default(),
+        grpc: GrpcOptions::default(),
+    };
+    kit::spawn_server(|l, s| headroom_predictor::run(l, s, config)).await
+}
+
+/// An allocator over `collector` and the predictor at `predictor`.
+pub async fn allocator(
+    collector: &kit::TestServer,
+    predictor: &str,
+    service: ServiceOptions,
+) -> anyhow::Result<kit::TestServer> {
+    let config = AllocatorConfig {
+        collector: collector.url(),
+        predictor: predictor.to_string(),
+        service,
+        grpc: GrpcOptions::default(),
+    };
+    kit::spawn_server(|l, s| headroom_allocator::run(l, s, config)).await
+}
+
+/// Trains the usage model on `db`'s history before `split` (all of it when
+/// `None`) and writes `dir/model.onnx`.
+pub async fn model_before(
+    db: &kit::TestDb,
+    split: Option<DateTime<Utc>>,
+    version: &str,
+    dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    let data = Dataset::from_postgres(
+        &db.pool,
+        &Window {
+            start: None,
+            end: split,
+        },
+    )
+    .await?;
+    let trained = train::train(
+        &data,
+        &TrainOptions::default(),
+        Checkpointing::default(),
+        version,
+        false,
+    )?;
+    let model = dir.join("model.onnx");
+    export::write_model(&model, &trained.net, &trained.spec)?;
+    Ok(model)
+}
