@@ -91,6 +91,8 @@ struct Cli {
     log_format: telemetry::LogFormat,
     #[command(flatten)]
     grpc: GrpcOptions,
+    #[command(flatten)]
+    metrics: headroom_serving::metrics::MetricsOptions,
 }
 
 #[tokio::main]
@@ -117,6 +119,7 @@ fn duration_of(
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    headroom_serving::metrics::install(&cli.metrics)?;
     let file = match &cli.config {
         Some(path) => FileConfig::load(path).map_err(|e| anyhow!(e))?,
         None => FileConfig::default(),

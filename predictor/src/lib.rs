@@ -71,10 +71,17 @@ impl State {
     /// Swaps a model in; requests already holding the old one finish on it.
     async fn install(&self, loaded: Arc<LoadedModel>) {
         tracing::info!(path = %loaded.path, version = %loaded.spec.version, "model swapped in");
-        *self
+        let old = self
             .model
             .write()
-            .expect("the model slot is never poisoned: it is only swapped") = Some(loaded);
+            .expect("the model slot is never poisoned: it is only swapped")
+            .replace(loaded.clone());
+        if let Some(old) = old {
+            metrics::gauge!("headroom_predictor_model_info", "version" => old.spec.version.clone())
+                .set(0.0);
+        }
+        metrics::gauge!("headroom_predictor_model_info", "version" => loaded.spec.version.clone())
+            .set(1.0);
         self.set_serving(true).await;
     }
 
@@ -102,6 +109,8 @@ pub async fn run(
     let model = match load(config.model_path.clone(), config.inference.clone()).await {
         Ok(m) => {
             tracing::info!(path = %m.path, version = %m.spec.version, "model loaded");
+            metrics::gauge!("headroom_predictor_model_info", "version" => m.spec.version.clone())
+                .set(1.0);
             Some(Arc::new(m))
         }
         Err(Error::NotFound(m)) => {

@@ -170,19 +170,24 @@ fn serve_jobs(
     let mut features = Vec::new();
     while let Ok(first) = jobs.recv() {
         let batch = gather(first, &jobs, &options);
-        if let [job] = &batch[..] {
-            let result = run_session(&mut session, &job.features, job.rows);
-            let job = batch.into_iter().next().expect("one job");
-            let _ = job.reply.send(result);
-            continue;
-        }
-        features.clear();
-        let mut rows = 0;
-        for job in &batch {
-            features.extend_from_slice(&job.features);
-            rows += job.rows;
-        }
-        match run_session(&mut session, &features, rows) {
+        let rows: usize = batch.iter().map(|j| j.rows).sum();
+        metrics::histogram!("headroom_predictor_batch_rows").record(rows as f64);
+        metrics::histogram!("headroom_predictor_batch_requests").record(batch.len() as f64);
+        metrics::counter!("headroom_predictor_predictions_total").increment(rows as u64);
+        let started = Instant::now();
+        let input: &[f32] = if let [job] = &batch[..] {
+            &job.features
+        } else {
+            features.clear();
+            for job in &batch {
+                features.extend_from_slice(&job.features);
+            }
+            &features
+        };
+        let result = run_session(&mut session, input, rows);
+        metrics::histogram!("headroom_predictor_inference_seconds")
+            .record(started.elapsed().as_secs_f64());
+        match result {
             Ok(out) => {
                 let mut at = 0;
                 for job in batch {

@@ -2,6 +2,7 @@
 //! gRPC stack (limits, request metrics, tracing spans, health, reflection).
 
 pub mod grpc;
+pub mod metrics;
 pub mod options;
 pub mod shutdown;
 pub mod telemetry;

@@ -149,9 +149,12 @@ impl Publisher {
                 }
             }
         };
+        metrics::gauge!("headroom_agent_spool_records").set(q.spool.len() as f64);
+        metrics::gauge!("headroom_agent_spool_bytes").set(q.spool.bytes() as f64);
         if accepted {
             q.next_seq += 1;
         } else {
+            metrics::counter!("headroom_agent_dropped_total").increment(1);
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 dropped = self.stats.dropped.load(Ordering::Relaxed),
@@ -218,6 +221,7 @@ impl Publisher {
                 .iter()
                 .find_map(|r| r.as_ref().err().map(|e| e.to_string()));
             self.remove_delivered(&delivered, from_spool);
+            metrics::counter!("headroom_agent_delivered_total").increment(delivered.len() as u64);
             self.stats
                 .delivered
                 .fetch_add(delivered.len() as u64, Ordering::Relaxed);
