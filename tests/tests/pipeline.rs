@@ -6,6 +6,9 @@
 //! the predictor. Every server is also listed and described by grpcurl
 //! through reflection.
 
+#[path = "../../allocator/tests/support/mod.rs"]
+mod support;
+
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -14,9 +17,8 @@ use std::{
 
 use anyhow::Context as _;
 use headroom_agent::{AgentConfig, PublisherOptions, TargetSpec};
-use headroom_allocator::{AllocatorConfig, ServiceOptions};
+use headroom_allocator::ServiceOptions;
 use headroom_collector::{CollectorConfig, ingest::IngestOptions};
-use headroom_predictor::{InferenceOptions, PredictorConfig};
 use headroom_proto::v1::{self, allocator_client::AllocatorClient};
 use headroom_serving::grpc::GrpcOptions;
 use headroom_testkit as kit;
@@ -56,9 +58,7 @@ impl Drop for Examples {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn examples_flow_through_every_service_to_a_recommendation() -> anyhow::Result<()> {
     kit::init_logs();
-    let dylib = std::env::var("ORT_DYLIB_PATH")
-        .context("ORT_DYLIB_PATH is not set: run `scripts/stack up` and source .stack/env")?;
-    headroom_predictor::init_runtime(Some(Path::new(&dylib)))?;
+    support::init_ort()?;
     let bins = example_binaries()?;
     let db = kit::TestDb::new().await?;
     let topic = kit::fresh_topic("pipeline", 2).await?;
@@ -219,24 +219,9 @@ async fn examples_flow_through_every_service_to_a_recommendation() -> anyhow::Re
     )?;
     let model = dir.path().join("model.onnx");
     export::write_model(&model, &trained.net, &trained.spec)?;
-    let predictor_config = PredictorConfig {
-        model_path: model,
-        max_batch: 10_000,
-        max_points: 200_000,
-        watch_every: None,
-        inference: InferenceOptions::default(),
-        grpc: GrpcOptions::default(),
-    };
-    let predictor =
-        kit::spawn_server(|l, s| headroom_predictor::run(l, s, predictor_config)).await?;
-    let allocator_config = AllocatorConfig {
-        collector: collector.url(),
-        predictor: predictor.url(),
-        service: ServiceOptions::default(),
-        grpc: GrpcOptions::default(),
-    };
+    let predictor = support::predictor(model).await?;
     let allocator =
-        kit::spawn_server(|l, s| headroom_allocator::run(l, s, allocator_config)).await?;
+        support::allocator(&collector, &predictor.url(), ServiceOptions::default()).await?;
 
     // A recommendation: above the observed median, below the machine.
     let mut client = AllocatorClient::new(allocator.channel().await?);
