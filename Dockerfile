@@ -12,11 +12,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked \
       -p headroom-agent -p headroom-collector -p headroom-predictor \
-      -p headroom-allocator -p headroom-training \
+      -p headroom-allocator -p headroom-training -p headroom-serving \
  && mkdir -p /out \
  && cp target/release/headroom-agent target/release/headroom-collector \
        target/release/headroom-predictor target/release/headroom-allocator \
-       target/release/headroom-train /out/
+       target/release/headroom-train target/release/headroom-probe /out/
 
 # ONNX Runtime for the predictor, from the same wheel the local stack uses.
 FROM python:3.11-slim-bookworm AS onnxruntime
@@ -28,6 +28,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates fonts-dejavu-core \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/headroom --create-home headroom
+COPY --from=build /out/headroom-probe /usr/local/bin/headroom-probe
 USER 10001:10001
 WORKDIR /var/lib/headroom
 
