@@ -68,8 +68,39 @@ pub struct Series {
     pub color: (u8, u8, u8),
 }
 
-/// Draws `series` as lines into a PNG at `path`.
+/// Draws `series` as lines into `path`: SVG when it ends in `.svg`, else
+/// PNG.
 pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<(), ChartError> {
+    const SIZE: (u32, u32) = (900, 540);
+    if path.extension().is_some_and(|e| e == "svg") {
+        draw(
+            SVGBackend::new(path, SIZE).into_drawing_area(),
+            path,
+            title,
+            x_label,
+            y_label,
+            series,
+        )
+    } else {
+        draw(
+            BitMapBackend::new(path, SIZE).into_drawing_area(),
+            path,
+            title,
+            x_label,
+            y_label,
+            series,
+        )
+    }
+}
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
     path: &Path,
     title: &str,
     x_label: &str,
@@ -94,7 +125,6 @@ pub fn line_chart(
     let pad = ((y1 - y0) * 0.05).max(1e-9);
     let (y0, y1) = (y0.min(0.0).max(y0 - pad), y1 + pad);
     let text = font_ready();
-    let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
     let mut builder = ChartBuilder::on(&root);
     builder.margin(15);
@@ -160,5 +190,19 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");
         assert!(line_chart(&path, "t", "x", "y", &[]).is_err());
+        let svg = dir.path().join("c.svg");
+        line_chart(
+            &svg,
+            "t",
+            "x",
+            "y",
+            &[Series {
+                label: "x".into(),
+                points: vec![(0.0, 1.0), (1.0, 2.0)],
+                color: PALETTE[1],
+            }],
+        )
+        .unwrap();
+        assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
     }
 }
