@@ -91,8 +91,6 @@ struct Cli {
     log_format: telemetry::LogFormat,
     #[command(flatten)]
     grpc: GrpcOptions,
-    #[command(flatten)]
-    metrics: headroom_serving::metrics::MetricsOptions,
 }
 
 #[tokio::main]
@@ -119,7 +117,6 @@ fn duration_of(
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    headroom_serving::metrics::install(&cli.metrics)?;
     let file = match &cli.config {
         Some(path) => FileConfig::load(path).map_err(|e| anyhow!(e))?,
         None => FileConfig::default(),

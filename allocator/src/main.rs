@@ -61,8 +61,6 @@ struct Serve {
     snapshot_every: std::time::Duration,
     #[command(flatten)]
     grpc: GrpcOptions,
-    #[command(flatten)]
-    metrics: headroom_serving::metrics::MetricsOptions,
 }
 
 #[derive(Debug, Subcommand)]
@@ -275,7 +273,6 @@ async fn main() {
 }
 
 async fn serve(s: Serve) -> anyhow::Result<()> {
-    headroom_serving::metrics::install(&s.metrics)?;
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
         .with_context(|| format!("while binding {}", s.listen))?;

@@ -55,8 +55,6 @@ struct ServeArgs {
     lifecycle: LifecycleOptions,
     #[command(flatten)]
     grpc: GrpcOptions,
-    #[command(flatten)]
-    metrics: headroom_serving::metrics::MetricsOptions,
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,7 +123,6 @@ async fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None | Some(Command::Serve) => {
-            headroom_serving::metrics::install(&cli.serve.metrics)?;
             let listener = tokio::net::TcpListener::bind(cli.serve.listen)
                 .await
                 .with_context(|| format!("while binding {}", cli.serve.listen))?;

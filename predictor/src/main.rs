@@ -46,8 +46,6 @@ struct Cli {
     log_format: telemetry::LogFormat,
     #[command(flatten)]
     grpc: GrpcOptions,
-    #[command(flatten)]
-    metrics: headroom_serving::metrics::MetricsOptions,
 }
 
 #[tokio::main]
@@ -61,7 +59,6 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    headroom_serving::metrics::install(&cli.metrics)?;
     headroom_predictor::init_runtime(cli.ort_dylib.as_deref())?;
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await

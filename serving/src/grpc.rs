@@ -30,6 +30,9 @@ pub struct GrpcOptions {
     /// refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "HEADROOM_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_message_bytes: usize,
+    /// Prometheus metrics, installed when the server starts.
+    #[command(flatten)]
+    pub metrics: crate::metrics::MetricsOptions,
 }
 
 impl Default for GrpcOptions {
@@ -38,6 +41,7 @@ impl Default for GrpcOptions {
             request_timeout: Duration::from_secs(30),
             concurrency_limit: 256,
             max_message_bytes: 16 * 1024 * 1024,
+            metrics: Default::default(),
         }
     }
 }
@@ -51,6 +55,9 @@ pub enum ServeError {
     /// The transport failed.
     #[error("while serving gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// How long connections may drain after shutdown begins.
@@ -67,6 +74,7 @@ pub async fn serve(
     options: &GrpcOptions,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    crate::metrics::install(&options.metrics)?;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(headroom_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -1,5 +1,6 @@
-//! Prometheus metrics for every server: `--metrics-listen ADDR` serves the
-//! process's metrics (the `metrics` facade's counters, gauges and
+//! Prometheus metrics for every server: `--metrics-listen ADDR` (part of
+//! [`GrpcOptions`](crate::grpc::GrpcOptions), installed by
+//! [`serve`](crate::grpc::serve)) serves the process's metrics (the `metrics` facade's counters, gauges and
 //! histograms) as text at `http://ADDR/metrics`.
 
 use std::net::SocketAddr;
