@@ -285,3 +285,59 @@ async fn a_database_outage_of_ten_seconds_loses_nothing() -> anyhow::Result<()> 
     pool.close().await;
     server.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_lag_counts_the_records_not_yet_stored() -> anyhow::Result<()> {
+    use headroom_collector::ingest::lag::LagContext;
+    use rdkafka::{Offset, TopicPartitionList, consumer::BaseConsumer};
+    kit::init_logs();
+    let topic = kit::fresh_topic("lag", 1).await?;
+    let records: Vec<(String, Vec<u8>)> = (0..10)
+        .map(|i| {
+            (
+                "api".to_string(),
+                usage("t-lag", "api", T0 + i * 1000, &[("cpu", 0.5)]),
+            )
+        })
+        .collect();
+    produce(&topic, &records, Some(0)).await?;
+
+    let t = topic.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let consumer: BaseConsumer<LagContext> = kit::consumer_config(&kit::unique_name("lag"))
+            .set("statistics.interval.ms", "100")
+            .set("enable.auto.offset.store", "false")
+            .create_with_context(LagContext::new(&t))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&t, 0, Offset::Beginning)?;
+        consumer.assign(&tpl)?;
+        // Polls (which also serves the statistics) until the lag reads `want`.
+        let wait_for = |want: Vec<(i32, i64)>, read: &mut usize| -> anyhow::Result<()> {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while std::time::Instant::now() < deadline {
+                if let Some(m) = consumer.poll(Duration::from_millis(50)) {
+                    m?;
+                    *read += 1;
+                }
+                if *read == 10 && consumer.context().last() == want {
+                    return Ok(());
+                }
+            }
+            anyhow::bail!(
+                "lag {:?} after reading {read}, want {want:?}",
+                consumer.context().last()
+            )
+        };
+        let mut read = 0;
+        // All ten read, none stored: the whole partition is lag.
+        wait_for(vec![(0, 10)], &mut read)?;
+        // Four stored (the next to store is offset 4).
+        consumer.store_offset(&t, 0, 3)?;
+        wait_for(vec![(0, 6)], &mut read)?;
+        consumer.store_offset(&t, 0, 9)?;
+        wait_for(vec![(0, 0)], &mut read)?;
+        Ok(())
+    })
+    .await??;
+    Ok(())
+}

@@ -6,6 +6,7 @@
 //! backoff and the consumer stops taking records.
 
 pub mod decode;
+pub mod lag;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -144,6 +145,9 @@ pub async fn ensure_topics(options: &IngestOptions) -> Result<()> {
     Ok(())
 }
 
+/// The usage-topic consumer, reporting its lag.
+type IngestConsumer = StreamConsumer<lag::LagContext>;
+
 /// A batch on its way to the writer, with the offsets it covers.
 #[derive(Debug, Default)]
 struct Pending {
@@ -182,10 +186,14 @@ pub async fn run(
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
-    let consumer: Arc<StreamConsumer> = Arc::new(
+    let consumer: Arc<IngestConsumer> = Arc::new(
         options
             .client_config()?
             .set("group.id", &options.group)
+            .set(
+                "statistics.interval.ms",
+                lag::LAG_EVERY.as_millis().to_string(),
+            )
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
@@ -193,7 +201,7 @@ pub async fn run(
                 "session.timeout.ms",
                 options.session_timeout.as_millis().to_string(),
             )
-            .create()?,
+            .create_with_context(lag::LagContext::new(&options.topic))?,
     );
     consumer.subscribe(&[&options.topic])?;
     let producer: FutureProducer = options
@@ -246,7 +254,7 @@ pub async fn run(
 /// Gathers up to `batch_records` records or until `batch_wait` has passed
 /// since the first one.
 async fn gather(
-    consumer: &StreamConsumer,
+    consumer: &IngestConsumer,
     options: &IngestOptions,
     shutdown: &CancellationToken,
 ) -> (Pending, Vec<Rejected>) {
@@ -371,7 +379,7 @@ async fn dead_letter(
 /// is unreachable.
 async fn write_loop(
     mut rx: mpsc::Receiver<Pending>,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<IngestConsumer>,
     topic: String,
     rollups: bool,
     shared: Arc<Shared>,
