@@ -7,7 +7,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context, anyhow};
 use clap::Parser;
-use headroom_agent::{AgentConfig, Discovery, PublisherOptions, TargetSpec, config::FileConfig};
+use headroom_agent::{
+    AgentConfig, Discovery, PublisherOptions, TargetSpec,
+    config::FileConfig,
+    sampling::kubernetes::{KubeClient, KubeOptions, spawn_refresher},
+};
 use headroom_serving::{grpc::GrpcOptions, shutdown, telemetry};
 
 /// Samples each watched service's CPU, memory, disk and network IO and
@@ -50,6 +54,8 @@ struct Cli {
     /// How often discovery rescans [default: 10s].
     #[arg(long, env = "HEADROOM_DISCOVERY_EVERY")]
     discovery_every: Option<String>,
+    #[command(flatten)]
+    kube: KubeOptions,
     /// Start a task with these services when the agent starts.
     #[arg(long, env = "HEADROOM_TASK_SERVICES", value_delimiter = ',')]
     task_services: Vec<String>,
@@ -163,7 +169,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             file.discovery.every,
             Duration::from_secs(10),
         )?;
-        Some((Discovery::new(root, &patterns)?, every))
+        let mut discovery = Discovery::new(root, &patterns)?;
+        if cli.kube.enabled {
+            let client = KubeClient::new(&cli.kube)?;
+            tracing::info!(?client, "kubernetes discovery");
+            discovery = discovery.with_kubernetes(spawn_refresher(client, every));
+        }
+        Some((discovery, every))
     } else {
         None
     };

@@ -8,7 +8,10 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
+    sync::Arc,
 };
+
+use super::kubernetes::KubeNames;
 
 use regex::Regex;
 
@@ -47,6 +50,9 @@ pub enum DiscoveryError {
 pub struct Discovery {
     root: PathBuf,
     patterns: Vec<Regex>,
+    /// With Kubernetes discovery: only containers of labelled pods, named
+    /// after the label.
+    kube: Option<Arc<KubeNames>>,
 }
 
 impl Discovery {
@@ -73,7 +79,15 @@ impl Discovery {
         Ok(Self {
             root: root.into(),
             patterns,
+            kube: None,
         })
+    }
+
+    /// Keeps only the containers `names` knows (the node's labelled pods),
+    /// named as it says.
+    pub fn with_kubernetes(mut self, names: Arc<KubeNames>) -> Self {
+        self.kube = Some(names);
+        self
     }
 
     /// The cgroup root being walked.
@@ -119,8 +133,15 @@ impl Discovery {
                 continue;
             };
             match self.name_of(&relative.to_string_lossy()) {
-                Some(service) => {
-                    found.entry(service).or_insert(path);
+                Some(captured) => {
+                    let service = match &self.kube {
+                        // The pattern captured the container id.
+                        Some(kube) => kube.service_of(captured.trim_start_matches("docker-")),
+                        None => Some(captured),
+                    };
+                    if let Some(service) = service {
+                        found.entry(service).or_insert(path);
+                    }
                 }
                 None => self.walk(&path, depth + 1, found),
             }
@@ -191,5 +212,33 @@ mod tests {
         assert_eq!(found.len(), 2, "{found:?}");
         assert_eq!(found["docker-4f1c2b3a9d8e"], docker);
         assert_eq!(found["7f1c2b3a9d8e"], pod);
+    }
+
+    #[test]
+    fn with_kubernetes_only_labelled_containers_are_found_by_their_label() {
+        let root = std::env::temp_dir().join(format!("headroom-kube-{}", std::process::id()));
+        let other = ID.replace('4', "9");
+        let labelled = root.join(format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-{ID}.scope"
+        ));
+        let unlabelled = root.join(format!("kubepods/besteffort/pod2/{other}"));
+        for dir in [&labelled, &unlabelled] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        let names = Arc::new(KubeNames::fixed(
+            [(ID.to_string(), "cruncher".to_string())].into(),
+        ));
+        let found = Discovery::new(&root, &[])
+            .unwrap()
+            .with_kubernetes(names)
+            .scan();
+        let before_listing = Discovery::new(&root, &[])
+            .unwrap()
+            .with_kubernetes(Arc::new(KubeNames::default()))
+            .scan();
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found["cruncher"], labelled);
+        assert!(before_listing.is_empty(), "{before_listing:?}");
     }
 }

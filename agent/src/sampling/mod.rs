@@ -4,6 +4,7 @@
 pub mod cgroup;
 pub mod counters;
 pub mod discovery;
+pub mod kubernetes;
 pub mod target;
 
 pub use discovery::{Discovery, DiscoveryError};
