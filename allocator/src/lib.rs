@@ -13,7 +13,7 @@ use headroom_proto::v1::allocator_server::AllocatorServer;
 use headroom_serving::grpc::{self, GrpcOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{service::Routes, transport::Endpoint};
+use tonic::service::Routes;
 
 pub use service::{AllocatorApi, ServiceOptions};
 
@@ -31,6 +31,8 @@ pub struct AllocatorConfig {
     pub service: ServiceOptions,
     /// Server limits.
     pub grpc: GrpcOptions,
+    /// TLS towards the collector and the predictor (for `https://` URLs).
+    pub upstream_tls: headroom_serving::tls::ClientTls,
 }
 
 /// Why the allocator could not run.
@@ -44,15 +46,20 @@ pub enum Error {
         /// The URL.
         url: String,
         /// Why.
-        source: tonic::transport::Error,
+        source: headroom_serving::tls::TlsError,
     },
     /// The server failed.
     #[error(transparent)]
     Serve(#[from] grpc::ServeError),
 }
 
-fn lazy(what: &'static str, url: &str) -> Result<tonic::transport::Channel, Error> {
-    Ok(Endpoint::from_shared(url.to_string())
+fn lazy(
+    what: &'static str,
+    url: &str,
+    tls: &headroom_serving::tls::ClientTls,
+) -> Result<tonic::transport::Channel, Error> {
+    Ok(tls
+        .endpoint(url)
         .map_err(|source| Error::Url {
             what,
             url: url.to_string(),
@@ -69,8 +76,10 @@ pub async fn run(
     shutdown: CancellationToken,
     config: AllocatorConfig,
 ) -> Result<(), Error> {
-    let collector = sources::Collector::new(lazy("collector", &config.collector)?);
-    let predictor = sources::Predictor::new(lazy("predictor", &config.predictor)?);
+    let collector =
+        sources::Collector::new(lazy("collector", &config.collector, &config.upstream_tls)?);
+    let predictor =
+        sources::Predictor::new(lazy("predictor", &config.predictor, &config.upstream_tls)?);
     let (health, health_service) = tonic_health::server::health_reporter();
     grpc::report_health(&health, SERVICE_NAME, true).await;
     let snapshot_every = config.service.snapshot_every;

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use headroom_allocator::{AllocatorConfig, ServiceOptions};
 use headroom_proto::v1::{self, allocator_client::AllocatorClient};
-use headroom_serving::{grpc::GrpcOptions, shutdown, telemetry};
+use headroom_serving::{grpc::GrpcOptions, shutdown, telemetry, tls::ClientTls};
 use serde_json::json;
 
 /// Recommends requests, limits, time-varying plans and placements for
@@ -61,6 +61,9 @@ struct Serve {
     snapshot_every: std::time::Duration,
     #[command(flatten)]
     grpc: GrpcOptions,
+    /// TLS towards the collector and the predictor.
+    #[command(flatten)]
+    upstream_tls: ClientTls,
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,13 +142,20 @@ struct Server {
         default_value = "http://127.0.0.1:50054"
     )]
     allocator: String,
+    /// TLS towards the allocator (for an `https://` URL).
+    #[command(flatten)]
+    tls: ClientTls,
 }
 
 impl Server {
     async fn client(&self) -> anyhow::Result<AllocatorClient<tonic::transport::Channel>> {
-        AllocatorClient::connect(self.allocator.clone())
+        let channel = self
+            .tls
+            .endpoint(&self.allocator)?
+            .connect()
             .await
-            .with_context(|| format!("cannot reach the allocator at {}", self.allocator))
+            .with_context(|| format!("cannot reach the allocator at {}", self.allocator))?;
+        Ok(AllocatorClient::new(channel))
     }
 }
 
@@ -285,6 +295,7 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
             snapshot_every: (!s.snapshot_every.is_zero()).then_some(s.snapshot_every),
         },
         grpc: s.grpc,
+        upstream_tls: s.upstream_tls,
     };
     headroom_allocator::run(listener, shutdown::on_signals(), config).await?;
     Ok(())

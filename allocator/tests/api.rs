@@ -649,3 +649,99 @@ async fn backtests_an_imported_trace_against_what_was_provisioned() -> anyhow::R
     allocator.stop().await?;
     collector.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_allocator_serves_tls_and_reaches_the_collector_over_mutual_tls() -> anyhow::Result<()>
+{
+    use headroom_serving::{
+        grpc::GrpcOptions,
+        tls::{ClientTls, ServerTls},
+    };
+    kit::init_logs();
+    let pki = kit::pki::TestPki::new("allocator")?;
+    let stranger = kit::pki::TestPki::new("allocator-stranger")?;
+    let server_tls = |client_ca: bool| GrpcOptions {
+        tls: ServerTls {
+            tls_cert: Some(pki.server_cert.clone()),
+            tls_key: Some(pki.server_key.clone()),
+            tls_client_ca: client_ca.then(|| pki.ca.clone()),
+        },
+        ..GrpcOptions::default()
+    };
+    let db = kit::TestDb::new().await?;
+    let collector_config = headroom_collector::CollectorConfig {
+        database_url: db.url.clone(),
+        max_connections: 2,
+        ingest: None,
+        lifecycle: Default::default(),
+        grpc: server_tls(true),
+    };
+    let collector =
+        kit::spawn_server(|l, s| headroom_collector::run(l, s, collector_config)).await?;
+    let collector_url = format!("https://localhost:{}", collector.addr.port());
+    let allocator_over = |upstream_tls: ClientTls| {
+        let config = headroom_allocator::AllocatorConfig {
+            collector: collector_url.clone(),
+            predictor: "https://localhost:9".into(),
+            service: ServiceOptions {
+                snapshot_every: None,
+                ..ServiceOptions::default()
+            },
+            grpc: server_tls(false),
+            upstream_tls,
+        };
+        kit::spawn_server(|l, s| headroom_allocator::run(l, s, config))
+    };
+    let trusted = allocator_over(ClientTls {
+        tls_ca: Some(pki.ca.clone()),
+        tls_client_cert: Some(pki.client_cert.clone()),
+        tls_client_key: Some(pki.client_key.clone()),
+    })
+    .await?;
+    let untrusted = allocator_over(ClientTls {
+        tls_ca: Some(stranger.ca.clone()),
+        tls_client_cert: Some(pki.client_cert.clone()),
+        tls_client_key: Some(pki.client_key.clone()),
+    })
+    .await?;
+    let ask = v1::RecommendRequest {
+        workload: workload(&["billing".to_string()]),
+        strategy: "max".into(),
+        params: None,
+    };
+    let client = |server: &kit::TestServer| {
+        let url = format!("https://localhost:{}", server.addr.port());
+        let tls = ClientTls {
+            tls_ca: Some(pki.ca.clone()),
+            ..ClientTls::default()
+        };
+        async move { anyhow::Ok(AllocatorClient::new(tls.endpoint(&url)?.connect().await?)) }
+    };
+    // The collector answers over mutual TLS (once its schema is in place):
+    // it knows no "billing".
+    let mut trusted_client = client(&trusted).await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let e = loop {
+        let e = trusted_client
+            .recommend(ask.clone())
+            .await
+            .expect_err("no history");
+        if e.code() != Code::Internal || std::time::Instant::now() > deadline {
+            break e;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(e.message().contains("billing"), "{}", e.message());
+    // An allocator that does not trust the collector's certificate cannot
+    // reach it.
+    let e = client(&untrusted)
+        .await?
+        .recommend(ask)
+        .await
+        .expect_err("collector untrusted");
+    assert_eq!(e.code(), Code::Unavailable, "{}", e.message());
+    trusted.stop().await?;
+    untrusted.stop().await?;
+    collector.stop().await
+}

@@ -46,6 +46,9 @@ pub struct Selection {
     /// Strategy of the allocation shown.
     #[arg(long, default_value = "percentile")]
     pub strategy: String,
+    /// TLS towards the services (for `https://` URLs).
+    #[command(flatten)]
+    pub tls: headroom_serving::tls::ClientTls,
 }
 
 /// One picture of a task: what was used, what was predicted, what is
@@ -119,8 +122,9 @@ impl Frame {
     }
 }
 
-async fn channel(url: &str) -> anyhow::Result<Channel> {
-    Ok(tonic::transport::Endpoint::from_shared(url.to_string())?
+async fn channel(url: &str, tls: &headroom_serving::tls::ClientTls) -> anyhow::Result<Channel> {
+    Ok(tls
+        .endpoint(url)?
         .connect_timeout(std::time::Duration::from_secs(3))
         .connect()
         .await?)
@@ -133,7 +137,7 @@ fn secs(t: &prost_types::Timestamp) -> f64 {
 /// Gathers a frame. The collector must answer; the predictor and the
 /// allocator are optional and their absence is noted in the frame.
 pub async fn gather(sel: &Selection) -> anyhow::Result<Frame> {
-    let mut collector = CollectorClient::new(channel(&sel.collector).await?);
+    let mut collector = CollectorClient::new(channel(&sel.collector, &sel.tls).await?);
     let task = match &sel.task {
         Some(id) => collector
             .get_task(v1::GetTaskRequest { id: id.clone() })
@@ -216,7 +220,7 @@ async fn predict(
     mix: &[String],
     horizon: f64,
 ) -> anyhow::Result<(Curves, String, String)> {
-    let mut client = PredictorClient::new(channel(&sel.predictor).await?);
+    let mut client = PredictorClient::new(channel(&sel.predictor, &sel.tls).await?);
     let answer = client
         .predict_profile(v1::PredictProfileRequest {
             task_services: mix.to_vec(),
@@ -250,7 +254,7 @@ async fn predict(
 }
 
 async fn allocate(sel: &Selection, task: &str) -> anyhow::Result<f64> {
-    let mut client = AllocatorClient::new(channel(&sel.allocator).await?);
+    let mut client = AllocatorClient::new(channel(&sel.allocator, &sel.tls).await?);
     let answer = client
         .recommend(v1::RecommendRequest {
             workload: Some(v1::Workload {

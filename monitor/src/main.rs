@@ -187,6 +187,7 @@ mod tests {
             predictor: String::new(),
             allocator: String::new(),
             strategy: "percentile".into(),
+            tls: Default::default(),
         };
         let mut terminal = Terminal::new(TestBackend::new(100, 30)).unwrap();
         terminal.draw(|f| draw(f, &sel, frame)).unwrap();

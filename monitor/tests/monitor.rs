@@ -43,6 +43,7 @@ async fn shows_usage_against_the_prediction_and_the_allocation() -> anyhow::Resu
         predictor: predictor.url(),
         allocator: allocator.url(),
         strategy: "percentile".into(),
+        tls: Default::default(),
     };
     let frame = gather(&sel).await?;
     let stored: i64 = sqlx_count(&db, &task.id, &service).await?;

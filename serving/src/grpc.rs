@@ -33,6 +33,9 @@ pub struct GrpcOptions {
     /// Prometheus metrics, installed when the server starts.
     #[command(flatten)]
     pub metrics: crate::metrics::MetricsOptions,
+    /// TLS, optionally mutual.
+    #[command(flatten)]
+    pub tls: crate::tls::ServerTls,
 }
 
 impl Default for GrpcOptions {
@@ -42,6 +45,7 @@ impl Default for GrpcOptions {
             concurrency_limit: 256,
             max_message_bytes: 16 * 1024 * 1024,
             metrics: Default::default(),
+            tls: Default::default(),
         }
     }
 }
@@ -58,6 +62,9 @@ pub enum ServeError {
     /// The metrics endpoint could not start.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    /// The TLS settings could not be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// How long connections may drain after shutdown begins.
@@ -74,6 +81,7 @@ pub async fn serve(
     options: &GrpcOptions,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    let tls = options.tls.config()?;
     crate::metrics::install(&options.metrics)?;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(headroom_proto::FILE_DESCRIPTOR_SET)
@@ -101,8 +109,17 @@ pub async fn serve(
         .into_inner();
 
     let addr = listener.local_addr().ok();
-    tracing::info!(?addr, "grpc server listening");
-    let server = Server::builder()
+    tracing::info!(?addr, tls = tls.is_some(), "grpc server listening");
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|source| crate::tls::TlsError::Transport {
+                context: "TLS settings refused".into(),
+                source,
+            })?;
+    }
+    let server = builder
         .timeout(options.request_timeout)
         .layer(stack)
         .add_routes(routes)

@@ -63,6 +63,7 @@ pub async fn allocator(
         predictor: predictor.to_string(),
         service,
         grpc: GrpcOptions::default(),
+        upstream_tls: Default::default(),
     };
     kit::spawn_server(|l, s| headroom_allocator::run(l, s, config)).await
 }

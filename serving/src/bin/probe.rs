@@ -1,7 +1,9 @@
 //! `headroom-probe ADDR [SERVICE]`: asks a server's gRPC health service
 //! whether SERVICE (the whole server when absent) is SERVING; exits 0 if
 //! so, 1 with a one-line reason otherwise. For container health checks
-//! (docker compose), where no grpcurl is installed.
+//! (docker compose), where no grpcurl is installed. `https://HOST:PORT`
+//! speaks TLS, trusting `HEADROOM_TLS_CA` (else the system's roots) and
+//! presenting `HEADROOM_TLS_CLIENT_CERT`/`HEADROOM_TLS_CLIENT_KEY` when set.
 
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use tonic_health::pb::{
 async fn main() {
     let mut args = std::env::args().skip(1);
     let Some(addr) = args.next() else {
-        eprintln!("usage: headroom-probe HOST:PORT [SERVICE]");
+        eprintln!("usage: headroom-probe [https://]HOST:PORT [SERVICE]");
         std::process::exit(2);
     };
     let service = args.next().unwrap_or_default();
@@ -23,7 +25,8 @@ async fn main() {
         format!("http://{addr}")
     };
     let result = async {
-        let channel = tonic::transport::Endpoint::from_shared(url)?
+        let channel = headroom_serving::tls::ClientTls::from_env()
+            .endpoint(&url)?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(2))
             .connect()
