@@ -26,8 +26,9 @@ use store::Lookups;
 /// The gRPC service name, as health reports it.
 pub const SERVICE_NAME: &str = "headroom.v1.Collector";
 
-/// Everything the collector needs to run.
-#[derive(Debug, Clone)]
+/// Everything the collector needs to run. Its `Debug` hides the database
+/// password and the Kafka option values.
+#[derive(Clone)]
 pub struct CollectorConfig {
     /// PostgreSQL URL.
     pub database_url: String,
@@ -39,6 +40,21 @@ pub struct CollectorConfig {
     pub lifecycle: store::lifecycle::LifecycleOptions,
     /// Server limits.
     pub grpc: GrpcOptions,
+}
+
+impl std::fmt::Debug for CollectorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CollectorConfig")
+            .field(
+                "database_url",
+                &headroom_serving::options::redact_url(&self.database_url),
+            )
+            .field("max_connections", &self.max_connections)
+            .field("ingest", &self.ingest)
+            .field("lifecycle", &self.lifecycle)
+            .field("grpc", &self.grpc)
+            .finish()
+    }
 }
 
 /// State shared by the ingest path and the API.
@@ -84,12 +100,25 @@ pub async fn run(
     });
     shared.set_serving(false).await;
 
-    let background = tokio::spawn(start_when_ready(
-        shared.clone(),
-        config.ingest.clone(),
-        config.lifecycle.clone(),
-        shutdown.clone(),
-    ));
+    // A configuration the background work refuses (bad Kafka settings)
+    // stops the whole collector, with the reason.
+    let background = tokio::spawn({
+        let ready = start_when_ready(
+            shared.clone(),
+            config.ingest.clone(),
+            config.lifecycle.clone(),
+            shutdown.clone(),
+        );
+        let shutdown = shutdown.clone();
+        async move {
+            let result = ready.await;
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "collector stopping");
+                shutdown.cancel();
+            }
+            result
+        }
+    });
 
     let api = CollectorServer::new(api::CollectorApi::new(shared.clone()))
         .max_decoding_message_size(config.grpc.max_message_bytes)

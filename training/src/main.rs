@@ -98,23 +98,15 @@ async fn connect(url: &str) -> anyhow::Result<sqlx::PgPool> {
         .acquire_timeout(std::time::Duration::from_secs(10))
         .connect(url)
         .await
-        .with_context(|| format!("cannot connect to the database at {}", redact(url)))
+        .with_context(|| {
+            format!(
+                "cannot connect to the database at {}",
+                headroom_serving::options::redact_url(url)
+            )
+        })
 }
 
 /// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
 async fn train(database_url: &str, t: Train) -> anyhow::Result<()> {
     let (data, source) = match &t.csv {
         Some(path) => (Dataset::from_csv(path)?, path.display().to_string()),
@@ -127,7 +119,13 @@ async fn train(database_url: &str, t: Train) -> anyhow::Result<()> {
             let data = Dataset::from_postgres(&pool, &window)
                 .await
                 .context("while reading samples")?;
-            (data, format!("the database at {}", redact(database_url)))
+            (
+                data,
+                format!(
+                    "the database at {}",
+                    headroom_serving::options::redact_url(database_url)
+                ),
+            )
         }
     };
     if data.rows.is_empty() {
@@ -196,9 +194,10 @@ async fn simulate(database_url: &str, s: Simulate) -> anyhow::Result<()> {
         "{n} samples of {} tasks over {} services written to {}",
         workload.tasks.len(),
         workload.services.len(),
-        s.csv
-            .as_ref()
-            .map_or_else(|| redact(database_url), |p| p.display().to_string())
+        s.csv.as_ref().map_or_else(
+            || headroom_serving::options::redact_url(database_url),
+            |p| p.display().to_string()
+        )
     );
     Ok(())
 }

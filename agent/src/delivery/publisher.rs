@@ -31,8 +31,9 @@ use super::{
     spool::{Record, Spool},
 };
 
-/// Where and how records are delivered.
-#[derive(Debug, Clone)]
+/// Where and how records are delivered. Its `Debug` shows the Kafka
+/// options' keys only: their values may be secrets.
+#[derive(Clone)]
 pub struct PublisherOptions {
     /// Kafka bootstrap servers.
     pub brokers: String,
@@ -50,6 +51,26 @@ pub struct PublisherOptions {
     pub delivery_timeout: Duration,
     /// Extra librdkafka settings (key, value).
     pub kafka_options: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for PublisherOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<String> = self
+            .kafka_options
+            .iter()
+            .map(|(k, _)| format!("{k}=***"))
+            .collect();
+        f.debug_struct("PublisherOptions")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("partitions", &self.partitions)
+            .field("buffer_records", &self.buffer_records)
+            .field("spool_dir", &self.spool_dir)
+            .field("spool_bytes", &self.spool_bytes)
+            .field("delivery_timeout", &self.delivery_timeout)
+            .field("kafka_options", &keys)
+            .finish()
+    }
 }
 
 /// Counters for `Status`.

@@ -38,8 +38,9 @@ pub const DLQ_SOURCE_HEADERS: [&str; 3] = [
     "headroom-source-offset",
 ];
 
-/// Where and how to consume.
-#[derive(Debug, Clone, clap::Args)]
+/// Where and how to consume. Its `Debug` shows the Kafka options' keys
+/// only: their values may be secrets.
+#[derive(Clone, clap::Args)]
 pub struct IngestOptions {
     /// Kafka bootstrap servers.
     #[arg(long, env = "HEADROOM_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
@@ -81,6 +82,27 @@ pub struct IngestOptions {
     pub rollups: bool,
 }
 
+impl std::fmt::Debug for IngestOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestOptions")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("dlq_topic", &self.dlq_topic)
+            .field("group", &self.group)
+            .field("partitions", &self.partitions)
+            .field("batch_records", &self.batch_records)
+            .field("batch_wait", &self.batch_wait)
+            .field("max_future", &self.max_future)
+            .field("session_timeout", &self.session_timeout)
+            .field(
+                "kafka_options",
+                &headroom_serving::options::redact_key_values(&self.kafka_options),
+            )
+            .field("rollups", &self.rollups)
+            .finish()
+    }
+}
+
 impl IngestOptions {
     /// Options for `brokers` and `topic` with every other value at its default.
     pub fn new(brokers: impl Into<String>, topic: impl Into<String>) -> Self {
@@ -112,9 +134,22 @@ impl IngestOptions {
     }
 }
 
+/// A client librdkafka refused to create is a configuration error, not a
+/// broker outage: it is not retried.
+fn refused(e: rdkafka::error::KafkaError) -> Error {
+    use rdkafka::error::KafkaError;
+    match e {
+        KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_) => {
+            Error::InvalidArgument(format!("kafka settings refused: {e}"))
+        }
+        other => Error::Kafka(other),
+    }
+}
+
 /// Creates the usage and dead-letter topics when they are missing.
 pub async fn ensure_topics(options: &IngestOptions) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = options.client_config()?.create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        options.client_config()?.create().map_err(refused)?;
     let topics = [
         NewTopic::new(
             &options.topic,
@@ -130,7 +165,9 @@ pub async fn ensure_topics(options: &IngestOptions) -> Result<()> {
     let results = admin
         .create_topics(
             &topics,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            &AdminOptions::new()
+                .operation_timeout(Some(Duration::from_secs(10)))
+                .request_timeout(Some(Duration::from_secs(10))),
         )
         .await?;
     for result in results {
@@ -175,7 +212,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let mut backoff = Duration::from_millis(200);
-    while let Err(e) = ensure_topics(&options).await {
+    loop {
+        let ensured = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            r = ensure_topics(&options) => r,
+        };
+        let Err(e) = ensured else { break };
         if matches!(e, Error::InvalidArgument(_)) {
             return Err(e);
         }
@@ -201,14 +243,16 @@ pub async fn run(
                 "session.timeout.ms",
                 options.session_timeout.as_millis().to_string(),
             )
-            .create_with_context(lag::LagContext::new(&options.topic))?,
+            .create_with_context(lag::LagContext::new(&options.topic))
+            .map_err(refused)?,
     );
     consumer.subscribe(&[&options.topic])?;
     let producer: FutureProducer = options
         .client_config()?
         .set("compression.type", "lz4")
         .set("message.timeout.ms", "30000")
-        .create()?;
+        .create()
+        .map_err(refused)?;
     tracing::info!(topic = %options.topic, group = %options.group, "ingest started");
 
     // Capacity 1: one batch is written while the next one is gathered; when
