@@ -69,3 +69,41 @@ fn deployment_files_are_consistent() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `docker-compose config` (the client `scripts/stack up` installs) accepts
+/// docker-compose.yml, and refuses a copy with a broken dependency.
+#[test]
+fn the_compose_file_passes_docker_compose_config() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let client = std::env::var("HEADROOM_DOCKER_COMPOSE")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .expect("HEADROOM_DOCKER_COMPOSE is not set: run `scripts/stack up` and source .stack/env");
+    let config = |file: &std::path::Path| {
+        std::process::Command::new(&client)
+            .args(["--project-directory", root, "-f"])
+            .arg(file)
+            .args(["config", "-q"])
+            .output()
+            .expect("docker-compose runs")
+    };
+    let file = std::path::Path::new(root).join("docker-compose.yml");
+    let out = config(&file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("condition: service_healthy"));
+    let broken = text.replacen("condition: service_healthy", "condition: whenever", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("docker-compose.yml");
+    std::fs::write(&copy, broken).unwrap();
+    let out = config(&copy);
+    assert!(
+        !out.status.success(),
+        "a broken depends_on condition was accepted"
+    );
+}
