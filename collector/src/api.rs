@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     Shared,
     error::{Error, Result},
+    ingest::decode::MAX_NAME_LEN,
     store::{self, StepAggregate},
 };
 
@@ -66,9 +67,32 @@ fn page_size(requested: u32, default: u32, max: u32, what: &str) -> Result<u32> 
     }
 }
 
+/// Refuses names no sample can carry (the decoder stores none longer than
+/// `MAX_NAME_LEN` or with a NUL byte, which PostgreSQL text cannot hold).
+fn check_names<'a>(what: &str, names: impl IntoIterator<Item = &'a String>) -> Result<()> {
+    for name in names {
+        if name.len() > MAX_NAME_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "{what} of {} bytes is longer than {MAX_NAME_LEN}",
+                name.len()
+            )));
+        }
+        if name.contains('\0') {
+            return Err(Error::InvalidArgument(format!(
+                "{what} {:?} contains a NUL character",
+                name.escape_debug().to_string()
+            )));
+        }
+    }
+    Ok(())
+}
+
 async fn resolve(shared: &Shared, filter: Option<&v1::UsageFilter>) -> Result<store::Filter> {
     let default = v1::UsageFilter::default();
     let f = filter.unwrap_or(&default);
+    check_names("service", &f.services)?;
+    check_names("resource", &f.resources)?;
+    check_names("task id", &f.task_ids)?;
     store::resolve_filter(
         &shared.pool,
         &f.services,
@@ -138,9 +162,11 @@ impl Collector for CollectorApi {
             0
         } else {
             r.page_token
-                .parse()
+                .parse::<u32>()
+                .map(i64::from)
                 .map_err(|_| Error::InvalidArgument("malformed page_token".into()))?
         };
+        check_names("service", [&r.service])?;
         let service = (!r.service.is_empty()).then_some(r.service.as_str());
         let mut rows = store::list_tasks(
             &self.shared.pool,
@@ -171,6 +197,7 @@ impl Collector for CollectorApi {
         if id.is_empty() {
             return Err(Error::InvalidArgument("missing task id".into()).into());
         }
+        check_names("task id", [&id])?;
         match store::get_task(&self.shared.pool, &id).await? {
             Some(t) => Ok(Response::new(task_proto(t))),
             None => Err(Error::NotFound(format!("unknown task {id:?}")).into()),

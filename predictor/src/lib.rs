@@ -205,12 +205,14 @@ fn curve_seconds(horizon: f64, step: f64, max_points: usize, curves: usize) -> R
             "step_seconds must be greater than 0, got {step}"
         )));
     }
-    let points = (horizon / step).floor() as usize + 1;
-    if points.saturating_mul(curves) > max_points {
+    // In floating point: a huge horizon over a tiny step must not overflow.
+    let points = (horizon / step).floor() + 1.0;
+    if points * curves as f64 > max_points as f64 {
         return Err(Error::InvalidArgument(format!(
             "{points} points × {curves} curves exceed the limit of {max_points}; raise step_seconds"
         )));
     }
+    let points = points as usize;
     Ok((0..points).map(|i| i as f64 * step).collect())
 }
 
@@ -465,6 +467,10 @@ mod tests {
         assert!(curve_seconds(0.0, 1.0, 100, 1).is_err());
         assert!(curve_seconds(10.0, 0.0, 100, 1).is_err());
         assert!(curve_seconds(10.0, f64::NAN, 100, 1).is_err());
+        assert!(
+            curve_seconds(1e300, f64::MIN_POSITIVE, 1000, 1).is_err(),
+            "no overflow"
+        );
         let e = curve_seconds(100.0, 1.0, 1000, 10).unwrap_err();
         assert!(e.to_string().contains("exceed the limit of 1000"), "{e}");
     }

@@ -152,7 +152,8 @@ pub async fn serve(
 }
 
 /// Records `headroom_grpc_requests_total{method,code}` and
-/// `headroom_grpc_request_duration_seconds{method}` for every request.
+/// `headroom_grpc_request_duration_seconds{method}` for every request, and
+/// keeps error messages within [`MAX_STATUS_MESSAGE`].
 #[derive(Debug, Clone, Copy)]
 pub struct RequestMetricsLayer;
 
@@ -188,7 +189,10 @@ where
         let started = Instant::now();
         let future = self.inner.call(request);
         Box::pin(async move {
-            let result = future.await;
+            let mut result = future.await;
+            if let Ok(response) = &mut result {
+                truncate_status_message(response.headers_mut());
+            }
             // A handler's error travels in the headers ("trailers-only");
             // a response that got as far as a body reports OK here.
             let code = match &result {
@@ -213,6 +217,33 @@ where
     }
 }
 
+/// Longest `grpc-message` sent, in (percent-encoded) bytes. An error that
+/// echoes a huge input back would otherwise exceed the peer's header limit
+/// and reach it as a protocol error instead of its status.
+pub const MAX_STATUS_MESSAGE: usize = 1024;
+
+/// Cuts an over-long `grpc-message` header to [`MAX_STATUS_MESSAGE`] bytes,
+/// never inside a percent escape, and marks the cut.
+fn truncate_status_message(headers: &mut http::HeaderMap) {
+    let Some(value) = headers.get("grpc-message") else {
+        return;
+    };
+    let bytes = value.as_bytes();
+    if bytes.len() <= MAX_STATUS_MESSAGE {
+        return;
+    }
+    let mut cut = MAX_STATUS_MESSAGE;
+    // A '%' in the last two kept bytes starts an escape that would be split.
+    if let Some(p) = bytes[cut - 2..cut].iter().position(|b| *b == b'%') {
+        cut = cut - 2 + p;
+    }
+    let mut kept = bytes[..cut].to_vec();
+    kept.extend_from_slice(b"%E2%80%A6 (truncated)");
+    if let Ok(v) = http::HeaderValue::from_bytes(&kept) {
+        headers.insert("grpc-message", v);
+    }
+}
+
 /// Reports SERVING or NOT_SERVING for `service` and for the server as a
 /// whole (the empty name), the two entries health checkers ask about.
 pub async fn report_health(
@@ -227,4 +258,31 @@ pub async fn report_health(
     };
     health.set_service_status(service, status).await;
     health.set_service_status("", status).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_status_messages_are_cut_outside_escapes() {
+        let mut headers = http::HeaderMap::new();
+        let long = "%C3%A9".repeat(400);
+        headers.insert("grpc-message", http::HeaderValue::from_str(&long).unwrap());
+        truncate_status_message(&mut headers);
+        let cut = headers["grpc-message"].to_str().unwrap();
+        assert!(cut.len() <= MAX_STATUS_MESSAGE + 30, "{}", cut.len());
+        assert!(cut.ends_with("%E2%80%A6 (truncated)"));
+        let kept = cut.trim_end_matches("%E2%80%A6 (truncated)");
+        // Every escape kept is whole.
+        assert!(kept.split('%').skip(1).all(|e| e.len() == 2), "{kept}");
+
+        let mut short = http::HeaderMap::new();
+        short.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("unknown service"),
+        );
+        truncate_status_message(&mut short);
+        assert_eq!(short["grpc-message"], "unknown service");
+    }
 }
