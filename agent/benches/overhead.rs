@@ -121,4 +121,19 @@ fn main() {
         rss.0 / rss.1
     );
     println!("goal: under 1 % of one core and under 20 MB with {PROCESSES} processes");
+    let watched = format!("{PROCESSES} processes watched");
+    headroom_testkit::bench::record(
+        "agent",
+        &format!("CPU, {watched}"),
+        cpu.0,
+        "% of a core",
+        Some(("nothing watched", cpu.1)),
+    );
+    headroom_testkit::bench::record(
+        "agent",
+        &format!("peak RSS, {watched}"),
+        rss.0,
+        "MiB",
+        Some(("nothing watched", rss.1)),
+    );
 }

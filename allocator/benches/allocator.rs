@@ -137,6 +137,13 @@ async fn main() -> anyhow::Result<()> {
     }
     let from_snapshot = median(times);
     let floor = health(&snapshotting).await?;
+    headroom_testkit::bench::record(
+        "allocator",
+        "Recommend, 1,000 services (snapshot)",
+        ms(from_snapshot),
+        "ms",
+        Some(("reading the history", ms(read_now))),
+    );
     println!(
         "Recommend, 1,000 services x cpu, memory: {:.1} ms from the snapshot, {:.1} ms reading the history ({:.1}x); health check {:.3} ms (snapshot answer = {:.0}x a health check)",
         ms(from_snapshot),
@@ -200,6 +207,13 @@ async fn main() -> anyhow::Result<()> {
         n += c.samples.len();
     }
     let read = t.elapsed();
+    headroom_testkit::bench::record(
+        "allocator",
+        &format!("Backtest, {} held-out tasks", answer.task_ids.len()),
+        ms(backtest),
+        "ms",
+        Some(("streaming their samples", ms(read))),
+    );
     println!(
         "Backtest, {} held-out tasks ({n} samples), 4 strategies: {:.0} ms; reading those samples {:.0} ms ({:.1}x)",
         answer.task_ids.len(),

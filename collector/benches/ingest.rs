@@ -184,6 +184,21 @@ async fn main() -> anyhow::Result<()> {
         "ratio with/without rollups: {:.3} (goal: at least 0.85)",
         rolled / plain
     );
+    let copy_rate = n as f64 / copy_secs;
+    kit::bench::record(
+        "collector",
+        "ingest, first row to last",
+        n as f64 / steady,
+        "samples/s",
+        Some(("COPY from file", copy_rate)),
+    );
+    kit::bench::record(
+        "collector",
+        "ingest with rollups",
+        rolled,
+        "samples/s",
+        Some(("without rollups", plain)),
+    );
     Ok(())
 }
 

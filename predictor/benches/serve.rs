@@ -199,6 +199,32 @@ async fn main() -> anyhow::Result<()> {
         waiting.rate,
         waiting.rate / unbatched.rate,
     );
+    for (figure, raw, q) in [
+        ("single query p50", "raw ort single p50", 0.5),
+        ("single query p99", "raw ort single p99", 0.99),
+    ] {
+        kit::bench::record(
+            "predictor",
+            figure,
+            us(percentile(&batching.single, q)),
+            "µs",
+            Some((raw, us(percentile(&raw_single, q)))),
+        );
+    }
+    kit::bench::record(
+        "predictor",
+        "1,024-query batch p50",
+        us(percentile(&batching.batch, 0.5)),
+        "µs",
+        Some(("raw ort batch p50", us(percentile(&raw_batch, 0.5)))),
+    );
+    kit::bench::record(
+        "predictor",
+        &format!("{CLIENTS} clients"),
+        batching.rate,
+        "queries/s",
+        Some(("unbatched", unbatched.rate)),
+    );
     Ok(())
 }
 

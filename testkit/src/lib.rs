@@ -7,6 +7,7 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and `HEADROOM_TEST_KAFKA`
 //! (default `127.0.0.1:9092`).
 
+pub mod bench;
 pub mod pki;
 
 use std::{future::Future, net::SocketAddr, time::Duration};

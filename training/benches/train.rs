@@ -78,5 +78,21 @@ fn main() -> anyhow::Result<()> {
         trained.history.last().map_or(f64::NAN, |h| h.validation),
         peak_rss_mib()
     );
+    let samples = data.rows.len();
+    headroom_testkit::bench::record(
+        "training",
+        &format!("one epoch over {samples} samples"),
+        per_epoch,
+        "s",
+        Some(("one per-bucket percentile pass", baseline_s)),
+    );
+    headroom_testkit::bench::record(
+        "training",
+        &format!("{} epochs over {samples} samples", trained.history.len()),
+        trained.seconds,
+        "s",
+        None,
+    );
+    headroom_testkit::bench::record("training", "peak memory", peak_rss_mib(), "MiB", None);
     Ok(())
 }
