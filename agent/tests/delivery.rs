@@ -1,6 +1,8 @@
 //! Delivery through a broker outage, against a private tansu: the broker is
 //! stopped for 10 s while records keep coming, then restarted; every record
-//! published from the outage on arrives, once, in order per key.
+//! published from the outage on arrives, once, in order per key. And with a
+//! spool too small for the outage, exactly the records the agent refused
+//! (and counted as dropped) are missing.
 
 use std::{collections::HashMap, sync::atomic::Ordering, time::Duration};
 
@@ -115,6 +117,119 @@ async fn a_ten_second_broker_outage_loses_and_duplicates_nothing() -> anyhow::Re
     for n in outage_start..total {
         assert!(seen.contains(&n), "record {n} missing");
     }
+    shutdown.cancel();
+    task.await??;
+    let _ = std::fs::remove_dir_all(spool_dir);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_full_spool_drops_exactly_the_records_it_counts() -> anyhow::Result<()> {
+    kit::init_logs();
+    let mut broker = kit::PrivateBroker::start()?;
+    let spool_dir = std::env::temp_dir().join(kit::unique_name("headroom_spool_full"));
+    let publisher = Publisher::new(PublisherOptions {
+        brokers: broker.address(),
+        topic: "usage".into(),
+        partitions: 1,
+        buffer_records: 20,
+        spool_dir: spool_dir.clone(),
+        // Room for a few dozen records of this size, not for 600.
+        spool_bytes: 2048,
+        delivery_timeout: Duration::from_secs(2),
+        kafka_options: Vec::new(),
+    })?;
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let p = publisher.clone();
+        let s = shutdown.clone();
+        async move { p.run(s).await }
+    });
+    let payload = |n: u64| format!("{n:08}").into_bytes();
+    for n in 0..20 {
+        assert!(publisher.publish("svc", payload(n)));
+    }
+    kit::eventually(
+        "first records delivered",
+        Duration::from_secs(30),
+        || async { (publisher.stats.delivered.load(Ordering::Relaxed) >= 20).then_some(()) },
+    )
+    .await?;
+
+    broker.stop();
+    // Records keep coming: the agent notices the outage from their failed
+    // deliveries, then spools until the bound, then refuses.
+    let mut refused = std::collections::BTreeSet::new();
+    let mut n = 20;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while publisher.stats.broker_up.load(Ordering::Relaxed) {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the outage went unnoticed"
+        );
+        if !publisher.publish("svc", payload(n)) {
+            refused.insert(n);
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let total = n + 600;
+    for n in n..total {
+        if !publisher.publish("svc", payload(n)) {
+            refused.insert(n);
+        }
+    }
+    assert!(!refused.is_empty(), "the spool bound was never hit");
+    assert!(refused.len() < 600, "nothing was spooled");
+    let total_published = total;
+    broker.start_again()?;
+    kit::eventually("queue drained", Duration::from_secs(90), || async {
+        let (m, s, _) = publisher.depth();
+        (m == 0 && s == 0).then_some(())
+    })
+    .await?;
+    let dropped = publisher.stats.dropped.load(Ordering::Relaxed);
+    assert_eq!(dropped, refused.len() as u64, "drops counted");
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.address())
+        .set("group.id", kit::unique_name("reader"))
+        .set("session.timeout.ms", "6000")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&["usage"])?;
+    // The private broker keeps records in memory: those delivered before
+    // its restart are gone with it, so the count starts at the outage.
+    let want = (total_published - 20) as usize - refused.len();
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < want {
+        let msg = match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
+            Ok(m) => m?,
+            Err(_) => {
+                let missing: Vec<u64> = (20..total_published)
+                    .filter(|n| !seen.contains(n) && !refused.contains(n))
+                    .collect();
+                anyhow::bail!(
+                    "{} of {want} accepted records arrived; accepted but missing: {missing:?}",
+                    seen.len()
+                );
+            }
+        };
+        let n: u64 = std::str::from_utf8(msg.payload().unwrap_or_default())?.parse()?;
+        assert!(n >= 20, "record {n} from before the restart");
+        assert!(seen.insert(n), "record {n} delivered twice");
+    }
+    // Nothing more arrives: exactly the refused records are missing.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), consumer.recv())
+            .await
+            .is_err(),
+        "more records than were accepted"
+    );
+    let missing: std::collections::BTreeSet<u64> = (20..total_published)
+        .filter(|n| !seen.contains(n))
+        .collect();
+    assert_eq!(missing, refused);
     shutdown.cancel();
     task.await??;
     let _ = std::fs::remove_dir_all(spool_dir);
