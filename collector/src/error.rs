@@ -66,6 +66,10 @@ impl From<Error> for Status {
             Error::NotFound(m) => Status::not_found(m),
             Error::InvalidArgument(m) => Status::invalid_argument(m),
             e if e.is_connection() => Status::unavailable(e.to_string()),
+            // A request before the first migration ran (startup).
+            Error::Database(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => {
+                Status::unavailable("the collector's schema is not ready yet; retry shortly")
+            }
             e => {
                 tracing::warn!(error = %e, "request failed");
                 Status::internal(e.to_string())
