@@ -14,18 +14,27 @@ use rdkafka::{
 };
 use tokio_util::sync::CancellationToken;
 
-#[tokio::test]
-async fn a_ten_second_broker_outage_loses_and_duplicates_nothing() -> anyhow::Result<()> {
-    kit::init_logs();
-    let mut broker = kit::PrivateBroker::start()?;
-    let spool_dir = std::env::temp_dir().join(kit::unique_name("headroom_spool"));
+/// A running publisher to `broker`'s topic "usage", and what stops it.
+struct Running {
+    publisher: Publisher,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), headroom_agent::PublishError>>,
+}
+
+fn start_publisher(
+    broker: &kit::PrivateBroker,
+    spool_dir: &std::path::Path,
+    partitions: i32,
+    buffer_records: usize,
+    spool_bytes: u64,
+) -> anyhow::Result<Running> {
     let publisher = Publisher::new(PublisherOptions {
         brokers: broker.address(),
         topic: "usage".into(),
-        partitions: 3,
-        buffer_records: 50, // small, so the outage spills to the spool
-        spool_dir: spool_dir.clone(),
-        spool_bytes: 64 << 20,
+        partitions,
+        buffer_records,
+        spool_dir: spool_dir.to_path_buf(),
+        spool_bytes,
         delivery_timeout: Duration::from_secs(2),
         kafka_options: Vec::new(),
     })?;
@@ -35,6 +44,24 @@ async fn a_ten_second_broker_outage_loses_and_duplicates_nothing() -> anyhow::Re
         let s = shutdown.clone();
         async move { p.run(s).await }
     });
+    Ok(Running {
+        publisher,
+        shutdown,
+        task,
+    })
+}
+
+#[tokio::test]
+async fn a_ten_second_broker_outage_loses_and_duplicates_nothing() -> anyhow::Result<()> {
+    kit::init_logs();
+    let mut broker = kit::PrivateBroker::start()?;
+    let spool_dir = std::env::temp_dir().join(kit::unique_name("headroom_spool"));
+    // A small buffer, so the outage spills to the spool.
+    let Running {
+        publisher,
+        shutdown,
+        task,
+    } = start_publisher(&broker, &spool_dir, 3, 50, 64 << 20)?;
 
     let mut i: u64 = 0;
     // One second's worth of records (20), numbered from `i`.
@@ -128,23 +155,12 @@ async fn a_full_spool_drops_exactly_the_records_it_counts() -> anyhow::Result<()
     kit::init_logs();
     let mut broker = kit::PrivateBroker::start()?;
     let spool_dir = std::env::temp_dir().join(kit::unique_name("headroom_spool_full"));
-    let publisher = Publisher::new(PublisherOptions {
-        brokers: broker.address(),
-        topic: "usage".into(),
-        partitions: 1,
-        buffer_records: 20,
-        spool_dir: spool_dir.clone(),
-        // Room for a few dozen records of this size, not for 600.
-        spool_bytes: 2048,
-        delivery_timeout: Duration::from_secs(2),
-        kafka_options: Vec::new(),
-    })?;
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn({
-        let p = publisher.clone();
-        let s = shutdown.clone();
-        async move { p.run(s).await }
-    });
+    // A spool with room for a few dozen records of this size, not for 600.
+    let Running {
+        publisher,
+        shutdown,
+        task,
+    } = start_publisher(&broker, &spool_dir, 1, 20, 2048)?;
     let payload = |n: u64| format!("{n:08}").into_bytes();
     for n in 0..20 {
         assert!(publisher.publish("svc", payload(n)));

@@ -63,6 +63,19 @@ fn read_pem(what: &'static str, path: &Path, kind: &'static str) -> Result<Vec<u
     Ok(pem)
 }
 
+/// A certificate chain and its key, read from PEM files.
+fn identity(
+    cert: &Path,
+    key: &Path,
+    cert_what: &'static str,
+    key_what: &'static str,
+) -> Result<Identity, TlsError> {
+    Ok(Identity::from_pem(
+        read_pem(cert_what, cert, "certificate")?,
+        read_pem(key_what, key, "private key")?,
+    ))
+}
+
 /// A server's TLS settings; flattened into [`GrpcOptions`](crate::grpc::GrpcOptions).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServerTls {
@@ -87,11 +100,8 @@ impl ServerTls {
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
             return Ok(None);
         };
-        let identity = Identity::from_pem(
-            read_pem("TLS certificate", cert, "certificate")?,
-            read_pem("TLS key", key, "private key")?,
-        );
-        let mut config = ServerTlsConfig::new().identity(identity);
+        let mut config =
+            ServerTlsConfig::new().identity(identity(cert, key, "TLS certificate", "TLS key")?);
         if let Some(ca) = &self.tls_client_ca {
             config = config.client_ca_root(Certificate::from_pem(read_pem(
                 "client CA",
@@ -163,10 +173,12 @@ impl ClientTls {
             None => config.with_native_roots(),
         };
         if let (Some(cert), Some(key)) = (&self.tls_client_cert, &self.tls_client_key) {
-            config = config.identity(Identity::from_pem(
-                read_pem("TLS client certificate", cert, "certificate")?,
-                read_pem("TLS client key", key, "private key")?,
-            ));
+            config = config.identity(identity(
+                cert,
+                key,
+                "TLS client certificate",
+                "TLS client key",
+            )?);
         }
         endpoint
             .tls_config(config)

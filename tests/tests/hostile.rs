@@ -9,12 +9,12 @@
 //! server. (The Kafka payload decoder has its own property tests in
 //! `collector/src/ingest/decode.rs`.)
 
+mod common;
 #[path = "../../allocator/tests/support/mod.rs"]
 mod support;
 
 use std::{future::Future, time::Duration};
 
-use headroom_agent::{AgentConfig, PublisherOptions};
 use headroom_allocator::{AllocatorConfig, ServiceOptions};
 use headroom_collector::CollectorConfig;
 use headroom_predictor::{InferenceOptions, PredictorConfig};
@@ -286,24 +286,7 @@ async fn every_rpc_answers_hostile_requests_with_a_clear_status() -> anyhow::Res
     let allocator =
         kit::spawn_server(|l, s| headroom_allocator::run(l, s, allocator_config)).await?;
     let topic = kit::fresh_topic("hostile", 1).await?;
-    let agent_config = AgentConfig {
-        host: "hostile-host".into(),
-        interval: Duration::from_secs(1),
-        targets: Vec::new(),
-        discovery: None,
-        task: None,
-        publisher: PublisherOptions {
-            brokers: kit::kafka_brokers(),
-            topic,
-            partitions: 1,
-            buffer_records: 100,
-            spool_dir: dir.path().join("spool"),
-            spool_bytes: 1 << 20,
-            delivery_timeout: Duration::from_secs(5),
-            kafka_options: Vec::new(),
-        },
-        grpc: options(),
-    };
+    let agent_config = common::agent_config("hostile-host", &topic, dir.path(), options());
     let agent = kit::spawn_server(move |l, s| headroom_agent::run(l, s, agent_config)).await?;
     // The collector migrates in the background.
     let mut c = CollectorClient::new(collector.channel().await?);

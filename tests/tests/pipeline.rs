@@ -6,6 +6,7 @@
 //! the predictor. Every server is also listed and described by grpcurl
 //! through reflection.
 
+mod common;
 #[path = "../../allocator/tests/support/mod.rs"]
 mod support;
 
@@ -16,7 +17,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use headroom_agent::{AgentConfig, PublisherOptions, TargetSpec};
+use headroom_agent::TargetSpec;
 use headroom_allocator::ServiceOptions;
 use headroom_collector::{CollectorConfig, ingest::IngestOptions};
 use headroom_proto::v1::{self, allocator_client::AllocatorClient};
@@ -116,31 +117,19 @@ async fn examples_flow_through_every_service_to_a_recommendation() -> anyhow::Re
     let collector =
         kit::spawn_server(|l, s| headroom_collector::run(l, s, collector_config)).await?;
     let services = ["cache", "cruncher", "ingest"];
-    let agent_config = AgentConfig {
-        host: "pipeline-host".into(),
-        interval: Duration::from_secs(1),
-        targets: vec![
-            TargetSpec::parse(&format!("cache=name:{}", name_of(&cache_bin)))?,
-            TargetSpec::parse(&format!("cruncher=name:{}", name_of(&cruncher_bin)))?,
-            TargetSpec::parse(&format!("ingest=name:{}", name_of(&ingest_bin)))?,
-        ],
-        discovery: None,
-        task: Some((
-            "pipeline-1".into(),
-            services.iter().map(|s| s.to_string()).collect(),
-        )),
-        publisher: PublisherOptions {
-            brokers: kit::kafka_brokers(),
-            topic: topic.clone(),
-            partitions: 2,
-            buffer_records: 1000,
-            spool_dir: dir.path().join("spool"),
-            spool_bytes: 16 << 20,
-            delivery_timeout: Duration::from_secs(5),
-            kafka_options: Vec::new(),
-        },
-        grpc: GrpcOptions::default(),
-    };
+    let mut agent_config =
+        common::agent_config("pipeline-host", &topic, dir.path(), GrpcOptions::default());
+    agent_config.targets = vec![
+        TargetSpec::parse(&format!("cache=name:{}", name_of(&cache_bin)))?,
+        TargetSpec::parse(&format!("cruncher=name:{}", name_of(&cruncher_bin)))?,
+        TargetSpec::parse(&format!("ingest=name:{}", name_of(&ingest_bin)))?,
+    ];
+    agent_config.task = Some((
+        "pipeline-1".into(),
+        services.iter().map(|s| s.to_string()).collect(),
+    ));
+    agent_config.publisher.partitions = 2;
+    agent_config.publisher.buffer_records = 1000;
     let agent = kit::spawn_server(move |l, s| headroom_agent::run(l, s, agent_config)).await?;
 
     // Two tasks: all three services for 25 samples, then the cache and
@@ -325,24 +314,12 @@ async fn examples_flow_through_every_service_to_a_recommendation() -> anyhow::Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_and_describes_the_agent() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let config = AgentConfig {
-        host: "grpcurl-host".into(),
-        interval: Duration::from_secs(1),
-        targets: Vec::new(),
-        discovery: None,
-        task: None,
-        publisher: PublisherOptions {
-            brokers: kit::kafka_brokers(),
-            topic: kit::unique_name("grpcurl"),
-            partitions: 1,
-            buffer_records: 10,
-            spool_dir: dir.path().join("spool"),
-            spool_bytes: 1 << 20,
-            delivery_timeout: Duration::from_secs(5),
-            kafka_options: Vec::new(),
-        },
-        grpc: GrpcOptions::default(),
-    };
+    let config = common::agent_config(
+        "grpcurl-host",
+        &kit::unique_name("grpcurl"),
+        dir.path(),
+        GrpcOptions::default(),
+    );
     let agent = kit::spawn_server(move |l, s| headroom_agent::run(l, s, config)).await?;
     let listed = kit::grpcurl(&[], agent.addr, &["list"]).await?;
     assert!(listed.lines().any(|l| l == "headroom.v1.Agent"), "{listed}");
