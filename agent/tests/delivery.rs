@@ -51,6 +51,18 @@ fn start_publisher(
     })
 }
 
+/// A consumer of the whole "usage" topic on `broker`.
+fn reader(broker: &kit::PrivateBroker) -> anyhow::Result<StreamConsumer> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.address())
+        .set("group.id", kit::unique_name("reader"))
+        .set("session.timeout.ms", "6000")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&["usage"])?;
+    Ok(consumer)
+}
+
 #[tokio::test]
 async fn a_ten_second_broker_outage_loses_and_duplicates_nothing() -> anyhow::Result<()> {
     kit::init_logs();
@@ -112,13 +124,7 @@ async fn a_ten_second_broker_outage_loses_and_duplicates_nothing() -> anyhow::Re
     .await?;
     assert_eq!(publisher.stats.dropped.load(Ordering::Relaxed), 0);
 
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.address())
-        .set("group.id", kit::unique_name("reader"))
-        .set("session.timeout.ms", "6000")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
-    consumer.subscribe(&["usage"])?;
+    let consumer = reader(&broker)?;
     let mut per_key: HashMap<String, Vec<u64>> = HashMap::new();
     let mut seen = std::collections::HashSet::new();
     let want = (outage_start..total).count();
@@ -207,13 +213,7 @@ async fn a_full_spool_drops_exactly_the_records_it_counts() -> anyhow::Result<()
     let dropped = publisher.stats.dropped.load(Ordering::Relaxed);
     assert_eq!(dropped, refused.len() as u64, "drops counted");
 
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.address())
-        .set("group.id", kit::unique_name("reader"))
-        .set("session.timeout.ms", "6000")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
-    consumer.subscribe(&["usage"])?;
+    let consumer = reader(&broker)?;
     // The private broker keeps records in memory: those delivered before
     // its restart are gone with it, so the count starts at the outage.
     let want = (total_published - 20) as usize - refused.len();
