@@ -5,7 +5,8 @@
 //! collector every 2 s. Runs `HEADROOM_SUSTAINED_SECS` (600) seconds,
 //! samples the collector's and the agent's resident memory every 5 s, and
 //! reports the slope after a warm-up (MiB per minute; flat is ~0) and that
-//! every produced sample was stored once.
+//! every produced sample was stored once. Event times lie in the hour
+//! before the start, inside the retention window, so maintenance keeps them.
 //!
 //!   cargo bench -p headroom-tests --bench sustained   (or scripts/bench sustained)
 
@@ -194,6 +195,7 @@ async fn main() -> anyhow::Result<()> {
     let tick = Duration::from_millis(100);
     let per_tick = (rate / 10).max(1);
     let mut produced: u64 = 0;
+    let start_ms = chrono::Utc::now().timestamp_millis();
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut pending = Vec::new();
@@ -201,7 +203,9 @@ async fn main() -> anyhow::Result<()> {
         interval.tick().await;
         for _ in 0..per_tick {
             let service = format!("svc-{}", produced % 50);
-            let ts = common::T0 + (produced / 50) as i64 * 1000;
+            // Recent times (within retention): each service gets a sample
+            // every 100 ms of event time, from an hour before the start.
+            let ts = start_ms - 3_600_000 + (produced / 50) as i64 * 100;
             let payload = common::usage(
                 TASK,
                 &service,
