@@ -669,15 +669,7 @@ async fn the_allocator_serves_tls_and_reaches_the_collector_over_mutual_tls() ->
         ..GrpcOptions::default()
     };
     let db = kit::TestDb::new().await?;
-    let collector_config = headroom_collector::CollectorConfig {
-        database_url: db.url.clone(),
-        max_connections: 2,
-        ingest: None,
-        lifecycle: Default::default(),
-        grpc: server_tls(true),
-    };
-    let collector =
-        kit::spawn_server(|l, s| headroom_collector::run(l, s, collector_config)).await?;
+    let collector = support::collector_with(&db, server_tls(true)).await?;
     let collector_url = format!("https://localhost:{}", collector.addr.port());
     let allocator_over = |upstream_tls: ClientTls| {
         let config = headroom_allocator::AllocatorConfig {

@@ -16,8 +16,6 @@ mod support;
 use std::{future::Future, time::Duration};
 
 use headroom_allocator::{AllocatorConfig, ServiceOptions};
-use headroom_collector::CollectorConfig;
-use headroom_predictor::{InferenceOptions, PredictorConfig};
 use headroom_proto::v1::{
     self, agent_client::AgentClient, allocator_client::AllocatorClient,
     collector_client::CollectorClient, predictor_client::PredictorClient,
@@ -254,25 +252,8 @@ async fn every_rpc_answers_hostile_requests_with_a_clear_status() -> anyhow::Res
     let dir = tempfile::tempdir()?;
     let model = support::model_before(&db, None, "hostile", dir.path()).await?;
 
-    let collector_config = CollectorConfig {
-        database_url: db.url.clone(),
-        max_connections: 4,
-        ingest: None,
-        lifecycle: Default::default(),
-        grpc: options(),
-    };
-    let collector =
-        kit::spawn_server(|l, s| headroom_collector::run(l, s, collector_config)).await?;
-    let predictor_config = PredictorConfig {
-        model_path: model.clone(),
-        max_batch: 10_000,
-        max_points: 200_000,
-        watch_every: None,
-        inference: InferenceOptions::default(),
-        grpc: options(),
-    };
-    let predictor =
-        kit::spawn_server(|l, s| headroom_predictor::run(l, s, predictor_config)).await?;
+    let collector = support::collector_with(&db, options()).await?;
+    let predictor = support::predictor_with(model.clone(), options()).await?;
     let allocator_config = AllocatorConfig {
         collector: collector.url(),
         predictor: predictor.url(),

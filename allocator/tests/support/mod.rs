@@ -29,25 +29,38 @@ pub fn init_ort() -> anyhow::Result<()> {
 
 /// A query-only collector on `db`.
 pub async fn collector(db: &kit::TestDb) -> anyhow::Result<kit::TestServer> {
+    collector_with(db, GrpcOptions::default()).await
+}
+
+/// A query-only collector on `db` with `grpc` (limits, TLS).
+pub async fn collector_with(
+    db: &kit::TestDb,
+    grpc: GrpcOptions,
+) -> anyhow::Result<kit::TestServer> {
     let config = CollectorConfig {
         database_url: db.url.clone(),
         max_connections: 4,
         ingest: None,
         lifecycle: Default::default(),
-        grpc: GrpcOptions::default(),
+        grpc,
     };
     kit::spawn_server(|l, s| headroom_collector::run(l, s, config)).await
 }
 
 /// A predictor serving `model`.
 pub async fn predictor(model: PathBuf) -> anyhow::Result<kit::TestServer> {
+    predictor_with(model, GrpcOptions::default()).await
+}
+
+/// A predictor serving `model` with `grpc` (limits, TLS).
+pub async fn predictor_with(model: PathBuf, grpc: GrpcOptions) -> anyhow::Result<kit::TestServer> {
     let config = PredictorConfig {
         model_path: model,
         max_batch: 10_000,
         max_points: 200_000,
         watch_every: None,
         inference: InferenceOptions::default(),
-        grpc: GrpcOptions::default(),
+        grpc,
     };
     kit::spawn_server(|l, s| headroom_predictor::run(l, s, config)).await
 }
