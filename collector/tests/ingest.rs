@@ -1,5 +1,5 @@
 //! Ingest against the real broker and PostgreSQL: duplicates, dead letters,
-//! a SIGKILLed collector, and a database outage.
+//! a SIGKILLed collector, a database outage and a killed broker.
 
 mod common;
 
@@ -283,6 +283,72 @@ async fn a_database_outage_of_ten_seconds_loses_nothing() -> anyhow::Result<()> 
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
     pool.close().await;
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_and_restarted_under_load_loses_nothing() -> anyhow::Result<()> {
+    kit::init_logs();
+    let db = kit::TestDb::new().await?;
+    // A broker of this test's own on a SQLite file: topics, records and the
+    // group's offsets outlive the kill, as on a real broker's disk.
+    let mut broker = kit::PrivateBroker::start_durable()?;
+    let topic = kit::unique_name("brokerkill");
+    let mut options = ingest_options(&topic);
+    options.brokers = broker.address();
+    let server = start(&db.url, options).await?;
+
+    // A steady producer: 40 chunks of 100 records, one every 100 ms. Chunks
+    // sent while the broker is down wait for it and are retried.
+    const N: i64 = 4000;
+    let producer = tokio::spawn({
+        let (topic, brokers) = (topic.clone(), broker.address());
+        async move {
+            let mut config = kit::producer_config();
+            config.set("bootstrap.servers", &brokers);
+            for chunk in 0..40 {
+                let records: Vec<(String, Vec<u8>)> = (0..100)
+                    .map(|i| {
+                        let n = chunk * 100 + i;
+                        let service = format!("svc-{}", n % 5);
+                        let payload = usage(
+                            "t-broker",
+                            &service,
+                            T0 + (n / 5) * 1000,
+                            &[("cpu", n as f64)],
+                        );
+                        (service, payload)
+                    })
+                    .collect();
+                produce_with(config.clone(), &topic, &records, None).await?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            anyhow::Ok(())
+        }
+    });
+    let before = kit::eventually(
+        "progress before the kill",
+        Duration::from_secs(90),
+        || async {
+            let n = count_samples(&db.pool, "t-broker").await;
+            (n >= 500).then_some(n)
+        },
+    )
+    .await?;
+    broker.stop(); // SIGKILL
+    tracing::info!(stored = before, "broker killed");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    broker.start_again()?;
+    tracing::info!("broker restarted");
+
+    producer.await??;
+    wait_for_rows(&db.pool, "t-broker", N, Duration::from_secs(120)).await?;
+    // Every produced value, once: the stored cpu values are 0..N.
+    let distinct: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT value) FROM samples WHERE task_id = 't-broker'")
+            .fetch_one(&db.pool)
+            .await?;
+    assert_eq!(distinct, N, "stored values are not the produced ones");
     server.stop().await
 }
 

@@ -4,7 +4,13 @@
 
 use std::{process::Stdio, time::Duration};
 
-use headroom_testkit::{self as kit, pki::TestPki};
+mod common;
+
+use headroom_testkit::{
+    self as kit,
+    broker::{Storage, TlsFront},
+    pki::TestPki,
+};
 
 const PG_SECRET: &str = "hunter2-pg";
 const KAFKA_SECRET: &str = "hunter2-kafka";
@@ -17,6 +23,46 @@ fn url_with(db: &kit::TestDb, query: &str) -> String {
         .replacen("://postgres@", &format!("://postgres:{PG_SECRET}@"), 1);
     assert!(url.contains(PG_SECRET), "unexpected test URL {}", db.url);
     format!("{url}?{query}")
+}
+
+/// Runs the collector binary against `brokers` with `kafka_options` until it
+/// logs "kafka not ready" (or 60 s pass) and returns its log.
+async fn log_until_kafka_fails(
+    brokers: &str,
+    topic: &str,
+    kafka_options: &str,
+    database_url: &str,
+) -> anyhow::Result<String> {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_headroom-collector"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--brokers",
+            brokers,
+            "--topic",
+            topic,
+        ])
+        .args(["--kafka-option", kafka_options])
+        .env("HEADROOM_DATABASE_URL", database_url)
+        .env("HEADROOM_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stderr = child.stderr.take().expect("piped");
+    let mut lines = tokio::io::BufReader::new(stderr);
+    let mut log = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !log.contains("kafka not ready") {
+        let mut line = String::new();
+        match tokio::time::timeout_at(deadline, lines.read_line(&mut line)).await {
+            Ok(Ok(n)) if n > 0 => log.push_str(&line),
+            _ => break,
+        }
+    }
+    child.kill().await?;
+    Ok(log)
 }
 
 fn collector(args: &[&str], database_url: &str) -> std::process::Output {
@@ -86,40 +132,16 @@ async fn kafka_security_settings_reach_librdkafka_and_secrets_stay_out_of_logs()
     let topic = kit::fresh_topic("sec", 1).await?;
     // SASL over TLS towards the plaintext test broker: librdkafka takes the
     // settings (this build has TLS and SCRAM) and fails the handshake.
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_headroom-collector"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--brokers",
-            &kit::kafka_brokers(),
-            "--topic",
-            &topic,
-            "--kafka-option",
-            &format!(
-                "security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512,sasl.username=headroom,sasl.password={KAFKA_SECRET},ssl.ca.location={}",
-                pki.ca.display()
-            ),
-        ])
-        .env("HEADROOM_DATABASE_URL", url_with(&db, "sslmode=prefer"))
-        .env("HEADROOM_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    // The broker cannot speak TLS: ingest never starts, and says why.
-    let stderr = child.stderr.take().expect("piped");
-    let mut lines = tokio::io::BufReader::new(stderr);
-    let mut log = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !log.contains("kafka not ready") {
-        use tokio::io::AsyncBufReadExt;
-        let mut line = String::new();
-        match tokio::time::timeout_at(deadline, lines.read_line(&mut line)).await {
-            Ok(Ok(n)) if n > 0 => log.push_str(&line),
-            _ => break,
-        }
-    }
-    child.kill().await?;
+    let log = log_until_kafka_fails(
+        &kit::kafka_brokers(),
+        &topic,
+        &format!(
+            "security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512,sasl.username=headroom,sasl.password={KAFKA_SECRET},ssl.ca.location={}",
+            pki.ca.display()
+        ),
+        &url_with(&db, "sslmode=prefer"),
+    )
+    .await?;
     assert!(
         log.contains("kafka not ready") && !log.contains("ingest started"),
         "SASL_SSL against a plaintext broker did not fail:\n{log}"
@@ -156,5 +178,83 @@ async fn kafka_security_settings_reach_librdkafka_and_secrets_stay_out_of_logs()
     assert!(!out.status.success(), "a bad Kafka setting was accepted");
     assert!(err.contains("security.protocol"), "{err}");
     assert!(!err.contains(KAFKA_SECRET), "{err}");
+    Ok(())
+}
+
+/// librdkafka settings for SSL trusting `ca`, with a client certificate
+/// when given.
+fn ssl_options(ca: &TestPki, client: Option<&TestPki>) -> Vec<String> {
+    let mut options = vec![
+        "security.protocol=SSL".to_string(),
+        format!("ssl.ca.location={}", ca.ca.display()),
+    ];
+    if let Some(client) = client {
+        options.push(format!(
+            "ssl.certificate.location={}",
+            client.client_cert.display()
+        ));
+        options.push(format!("ssl.key.location={}", client.client_key.display()));
+    }
+    options
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_over_mutual_tls_is_stored_and_untrusted_peers_are_refused() -> anyhow::Result<()> {
+    kit::init_logs();
+    let db = kit::TestDb::new().await?;
+    let pki = TestPki::new("kafka-tls")?;
+    let foreign = TestPki::new("kafka-foreign")?;
+    // A real TLS listener (mutual: client certificates from `pki` only)
+    // before a private broker that advertises the TLS port.
+    let tls_port = kit::broker::free_port()?;
+    let broker = kit::PrivateBroker::start_with(Storage::Memory, Some(tls_port))?;
+    let front = TlsFront::start(tls_port, &broker.address(), &pki, true)?;
+    let topic = kit::unique_name("tls");
+
+    // Trusting the CA and presenting a client certificate: the collector
+    // creates its topics, consumes and stores over TLS.
+    let mut options = common::ingest_options(&topic);
+    options.brokers = front.address();
+    options.kafka_options = ssl_options(&pki, Some(&pki));
+    let server = common::start(&db.url, options).await?;
+    let mut producer = kit::producer_config();
+    producer.set("bootstrap.servers", front.address());
+    for option in ssl_options(&pki, Some(&pki)) {
+        let (key, value) = option.split_once('=').expect("key=value");
+        producer.set(key, value);
+    }
+    let records: Vec<(String, Vec<u8>)> = (0..200)
+        .map(|n| {
+            let payload = common::usage("t-tls", "api", common::T0 + n * 1000, &[("cpu", 1.0)]);
+            ("api".to_string(), payload)
+        })
+        .collect();
+    common::produce_with(producer, &topic, &records, None).await?;
+    common::wait_for_rows(&db.pool, "t-tls", 200, Duration::from_secs(60)).await?;
+    server.stop().await?;
+    assert_eq!(
+        front.failed_handshakes(),
+        0,
+        "trusted peers failed a handshake"
+    );
+
+    // A broker certificate from a CA the collector does not trust, and a
+    // client without a certificate: both are refused, and say so.
+    let url = url_with(&db, "sslmode=prefer");
+    for (case, options) in [
+        ("untrusted broker", ssl_options(&foreign, Some(&pki))),
+        ("no client certificate", ssl_options(&pki, None)),
+    ] {
+        let failed_before = front.failed_handshakes();
+        let log = log_until_kafka_fails(&front.address(), &topic, &options.join(","), &url).await?;
+        assert!(
+            front.failed_handshakes() > failed_before,
+            "{case}: no TLS handshake failed"
+        );
+        assert!(
+            log.contains("kafka not ready") && !log.contains("ingest started"),
+            "{case}: TLS was not refused:\n{log}"
+        );
+    }
     Ok(())
 }

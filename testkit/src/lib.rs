@@ -8,7 +8,10 @@
 //! (default `127.0.0.1:9092`).
 
 pub mod bench;
+pub mod broker;
 pub mod pki;
+
+pub use broker::PrivateBroker;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
@@ -433,86 +436,4 @@ fn run_command(command: &mut std::process::Command) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// A tansu broker of a test's own (memory storage, its own port), so a test
-/// can stop and restart the broker without disturbing other tests. Topics
-/// do not survive a restart: memory storage keeps nothing.
-#[derive(Debug)]
-pub struct PrivateBroker {
-    bin: std::path::PathBuf,
-    /// Port it listens on (127.0.0.1).
-    pub port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl PrivateBroker {
-    /// Starts a broker on a free port. The binary comes from
-    /// `HEADROOM_TANSU_BIN` (set by `.stack/env`), else `tansu` on PATH.
-    pub fn start() -> anyhow::Result<Self> {
-        let bin = std::env::var_os("HEADROOM_TANSU_BIN")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| "tansu".into());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let mut broker = Self {
-            bin,
-            port,
-            child: None,
-        };
-        broker.start_again()?;
-        Ok(broker)
-    }
-
-    /// `127.0.0.1:port`.
-    pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the stopped broker again on the same port.
-    pub fn start_again(&mut self) -> anyhow::Result<()> {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = std::process::Command::new(&self.bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "while starting {} (set HEADROOM_TANSU_BIN)",
-                    self.bin.display()
-                )
-            })?;
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if std::time::Instant::now() > deadline {
-                bail!("tansu did not listen on {} within 20 s", self.port);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
-    }
-
-    /// Kills the broker.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }

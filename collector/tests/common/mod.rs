@@ -48,7 +48,21 @@ pub async fn produce(
     records: &[(String, Vec<u8>)],
     partition: Option<i32>,
 ) -> anyhow::Result<()> {
-    let producer: FutureProducer = kit::producer_config().set("linger.ms", "5").create()?;
+    produce_with(kit::producer_config(), topic, records, partition).await
+}
+
+/// [`produce`] with a producer of the given settings (another broker, or
+/// security settings); a record may wait up to two minutes for a broker.
+pub async fn produce_with(
+    mut config: rdkafka::ClientConfig,
+    topic: &str,
+    records: &[(String, Vec<u8>)],
+    partition: Option<i32>,
+) -> anyhow::Result<()> {
+    let producer: FutureProducer = config
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "120000")
+        .create()?;
     let sends = records.iter().map(|(key, payload)| {
         let mut record = FutureRecord::to(topic)
             .key(key.as_str())
