@@ -310,7 +310,12 @@ impl Collector for CollectorApi {
     ) -> Result<Response<v1::UsageStatsResponse>, Status> {
         let r = request.into_inner();
         let filter = resolve(&self.shared, r.filter.as_ref()).await?;
-        let resolution = store::rollup::choose_for_stats(&self.shared.pool, &filter).await?;
+        let resolution = store::rollup::choose_for_stats(
+            &self.shared.pool,
+            &filter,
+            self.shared.raw_stats_limit,
+        )
+        .await?;
         let stats = match resolution {
             None => store::usage_stats(&self.shared.pool, &filter).await?,
             Some(res) => store::rollup::stats(&self.shared.pool, &filter, res).await?,

@@ -69,6 +69,9 @@ pub struct Shared {
     /// Cancelled at shutdown, so long-lived streams end and the server can
     /// drain.
     pub shutdown: CancellationToken,
+    /// Most raw samples a statistics query sorts (see
+    /// [`store::lifecycle::LifecycleOptions::raw_stats_limit`]).
+    pub raw_stats_limit: u64,
     health: HealthReporter,
 }
 
@@ -96,6 +99,7 @@ pub async fn run(
         lookups: Lookups::new(),
         live,
         shutdown: shutdown.clone(),
+        raw_stats_limit: config.lifecycle.raw_stats_limit,
         health,
     });
     shared.set_serving(false).await;

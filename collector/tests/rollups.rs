@@ -140,6 +140,23 @@ async fn rollups_match_raw_samples_and_outlive_them() -> anyhow::Result<()> {
     let first_hour: f64 = exact[0][..360].iter().sum::<f64>() / 360.0;
     assert!((hours[0].1 - first_hour).abs() <= 1e-9 * first_hour);
 
+    // A day of both series is 17,280 raw samples: raw while the limit
+    // allows that many, per-minute rollups above it.
+    let day = Filter {
+        start: DateTime::from_timestamp_micros(START_US),
+        end: DateTime::from_timestamp_micros(START_US + 86_400_000_000),
+        ..Default::default()
+    };
+    for (limit, want) in [
+        (0, None),
+        (17_280, None),
+        (17_279, Some(Resolution::Minute)),
+        (100, Some(Resolution::Minute)),
+    ] {
+        let got = rollup::choose_for_stats(&db.pool, &day, limit).await?;
+        assert_eq!(got, want, "raw limit {limit}");
+    }
+
     // Retention: 9 days after the data the raw days are gone...
     let end = DateTime::<Utc>::from_timestamp_micros(START_US + DAYS * 86_400_000_000).unwrap();
     let options = LifecycleOptions {
@@ -169,11 +186,11 @@ async fn rollups_match_raw_samples_and_outlive_them() -> anyhow::Result<()> {
         ..Default::default()
     };
     assert_eq!(
-        rollup::choose_for_stats(&db.pool, &window).await?,
+        rollup::choose_for_stats(&db.pool, &window, 0).await?,
         Some(Resolution::Minute)
     );
     assert_eq!(
-        rollup::choose_for_stats(&db.pool, &all).await?,
+        rollup::choose_for_stats(&db.pool, &all, 0).await?,
         Some(Resolution::Minute)
     );
     let after = rollup::stats(&db.pool, &window, Resolution::Minute).await?;

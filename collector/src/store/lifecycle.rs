@@ -32,6 +32,12 @@ pub struct LifecycleOptions {
     /// How often partitions are prepared, drained and expired.
     #[arg(long, env = "HEADROOM_MAINTENANCE_EVERY", default_value = "10m", value_parser = humantime::parse_duration)]
     pub maintenance_every: Duration,
+    /// Most raw samples a statistics query sorts for exact percentiles;
+    /// larger selections are answered from the per-minute rollups
+    /// (percentiles within 1 %, the answer's resolution says MINUTE).
+    /// 0 always reads raw samples where they cover the window.
+    #[arg(long, env = "HEADROOM_RAW_STATS_LIMIT", default_value_t = 200_000)]
+    pub raw_stats_limit: u64,
 }
 
 impl Default for LifecycleOptions {
@@ -42,6 +48,7 @@ impl Default for LifecycleOptions {
             raw_retention: Duration::from_secs(8 * 86_400),
             rollup_retention: Duration::from_secs(400 * 86_400),
             maintenance_every: Duration::from_secs(600),
+            raw_stats_limit: 200_000,
         }
     }
 }

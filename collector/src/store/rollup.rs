@@ -477,15 +477,53 @@ async fn window_of(
     Ok(filter.start.or(first).zip(filter.end.or(last)))
 }
 
-/// The resolution that answers statistics for `filter`.
+/// The resolution that answers statistics for `filter`: by its window
+/// (see [`for_stats`]), and from the per-minute rollups when the raw
+/// samples it selects number more than `raw_limit` (0: no limit), since
+/// exact percentiles sort every one of them.
 pub async fn choose_for_stats(
     pool: &sqlx::PgPool,
     filter: &super::Filter,
+    raw_limit: u64,
 ) -> Result<Option<Resolution>> {
-    Ok(match window_of(pool, filter).await? {
-        Some((start, end)) => for_stats(start, end, raw_horizon(pool).await?),
-        None => None,
-    })
+    let Some((start, end)) = window_of(pool, filter).await? else {
+        return Ok(None);
+    };
+    let by_window = for_stats(start, end, raw_horizon(pool).await?);
+    if by_window.is_none() && raw_limit > 0 && raw_samples_exceed(pool, filter, raw_limit).await? {
+        return Ok(Some(Resolution::Minute));
+    }
+    Ok(by_window)
+}
+
+/// Whether `filter` selects more than `limit` samples, counted from the
+/// per-minute buckets. At most `limit + 1` buckets are read: each holds at
+/// least one sample, so reaching that many settles it.
+async fn raw_samples_exceed(
+    pool: &sqlx::PgPool,
+    filter: &super::Filter,
+    limit: u64,
+) -> Result<bool> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX - 1);
+    let samples: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(count), 0)::bigint FROM ( \
+           SELECT x.count FROM rollup_1m x \
+           WHERE ($1::int[] IS NULL OR x.service_id = ANY($1)) \
+             AND ($2::int[] IS NULL OR x.resource_id = ANY($2)) \
+             AND ($3::text[] IS NULL OR x.task_id = ANY($3)) \
+             AND ($4::timestamptz IS NULL OR x.bucket >= date_trunc('minute', $4)) \
+             AND ($5::timestamptz IS NULL OR x.bucket < $5) \
+           LIMIT $6) b",
+    )
+    .bind(&filter.service_ids)
+    .bind(&filter.resource_ids)
+    .bind(&filter.task_ids)
+    .bind(filter.start)
+    .bind(filter.end)
+    .bind(limit + 1)
+    .fetch_one(pool)
+    .await?;
+    Ok(samples > limit)
 }
 
 /// The resolution of an export (training data): raw samples while they
