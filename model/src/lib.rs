@@ -155,6 +155,36 @@ pub struct Encoded {
 }
 
 impl ModelSpec {
+    /// A small spec (services api, db, web; resources cpu, memory;
+    /// quantiles 0.5, 0.9, 0.99) for tests and examples.
+    pub fn example() -> ModelSpec {
+        ModelSpec {
+            version: "t1".into(),
+            feature_layout: FEATURE_LAYOUT,
+            services: vec!["api".into(), "db".into(), "web".into()],
+            resources: vec![
+                ResourceSpec {
+                    name: "cpu".into(),
+                    unit: "cores".into(),
+                    scale: 2.0,
+                },
+                ResourceSpec {
+                    name: "memory".into(),
+                    unit: "bytes".into(),
+                    scale: 1e9,
+                },
+            ],
+            quantiles: vec![0.5, 0.9, 0.99],
+            time: TimeEncoding {
+                scale_seconds: 600.0,
+                periods_seconds: vec![60.0],
+            },
+            trained_from: None,
+            trained_to: None,
+            metrics: vec![],
+        }
+    }
+
     /// Width of one input row.
     pub fn width(&self) -> usize {
         2 * self.services.len() + self.resources.len() + 2 + 2 * self.time.periods_seconds.len()
@@ -316,14 +346,19 @@ impl ModelSpec {
     /// Turns one output row into usage in the resource's unit: scaled back,
     /// floored at 0, and kept ascending whatever the graph produced.
     pub fn decode(&self, resource: usize, row: &[f32]) -> Vec<f64> {
+        let mut out = Vec::with_capacity(row.len());
+        self.decode_into(resource, row, &mut out);
+        out
+    }
+
+    /// [`ModelSpec::decode`], appending to `out`.
+    pub fn decode_into(&self, resource: usize, row: &[f32], out: &mut Vec<f64>) {
         let scale = self.resources[resource].scale;
         let mut last = 0.0_f64;
-        row.iter()
-            .map(|v| {
-                last = last.max(f64::from(*v) * scale);
-                last
-            })
-            .collect()
+        out.extend(row.iter().map(|v| {
+            last = last.max(f64::from(*v) * scale);
+            last
+        }));
     }
 }
 
@@ -334,31 +369,7 @@ mod tests {
     use super::*;
 
     fn spec() -> ModelSpec {
-        ModelSpec {
-            version: "t1".into(),
-            feature_layout: FEATURE_LAYOUT,
-            services: vec!["api".into(), "db".into(), "web".into()],
-            resources: vec![
-                ResourceSpec {
-                    name: "cpu".into(),
-                    unit: "cores".into(),
-                    scale: 2.0,
-                },
-                ResourceSpec {
-                    name: "memory".into(),
-                    unit: "bytes".into(),
-                    scale: 1e9,
-                },
-            ],
-            quantiles: vec![0.5, 0.9, 0.99],
-            time: TimeEncoding {
-                scale_seconds: 600.0,
-                periods_seconds: vec![60.0],
-            },
-            trained_from: None,
-            trained_to: None,
-            metrics: vec![],
-        }
+        ModelSpec::example()
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Predictor latency and throughput over gRPC on loopback, against a raw
 //! in-process `ort` run of the same model and inputs measured in the same
-//! run: single-query p50/p99, a 1,024-query batch, and 16 concurrent
-//! clients.
+//! run: single-query p50/p99, a 1,024-query batch (as `Predict` queries
+//! and as `PredictBatch` columns), and 16 concurrent clients.
 //!
 //! `cargo bench -p headroom-predictor --bench serve` (needs ORT_DYLIB_PATH).
 
@@ -144,7 +144,8 @@ async fn main() -> anyhow::Result<()> {
         Ok(())
     })?;
 
-    let batching = serve(&path, inference.clone(), &one, &batch).await?;
+    let columns = to_columns(&batch);
+    let batching = serve(&path, inference.clone(), &one, &batch, &columns).await?;
     let unbatched = serve(
         &path,
         InferenceOptions {
@@ -153,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
         },
         &one,
         &batch,
+        &columns,
     )
     .await?;
     let waiting = serve(
@@ -163,6 +165,7 @@ async fn main() -> anyhow::Result<()> {
         },
         &one,
         &batch,
+        &columns,
     )
     .await?;
     let raw_rate = 1.0 / raw_single[raw_single.len() / 2].as_secs_f64();
@@ -183,6 +186,11 @@ async fn main() -> anyhow::Result<()> {
         us(percentile(&raw_batch, 0.5)),
         us(percentile(&batching.batch, 0.5)),
         us(percentile(&batching.batch, 0.5)) / us(percentile(&raw_batch, 0.5))
+    );
+    println!(
+        "1,024 columns  PredictBatch p50 {:>8.1} µs ({:.2}x raw)",
+        us(percentile(&batching.columns, 0.5)),
+        us(percentile(&batching.columns, 0.5)) / us(percentile(&raw_batch, 0.5))
     );
     println!(
         "  in-process: request proto {:.1} µs, resolve + encode {:.1} µs, answer build + proto {:.1} µs",
@@ -220,6 +228,13 @@ async fn main() -> anyhow::Result<()> {
     );
     kit::bench::record(
         "predictor",
+        "1,024-query PredictBatch p50",
+        us(percentile(&batching.columns, 0.5)),
+        "µs",
+        Some(("raw ort batch p50", us(percentile(&raw_batch, 0.5)))),
+    );
+    kit::bench::record(
+        "predictor",
         &format!("{CLIENTS} clients"),
         batching.rate,
         "queries/s",
@@ -233,7 +248,33 @@ const CLIENTS: usize = 16;
 struct Figures {
     single: Vec<Duration>,
     batch: Vec<Duration>,
+    columns: Vec<Duration>,
     rate: f64,
+}
+
+/// The same queries as one `PredictBatch` request (they share one mix).
+fn to_columns(batch: &[v1::PredictQuery]) -> v1::PredictBatchRequest {
+    let mut columns = v1::PredictBatchRequest {
+        task_services: batch[0].task_services.clone(),
+        ..Default::default()
+    };
+    let index = |names: &mut Vec<String>, name: &str| -> u32 {
+        match names.iter().position(|n| n == name) {
+            Some(i) => i as u32,
+            None => {
+                names.push(name.to_string());
+                (names.len() - 1) as u32
+            }
+        }
+    };
+    for q in batch {
+        let s = index(&mut columns.services, &q.service);
+        let r = index(&mut columns.resources, &q.resource);
+        columns.service_index.push(s);
+        columns.resource_index.push(r);
+        columns.seconds.push(q.seconds);
+    }
+    columns
 }
 
 /// Serves `path` with `inference` and measures it over loopback gRPC.
@@ -242,6 +283,7 @@ async fn serve(
     inference: InferenceOptions,
     one: &[v1::PredictQuery],
     batch: &[v1::PredictQuery],
+    columns: &v1::PredictBatchRequest,
 ) -> anyhow::Result<Figures> {
     let config = PredictorConfig {
         model_path: path.to_path_buf(),
@@ -275,6 +317,15 @@ async fn serve(
         batched.push(time(&mut client, batch).await?);
     }
     batched.sort();
+    let mut columned = Vec::new();
+    for _ in 0..50 {
+        let request = columns.clone();
+        let t = Instant::now();
+        let answer = client.predict_batch(request).await?.into_inner();
+        columned.push(t.elapsed());
+        anyhow::ensure!(answer.values.len() == columns.seconds.len() * answer.quantiles.len());
+    }
+    columned.sort();
 
     let per_client = 500;
     let t = Instant::now();
@@ -300,6 +351,7 @@ async fn serve(
     Ok(Figures {
         single,
         batch: batched,
+        columns: columned,
         rate,
     })
 }

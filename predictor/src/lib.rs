@@ -193,6 +193,85 @@ async fn infer(model: &LoadedModel, queries: &[Encoded]) -> Result<Vec<Vec<f64>>
         .collect())
 }
 
+/// A columnar batch encoded into model rows: `x` is `[n, width]`
+/// row-major, `resources[i]` is query i's resource index.
+#[derive(Debug)]
+struct EncodedColumns {
+    x: Vec<f32>,
+    resources: Vec<usize>,
+}
+
+/// Checks a `PredictBatchRequest` against the model and the batch limit and
+/// encodes it, resolving each name once.
+fn encode_columns(
+    spec: &ModelSpec,
+    r: &v1::PredictBatchRequest,
+    max: usize,
+) -> Result<EncodedColumns> {
+    let n = r.seconds.len();
+    if n == 0 || n > max {
+        return Err(Error::InvalidArgument(format!(
+            "a batch holds 1 to {max} queries, got {n}"
+        )));
+    }
+    if r.service_index.len() != n || r.resource_index.len() != n {
+        return Err(Error::InvalidArgument(format!(
+            "service_index, resource_index and seconds need one entry per query: got {}, {} and {n}",
+            r.service_index.len(),
+            r.resource_index.len()
+        )));
+    }
+    let services = r
+        .services
+        .iter()
+        .map(|s| spec.service_index(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let resources = r
+        .resources
+        .iter()
+        .map(|s| spec.resource_index(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mix = r
+        .task_services
+        .iter()
+        .map(|s| spec.service_index(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let w = spec.width();
+    let mut x = vec![0.0; n * w];
+    let mut query_resources = Vec::with_capacity(n);
+    let mut row_mix = Vec::with_capacity(mix.len() + 1);
+    for (i, row) in x.chunks_exact_mut(w).enumerate() {
+        let service = *services
+            .get(r.service_index[i] as usize)
+            .ok_or_else(|| out_of_range(i, "service_index", r.service_index[i], services.len()))?;
+        let resource = *resources.get(r.resource_index[i] as usize).ok_or_else(|| {
+            out_of_range(i, "resource_index", r.resource_index[i], resources.len())
+        })?;
+        let seconds = r.seconds[i];
+        if !(seconds.is_finite() && seconds >= 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "query {i}: {}",
+                headroom_model::Error::BadSeconds(seconds)
+            )));
+        }
+        row_mix.clear();
+        row_mix.extend_from_slice(&mix);
+        row_mix.push(service);
+        spec.encode_row(&row_mix, service, resource, seconds, row);
+        query_resources.push(resource);
+    }
+    Ok(EncodedColumns {
+        x,
+        resources: query_resources,
+    })
+}
+
+fn out_of_range(query: usize, column: &str, index: u32, len: usize) -> Error {
+    Error::InvalidArgument(format!(
+        "query {query}: {column} {index} is out of range ({len} names given)"
+    ))
+}
+
 /// The seconds of a curve: 0, step, 2·step, … up to the horizon.
 fn curve_seconds(horizon: f64, step: f64, max_points: usize, curves: usize) -> Result<Vec<f64>> {
     if !(horizon.is_finite() && horizon > 0.0) {
@@ -318,6 +397,27 @@ impl Predictor for PredictorApi {
                         .collect(),
                 })
                 .collect(),
+            model_version: model.spec.version.clone(),
+        }))
+    }
+
+    async fn predict_batch(
+        &self,
+        request: Request<v1::PredictBatchRequest>,
+    ) -> Result<Response<v1::PredictBatchResponse>, Status> {
+        let model = self.state.current()?;
+        let r = request.into_inner();
+        let encoded = encode_columns(&model.spec, &r, self.state.config.max_batch)?;
+        let n = encoded.resources.len();
+        let k = model.spec.quantiles.len();
+        let out = model.run(encoded.x, n).await?;
+        let mut values = Vec::with_capacity(n * k);
+        for (row, resource) in out.chunks_exact(k).zip(&encoded.resources) {
+            model.spec.decode_into(*resource, row, &mut values);
+        }
+        Ok(Response::new(v1::PredictBatchResponse {
+            quantiles: model.spec.quantiles.clone(),
+            values,
             model_version: model.spec.version.clone(),
         }))
     }
@@ -452,7 +552,90 @@ impl Predictor for PredictorApi {
 
 #[cfg(test)]
 mod tests {
-    use super::curve_seconds;
+    use headroom_model::{ModelSpec, Query};
+    use headroom_proto::v1::PredictBatchRequest;
+
+    use super::{curve_seconds, encode_columns};
+
+    fn columns() -> PredictBatchRequest {
+        PredictBatchRequest {
+            task_services: vec!["web".into()],
+            services: vec!["db".into(), "api".into()],
+            resources: vec!["memory".into(), "cpu".into()],
+            service_index: vec![1, 0, 1],
+            resource_index: vec![0, 1, 1],
+            seconds: vec![150.0, 0.0, 3.5],
+        }
+    }
+
+    #[test]
+    fn columns_encode_to_the_rows_of_the_same_point_queries() {
+        let spec = ModelSpec::example();
+        let got = encode_columns(&spec, &columns(), 10).unwrap();
+        let mix = vec!["web".to_string()];
+        let want = spec
+            .encode(&[
+                Query {
+                    task_services: &mix,
+                    service: "api",
+                    resource: "memory",
+                    seconds: 150.0,
+                },
+                Query {
+                    task_services: &mix,
+                    service: "db",
+                    resource: "cpu",
+                    seconds: 0.0,
+                },
+                Query {
+                    task_services: &mix,
+                    service: "api",
+                    resource: "cpu",
+                    seconds: 3.5,
+                },
+            ])
+            .unwrap();
+        assert_eq!(got.x, want);
+        assert_eq!(got.resources, [1, 0, 0]);
+    }
+
+    #[test]
+    fn bad_columns_are_refused_naming_the_problem() {
+        let spec = ModelSpec::example();
+        let refused = |edit: &dyn Fn(&mut PredictBatchRequest), max: usize| {
+            let mut r = columns();
+            edit(&mut r);
+            encode_columns(&spec, &r, max).unwrap_err().to_string()
+        };
+        let e = refused(&|_| {}, 2);
+        assert!(e.contains("1 to 2 queries, got 3"), "{e}");
+        let e = refused(&|r| r.seconds.clear(), 10);
+        assert!(e.contains("got 0"), "{e}");
+        let e = refused(
+            &|r| {
+                r.resource_index.pop();
+            },
+            10,
+        );
+        assert!(e.contains("one entry per query: got 3, 2 and 3"), "{e}");
+        let e = refused(&|r| r.service_index[2] = 2, 10);
+        assert!(
+            e.contains("query 2: service_index 2 is out of range (2 names given)"),
+            "{e}"
+        );
+        let e = refused(&|r| r.resource_index[1] = 9, 10);
+        assert!(e.contains("query 1: resource_index 9"), "{e}");
+        let e = refused(&|r| r.services[0] = "nginx".into(), 10);
+        assert!(e.contains("nginx") && e.contains("api, db, web"), "{e}");
+        let e = refused(&|r| r.task_services.push("redis".into()), 10);
+        assert!(e.contains("redis"), "{e}");
+        let e = refused(&|r| r.resources[1] = "gpu".into(), 10);
+        assert!(e.contains("gpu") && e.contains("cpu, memory"), "{e}");
+        let e = refused(&|r| r.seconds[1] = f64::NAN, 10);
+        assert!(e.starts_with("query 1:"), "{e}");
+        let e = refused(&|r| r.seconds[2] = -1.0, 10);
+        assert!(e.starts_with("query 2:"), "{e}");
+    }
 
     #[test]
     fn curves_run_from_zero_to_the_horizon_within_the_limit() {

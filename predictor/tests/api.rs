@@ -152,6 +152,40 @@ async fn predicts_profiles_and_reloads_models() -> anyhow::Result<()> {
     {
         assert_close(p, &want);
     }
+    // PredictBatch: the same queries in columns give the same answers.
+    let columns = v1::PredictBatchRequest {
+        task_services: mix.clone(),
+        services: vec![spec.services[1].clone()],
+        resources: queries.iter().map(|q| q.resource.clone()).collect(),
+        service_index: vec![0; 3],
+        resource_index: vec![0, 1, 2],
+        seconds: queries.iter().map(|q| q.seconds).collect(),
+    };
+    let batch = client.predict_batch(columns.clone()).await?.into_inner();
+    assert_eq!(batch.model_version, "first");
+    assert_eq!(batch.quantiles, spec.quantiles);
+    assert_eq!(batch.values.len(), 3 * spec.quantiles.len());
+    for (row, p) in batch
+        .values
+        .chunks_exact(spec.quantiles.len())
+        .zip(&answer.predictions)
+    {
+        assert_close(p, row);
+    }
+    let e = client
+        .predict_batch(v1::PredictBatchRequest {
+            resource_index: vec![0, 7, 2],
+            ..columns
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message()
+            .contains("query 1: resource_index 7 is out of range"),
+        "{}",
+        e.message()
+    );
     for (q, p) in queries.iter().zip(&answer.predictions) {
         let e = spec.resolve(&headroom_model::Query {
             task_services: &q.task_services,

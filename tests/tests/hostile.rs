@@ -396,6 +396,31 @@ async fn every_rpc_answers_hostile_requests_with_a_clear_status() -> anyhow::Res
         },
     );
     check(
+        "PredictBatch",
+        (
+            names(s.clone()),
+            names(s.clone()),
+            names(r.clone()),
+            proptest::collection::vec(any::<u32>().prop_map(|i| i % 4), 0..20),
+            proptest::collection::vec(any::<u32>().prop_map(|i| i % 4), 0..20),
+            proptest::collection::vec(num(), 0..20),
+        ),
+        |(task_services, services, resources, service_index, resource_index, seconds)| {
+            let mut p = p.clone();
+            async move {
+                ok(p.predict_batch(v1::PredictBatchRequest {
+                    task_services,
+                    services,
+                    resources,
+                    service_index,
+                    resource_index,
+                    seconds,
+                })
+                .await)
+            }
+        },
+    );
+    check(
         "PredictProfile",
         (
             names(s.clone()),
