@@ -209,11 +209,7 @@ fn encode_columns(
     max: usize,
 ) -> Result<EncodedColumns> {
     let n = r.seconds.len();
-    if n == 0 || n > max {
-        return Err(Error::InvalidArgument(format!(
-            "a batch holds 1 to {max} queries, got {n}"
-        )));
-    }
+    batch_size(n, max)?;
     if r.service_index.len() != n || r.resource_index.len() != n {
         return Err(Error::InvalidArgument(format!(
             "service_index, resource_index and seconds need one entry per query: got {}, {} and {n}",
@@ -264,6 +260,16 @@ fn encode_columns(
         x,
         resources: query_resources,
     })
+}
+
+/// Refuses empty batches and batches above the configured limit.
+fn batch_size(n: usize, max: usize) -> Result<()> {
+    if n == 0 || n > max {
+        return Err(Error::InvalidArgument(format!(
+            "a batch holds 1 to {max} queries, got {n}"
+        )));
+    }
+    Ok(())
 }
 
 fn out_of_range(query: usize, column: &str, index: u32, len: usize) -> Error {
@@ -358,13 +364,7 @@ impl Predictor for PredictorApi {
     ) -> Result<Response<v1::PredictResponse>, Status> {
         let model = self.state.current()?;
         let r = request.into_inner();
-        let max = self.state.config.max_batch;
-        if r.queries.is_empty() || r.queries.len() > max {
-            return Err(Status::invalid_argument(format!(
-                "a batch holds 1 to {max} queries, got {}",
-                r.queries.len()
-            )));
-        }
+        batch_size(r.queries.len(), self.state.config.max_batch)?;
         let encoded = r
             .queries
             .iter()
