@@ -129,31 +129,65 @@ async fn kafka_security_settings_reach_librdkafka_and_secrets_stay_out_of_logs()
     kit::init_logs();
     let db = kit::TestDb::new().await?;
     let pki = TestPki::new("kafka")?;
-    let topic = kit::fresh_topic("sec", 1).await?;
-    // SASL over TLS towards the plaintext test broker: librdkafka takes the
-    // settings (this build has TLS and SCRAM) and fails the handshake.
+    let topic = kit::unique_name("sec");
+    // A broker that requires SCRAM-SHA-512, behind TLS: the user is created
+    // on a durable broker, which then restarts with authentication on and
+    // advertises the TLS port.
+    let mut broker = kit::PrivateBroker::start_durable()?;
+    broker.create_user("headroom", KAFKA_SECRET)?;
+    broker.stop();
+    let tls_port = kit::broker::free_port()?;
+    broker.set_next_start(true, tls_port);
+    broker.start_again()?;
+    let front = TlsFront::start(tls_port, &broker.address(), &pki, false)?;
+    let sasl = |password: &str| {
+        vec![
+            "security.protocol=SASL_SSL".to_string(),
+            "sasl.mechanism=SCRAM-SHA-512".to_string(),
+            "sasl.username=headroom".to_string(),
+            format!("sasl.password={password}"),
+            format!("ssl.ca.location={}", pki.ca.display()),
+        ]
+    };
+
+    // The right password: records produced and stored over SASL_SSL.
+    let mut options = common::ingest_options(&topic);
+    options.brokers = front.address();
+    options.kafka_options = sasl(KAFKA_SECRET);
+    let server = common::start(&db.url, options).await?;
+    let mut producer = kit::producer_config();
+    producer.set("bootstrap.servers", front.address());
+    for option in sasl(KAFKA_SECRET) {
+        let (key, value) = option.split_once('=').expect("key=value");
+        producer.set(key, value);
+    }
+    let records: Vec<(String, Vec<u8>)> = (0..100)
+        .map(|n| {
+            let payload = common::usage("t-sasl", "api", common::T0 + n * 1000, &[("cpu", 1.0)]);
+            ("api".to_string(), payload)
+        })
+        .collect();
+    common::produce_with(producer, &topic, &records, None).await?;
+    common::wait_for_rows(&db.pool, "t-sasl", 100, Duration::from_secs(60)).await?;
+    server.stop().await?;
+
+    // A wrong password: refused, ingest never starts, and neither password
+    // nor the database's shows in the log.
+    let wrong = format!("{KAFKA_SECRET}-wrong");
     let log = log_until_kafka_fails(
-        &kit::kafka_brokers(),
+        &front.address(),
         &topic,
-        &format!(
-            "security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512,sasl.username=headroom,sasl.password={KAFKA_SECRET},ssl.ca.location={}",
-            pki.ca.display()
-        ),
+        &sasl(&wrong).join(","),
         &url_with(&db, "sslmode=prefer"),
     )
     .await?;
     assert!(
         log.contains("kafka not ready") && !log.contains("ingest started"),
-        "SASL_SSL against a plaintext broker did not fail:\n{log}"
+        "a wrong SASL password was accepted:\n{log}"
     );
-    assert!(
-        !log.contains(KAFKA_SECRET),
-        "Kafka password printed:\n{log}"
-    );
-    assert!(
-        !log.contains(PG_SECRET),
-        "database password printed:\n{log}"
-    );
+    for secret in [KAFKA_SECRET, PG_SECRET] {
+        assert!(!log.contains(secret), "a password was printed:\n{log}");
+    }
 
     // A setting librdkafka refuses stops the collector with a one-line
     // reason naming the key.

@@ -49,6 +49,7 @@ pub struct PrivateBroker {
     advertised_port: u16,
     dir: PathBuf,
     storage: Storage,
+    authentication: bool,
     child: Option<std::process::Child>,
 }
 
@@ -81,6 +82,7 @@ impl PrivateBroker {
             advertised_port: advertised_port.unwrap_or(port),
             dir,
             storage,
+            authentication: false,
             child: None,
         };
         broker.start_again()?;
@@ -95,6 +97,30 @@ impl PrivateBroker {
     /// `127.0.0.1:advertised_port`, where it tells clients to connect.
     pub fn advertised_address(&self) -> String {
         format!("127.0.0.1:{}", self.advertised_port)
+    }
+
+    /// From the next start on, clients must authenticate (SASL SCRAM) and
+    /// are told to connect on `advertised_port`.
+    pub fn set_next_start(&mut self, authentication: bool, advertised_port: u16) {
+        self.authentication = authentication;
+        self.advertised_port = advertised_port;
+    }
+
+    /// Creates a SCRAM-SHA-512 user through the running broker (`tansu
+    /// user create`); with durable storage it outlives restarts.
+    pub fn create_user(&self, name: &str, password: &str) -> anyhow::Result<()> {
+        let broker = format!("tcp://{}", self.address());
+        let out = std::process::Command::new(&self.bin)
+            .args(["user", "create", "--broker", &broker])
+            .args(["--mechanism", "scram512", name, password])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "tansu user create {name} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
     }
 
     /// Starts the stopped broker again on the same port and storage.
@@ -113,6 +139,7 @@ impl PrivateBroker {
             .args(["broker", "--listener-url", &listener])
             .args(["--advertised-listener-url", &advertised])
             .args(["--storage-engine", storage])
+            .args(self.authentication.then_some("--authentication"))
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
