@@ -165,22 +165,20 @@ async fn main() -> anyhow::Result<()> {
     let queries = tokio::spawn({
         let mut client = client.clone();
         async move {
-            let mut answered = 0u64;
+            // Answer times, with the resolution of each answer.
+            let mut answers: Vec<(Duration, i32)> = Vec::new();
             while Instant::now() < deadline {
                 let filter = Some(v1::UsageFilter {
                     task_ids: vec![TASK.into()],
                     ..Default::default()
                 });
-                if client
-                    .usage_stats(v1::UsageStatsRequest { filter })
-                    .await
-                    .is_ok()
-                {
-                    answered += 1;
+                let t = Instant::now();
+                if let Ok(answer) = client.usage_stats(v1::UsageStatsRequest { filter }).await {
+                    answers.push((t.elapsed(), answer.into_inner().resolution));
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
-            answered
+            answers
         }
     });
     let sampler = tokio::spawn(async move {
@@ -232,7 +230,14 @@ async fn main() -> anyhow::Result<()> {
     for d in pending.drain(..) {
         d.await?.map_err(|(e, _)| e)?;
     }
-    let answered = queries.await?;
+    let answers = queries.await?;
+    let answered = answers.len();
+    let mut times: Vec<f64> = answers.iter().map(|a| a.0.as_secs_f64() * 1e3).collect();
+    times.sort_by(f64::total_cmp);
+    let rollup_answers = answers
+        .iter()
+        .filter(|a| a.1 != v1::Resolution::Raw as i32)
+        .count();
     let points = sampler.await?;
     let want = (produced * 6) as i64;
     let stored = kit::eventually("every sample stored", Duration::from_secs(300), || async {
@@ -251,6 +256,20 @@ async fn main() -> anyhow::Result<()> {
         "sustained load: {secs} s at {rate} records/s ({} samples/s) + an agent sampling {SERVICES} processes; {answered} UsageStats answered",
         rate * 6
     );
+    if let (Some(first), Some(max)) = (times.first(), times.last()) {
+        let p50 = times[times.len() / 2];
+        println!(
+            "UsageStats of the running task: p50 {p50:.1} ms, fastest {first:.1} ms, slowest {max:.1} ms; {rollup_answers} of {answered} answered from rollups"
+        );
+        kit::bench::record(
+            "sustained",
+            "UsageStats of the running task, p50",
+            p50,
+            "ms",
+            Some(("fastest answer, ms", *first)),
+        );
+        kit::bench::record("sustained", "UsageStats, slowest", *max, "ms", None);
+    }
     println!(
         "stored {stored} of {want} produced samples ({})",
         if stored == want {
