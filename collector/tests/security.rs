@@ -151,25 +151,15 @@ async fn kafka_security_settings_reach_librdkafka_and_secrets_stay_out_of_logs()
     };
 
     // The right password: records produced and stored over SASL_SSL.
-    let mut options = common::ingest_options(&topic);
-    options.brokers = front.address();
-    options.kafka_options = sasl(KAFKA_SECRET);
-    let server = common::start(&db.url, options).await?;
-    let mut producer = kit::producer_config();
-    producer.set("bootstrap.servers", front.address());
-    for option in sasl(KAFKA_SECRET) {
-        let (key, value) = option.split_once('=').expect("key=value");
-        producer.set(key, value);
-    }
-    let records: Vec<(String, Vec<u8>)> = (0..100)
-        .map(|n| {
-            let payload = common::usage("t-sasl", "api", common::T0 + n * 1000, &[("cpu", 1.0)]);
-            ("api".to_string(), payload)
-        })
-        .collect();
-    common::produce_with(producer, &topic, &records, None).await?;
-    common::wait_for_rows(&db.pool, "t-sasl", 100, Duration::from_secs(60)).await?;
-    server.stop().await?;
+    stored_through(
+        &db,
+        &front.address(),
+        &topic,
+        sasl(KAFKA_SECRET),
+        "t-sasl",
+        100,
+    )
+    .await?;
 
     // A wrong password: refused, ingest never starts, and neither password
     // nor the database's shows in the log.
@@ -215,6 +205,38 @@ async fn kafka_security_settings_reach_librdkafka_and_secrets_stay_out_of_logs()
     Ok(())
 }
 
+/// Runs a collector in-process with `kafka_options` towards `brokers`,
+/// produces `n` records of `task` with the same settings, and waits until
+/// exactly those are stored.
+async fn stored_through(
+    db: &kit::TestDb,
+    brokers: &str,
+    topic: &str,
+    kafka_options: Vec<String>,
+    task: &str,
+    n: i64,
+) -> anyhow::Result<()> {
+    let mut producer = kit::producer_config();
+    producer.set("bootstrap.servers", brokers);
+    for option in &kafka_options {
+        let (key, value) = option.split_once('=').expect("key=value");
+        producer.set(key, value);
+    }
+    let mut options = common::ingest_options(topic);
+    options.brokers = brokers.to_string();
+    options.kafka_options = kafka_options;
+    let server = common::start(&db.url, options).await?;
+    let records: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let payload = common::usage(task, "api", common::T0 + i * 1000, &[("cpu", 1.0)]);
+            ("api".to_string(), payload)
+        })
+        .collect();
+    common::produce_with(producer, topic, &records, None).await?;
+    common::wait_for_rows(&db.pool, task, n, Duration::from_secs(60)).await?;
+    server.stop().await
+}
+
 /// librdkafka settings for SSL trusting `ca`, with a client certificate
 /// when given.
 fn ssl_options(ca: &TestPki, client: Option<&TestPki>) -> Vec<String> {
@@ -247,25 +269,15 @@ async fn kafka_over_mutual_tls_is_stored_and_untrusted_peers_are_refused() -> an
 
     // Trusting the CA and presenting a client certificate: the collector
     // creates its topics, consumes and stores over TLS.
-    let mut options = common::ingest_options(&topic);
-    options.brokers = front.address();
-    options.kafka_options = ssl_options(&pki, Some(&pki));
-    let server = common::start(&db.url, options).await?;
-    let mut producer = kit::producer_config();
-    producer.set("bootstrap.servers", front.address());
-    for option in ssl_options(&pki, Some(&pki)) {
-        let (key, value) = option.split_once('=').expect("key=value");
-        producer.set(key, value);
-    }
-    let records: Vec<(String, Vec<u8>)> = (0..200)
-        .map(|n| {
-            let payload = common::usage("t-tls", "api", common::T0 + n * 1000, &[("cpu", 1.0)]);
-            ("api".to_string(), payload)
-        })
-        .collect();
-    common::produce_with(producer, &topic, &records, None).await?;
-    common::wait_for_rows(&db.pool, "t-tls", 200, Duration::from_secs(60)).await?;
-    server.stop().await?;
+    stored_through(
+        &db,
+        &front.address(),
+        &topic,
+        ssl_options(&pki, Some(&pki)),
+        "t-tls",
+        200,
+    )
+    .await?;
     assert_eq!(
         front.failed_handshakes(),
         0,
