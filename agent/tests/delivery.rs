@@ -2,7 +2,8 @@
 //! stopped for 10 s while records keep coming, then restarted; every record
 //! published from the outage on arrives, once, in order per key. And with a
 //! spool too small for the outage, exactly the records the agent refused
-//! (and counted as dropped) are missing.
+//! (and counted as dropped) are missing. And the same publisher over
+//! SASL_SSL: delivered with the right password, held with a wrong one.
 
 use std::{collections::HashMap, sync::atomic::Ordering, time::Duration};
 
@@ -22,21 +23,26 @@ struct Running {
 }
 
 fn start_publisher(
-    broker: &kit::PrivateBroker,
+    brokers: String,
+    kafka_options: Vec<String>,
     spool_dir: &std::path::Path,
     partitions: i32,
     buffer_records: usize,
     spool_bytes: u64,
 ) -> anyhow::Result<Running> {
     let publisher = Publisher::new(PublisherOptions {
-        brokers: broker.address(),
+        brokers,
         topic: "usage".into(),
         partitions,
         buffer_records,
         spool_dir: spool_dir.to_path_buf(),
         spool_bytes,
         delivery_timeout: Duration::from_secs(2),
-        kafka_options: Vec::new(),
+        kafka_options: kafka_options
+            .iter()
+            .filter_map(|o| o.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     })?;
     let shutdown = CancellationToken::new();
     let task = tokio::spawn({
@@ -53,12 +59,19 @@ fn start_publisher(
 
 /// A consumer of the whole "usage" topic on `broker`.
 fn reader(broker: &kit::PrivateBroker) -> anyhow::Result<StreamConsumer> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.address())
+    reader_with(&broker.address(), &[])
+}
+
+/// A consumer of the whole "usage" topic at `brokers` with `options`.
+fn reader_with(brokers: &str, options: &[String]) -> anyhow::Result<StreamConsumer> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
         .set("group.id", kit::unique_name("reader"))
         .set("session.timeout.ms", "6000")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
+        .set("auto.offset.reset", "earliest");
+    kit::broker::apply_options(&mut config, options);
+    let consumer: StreamConsumer = config.create()?;
     consumer.subscribe(&["usage"])?;
     Ok(consumer)
 }
@@ -73,7 +86,7 @@ async fn a_ten_second_broker_outage_loses_and_duplicates_nothing() -> anyhow::Re
         publisher,
         shutdown,
         task,
-    } = start_publisher(&broker, &spool_dir, 3, 50, 64 << 20)?;
+    } = start_publisher(broker.address(), Vec::new(), &spool_dir, 3, 50, 64 << 20)?;
 
     let mut i: u64 = 0;
     // One second's worth of records (20), numbered from `i`.
@@ -166,7 +179,7 @@ async fn a_full_spool_drops_exactly_the_records_it_counts() -> anyhow::Result<()
         publisher,
         shutdown,
         task,
-    } = start_publisher(&broker, &spool_dir, 1, 20, 2048)?;
+    } = start_publisher(broker.address(), Vec::new(), &spool_dir, 1, 20, 2048)?;
     let payload = |n: u64| format!("{n:08}").into_bytes();
     for n in 0..20 {
         assert!(publisher.publish("svc", payload(n)));
@@ -249,5 +262,50 @@ async fn a_full_spool_drops_exactly_the_records_it_counts() -> anyhow::Result<()
     shutdown.cancel();
     task.await??;
     let _ = std::fs::remove_dir_all(spool_dir);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_over_sasl_ssl_and_holds_records_a_wrong_password_cannot_send()
+-> anyhow::Result<()> {
+    kit::init_logs();
+    let pki = kit::pki::TestPki::new("agent-sasl")?;
+    let (_broker, front) = kit::broker::sasl_ssl_broker(&pki, "agent", "agent-secret")?;
+    let spool_dir = std::env::temp_dir().join(kit::unique_name("headroom_spool"));
+
+    // The right password: every record arrives, read back over SASL_SSL.
+    let good = kit::broker::sasl_ssl_options("agent", "agent-secret", &pki.ca);
+    let running = start_publisher(front.address(), good.clone(), &spool_dir, 1, 100, 1 << 20)?;
+    for n in 0..50u64 {
+        assert!(running.publisher.publish("svc", n.to_string().into_bytes()));
+    }
+    kit::eventually("50 records delivered", Duration::from_secs(60), || async {
+        (running.publisher.stats.delivered.load(Ordering::Relaxed) == 50).then_some(())
+    })
+    .await?;
+    let consumer = reader_with(&front.address(), &good)?;
+    for n in 0..50u64 {
+        let msg = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await??;
+        assert_eq!(msg.payload(), Some(n.to_string().as_bytes()));
+    }
+    running.shutdown.cancel();
+    running.task.await??;
+    let _ = std::fs::remove_dir_all(&spool_dir);
+
+    // A wrong password: nothing is delivered, and nothing is lost either:
+    // the records wait in the queue and spool.
+    let bad = kit::broker::sasl_ssl_options("agent", "not-the-secret", &pki.ca);
+    let running = start_publisher(front.address(), bad, &spool_dir, 1, 100, 1 << 20)?;
+    for n in 0..10u64 {
+        assert!(running.publisher.publish("svc", n.to_string().into_bytes()));
+    }
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(running.publisher.stats.delivered.load(Ordering::Relaxed), 0);
+    let (memory, spooled, _) = running.publisher.depth();
+    assert_eq!(memory + spooled, 10, "records held while unauthenticated");
+    assert_eq!(running.publisher.stats.dropped.load(Ordering::Relaxed), 0);
+    running.shutdown.cancel();
+    let _ = running.task.await;
+    let _ = std::fs::remove_dir_all(&spool_dir);
     Ok(())
 }

@@ -130,25 +130,9 @@ async fn kafka_security_settings_reach_librdkafka_and_secrets_stay_out_of_logs()
     let db = kit::TestDb::new().await?;
     let pki = TestPki::new("kafka")?;
     let topic = kit::unique_name("sec");
-    // A broker that requires SCRAM-SHA-512, behind TLS: the user is created
-    // on a durable broker, which then restarts with authentication on and
-    // advertises the TLS port.
-    let mut broker = kit::PrivateBroker::start_durable()?;
-    broker.create_user("headroom", KAFKA_SECRET)?;
-    broker.stop();
-    let tls_port = kit::broker::free_port()?;
-    broker.set_next_start(true, tls_port);
-    broker.start_again()?;
-    let front = TlsFront::start(tls_port, &broker.address(), &pki, false)?;
-    let sasl = |password: &str| {
-        vec![
-            "security.protocol=SASL_SSL".to_string(),
-            "sasl.mechanism=SCRAM-SHA-512".to_string(),
-            "sasl.username=headroom".to_string(),
-            format!("sasl.password={password}"),
-            format!("ssl.ca.location={}", pki.ca.display()),
-        ]
-    };
+    // A broker that requires SCRAM-SHA-512, behind TLS.
+    let (_broker, front) = kit::broker::sasl_ssl_broker(&pki, "headroom", KAFKA_SECRET)?;
+    let sasl = |password: &str| kit::broker::sasl_ssl_options("headroom", password, &pki.ca);
 
     // The right password: records produced and stored over SASL_SSL.
     stored_through(
@@ -218,10 +202,7 @@ async fn stored_through(
 ) -> anyhow::Result<()> {
     let mut producer = kit::producer_config();
     producer.set("bootstrap.servers", brokers);
-    for option in &kafka_options {
-        let (key, value) = option.split_once('=').expect("key=value");
-        producer.set(key, value);
-    }
+    kit::broker::apply_options(&mut producer, &kafka_options);
     let mut options = common::ingest_options(topic);
     options.brokers = brokers.to_string();
     options.kafka_options = kafka_options;

@@ -180,6 +180,45 @@ impl Drop for PrivateBroker {
     }
 }
 
+/// A durable broker that requires SASL SCRAM-SHA-512 from `user` with
+/// `password`, behind a TLS front with the PKI's server certificate (no
+/// client certificates): a SASL_SSL broker. The user is created before
+/// authentication is switched on, then the broker restarts.
+pub fn sasl_ssl_broker(
+    pki: &TestPki,
+    user: &str,
+    password: &str,
+) -> anyhow::Result<(PrivateBroker, TlsFront)> {
+    let mut broker = PrivateBroker::start_durable()?;
+    broker.create_user(user, password)?;
+    broker.stop();
+    let tls_port = free_port()?;
+    broker.set_next_start(true, tls_port);
+    broker.start_again()?;
+    let front = TlsFront::start(tls_port, &broker.address(), pki, false)?;
+    Ok((broker, front))
+}
+
+/// librdkafka settings (`key=value`) for SASL_SSL with SCRAM-SHA-512,
+/// trusting the CA in `ca`.
+pub fn sasl_ssl_options(user: &str, password: &str, ca: &Path) -> Vec<String> {
+    vec![
+        "security.protocol=SASL_SSL".to_string(),
+        "sasl.mechanism=SCRAM-SHA-512".to_string(),
+        format!("sasl.username={user}"),
+        format!("sasl.password={password}"),
+        format!("ssl.ca.location={}", ca.display()),
+    ]
+}
+
+/// Sets `key=value` librdkafka settings on a client configuration.
+pub fn apply_options(config: &mut rdkafka::ClientConfig, options: &[String]) {
+    for option in options {
+        let (key, value) = option.split_once('=').expect("key=value");
+        config.set(key, value);
+    }
+}
+
 /// A TLS listener on 127.0.0.1 that forwards each connection, decrypted,
 /// to a plaintext broker: Kafka over SSL against a broker that speaks only
 /// plaintext. Stops on drop.
