@@ -127,6 +127,15 @@ pub struct ModelSpec {
     pub metrics: Vec<Metric>,
 }
 
+/// Refuses seconds into a task that are negative, NaN or infinite.
+pub fn check_seconds(seconds: f64) -> Result<(), Error> {
+    if seconds.is_finite() && seconds >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::BadSeconds(seconds))
+    }
+}
+
 /// One point query, by name.
 #[derive(Debug, Clone, Copy)]
 pub struct Query<'a> {
@@ -278,9 +287,7 @@ impl ModelSpec {
 
     /// Resolves a query's names; refuses names the model never saw.
     pub fn resolve(&self, query: &Query<'_>) -> Result<Encoded, Error> {
-        if !(query.seconds.is_finite() && query.seconds >= 0.0) {
-            return Err(Error::BadSeconds(query.seconds));
-        }
+        check_seconds(query.seconds)?;
         let service = self.service_index(query.service)?;
         let resource = self.resource_index(query.resource)?;
         let mut mix = query

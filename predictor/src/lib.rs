@@ -244,12 +244,8 @@ fn encode_columns(
             out_of_range(i, "resource_index", r.resource_index[i], resources.len())
         })?;
         let seconds = r.seconds[i];
-        if !(seconds.is_finite() && seconds >= 0.0) {
-            return Err(Error::InvalidArgument(format!(
-                "query {i}: {}",
-                headroom_model::Error::BadSeconds(seconds)
-            )));
-        }
+        headroom_model::check_seconds(seconds)
+            .map_err(|e| Error::InvalidArgument(format!("query {i}: {e}")))?;
         row_mix.clear();
         row_mix.extend_from_slice(&mix);
         row_mix.push(service);

@@ -286,6 +286,15 @@ pub fn for_step(step_us: i64) -> Option<Resolution> {
         .find(|r| step_us % (r.seconds() * 1_000_000) == 0)
 }
 
+/// The WHERE clause selecting rollup buckets `x` of a filter's series that
+/// overlap its window: services, resources and tasks in $1 to $3, the
+/// window in $4 and $5, the bucket width in seconds in $6.
+const BUCKET_FILTER: &str = "($1::int[] IS NULL OR x.service_id = ANY($1)) \
+     AND ($2::int[] IS NULL OR x.resource_id = ANY($2)) \
+     AND ($3::text[] IS NULL OR x.task_id = ANY($3)) \
+     AND ($4::timestamptz IS NULL OR x.bucket > $4 - make_interval(secs => $6)) \
+     AND ($5::timestamptz IS NULL OR x.bucket < $5)";
+
 /// Stored buckets of the filtered series overlapping the filter's window,
 /// with service, resource and unit names, in (service, resource, bucket)
 /// order.
@@ -299,11 +308,7 @@ pub async fn buckets(
         "SELECT x.task_id, s.name AS service, r.name AS resource, r.unit, x.bucket, \
                 x.count, x.sum, x.sum_sq, x.min, x.max, x.sketch \
          FROM {table} x JOIN services s ON s.id = x.service_id JOIN resources r ON r.id = x.resource_id \
-         WHERE ($1::int[] IS NULL OR x.service_id = ANY($1)) \
-           AND ($2::int[] IS NULL OR x.resource_id = ANY($2)) \
-           AND ($3::text[] IS NULL OR x.task_id = ANY($3)) \
-           AND ($4::timestamptz IS NULL OR x.bucket > $4 - make_interval(secs => $6)) \
-           AND ($5::timestamptz IS NULL OR x.bucket < $5) \
+         WHERE {BUCKET_FILTER} \
          ORDER BY s.name, r.name, x.bucket"
     ))
     .bind(&filter.service_ids)
@@ -505,21 +510,16 @@ async fn raw_samples_exceed(
     limit: u64,
 ) -> Result<bool> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX - 1);
-    let samples: i64 = sqlx::query_scalar(
+    let samples: i64 = sqlx::query_scalar(&format!(
         "SELECT coalesce(sum(count), 0)::bigint FROM ( \
-           SELECT x.count FROM rollup_1m x \
-           WHERE ($1::int[] IS NULL OR x.service_id = ANY($1)) \
-             AND ($2::int[] IS NULL OR x.resource_id = ANY($2)) \
-             AND ($3::text[] IS NULL OR x.task_id = ANY($3)) \
-             AND ($4::timestamptz IS NULL OR x.bucket >= date_trunc('minute', $4)) \
-             AND ($5::timestamptz IS NULL OR x.bucket < $5) \
-           LIMIT $6) b",
-    )
+           SELECT x.count FROM rollup_1m x WHERE {BUCKET_FILTER} LIMIT $7) b"
+    ))
     .bind(&filter.service_ids)
     .bind(&filter.resource_ids)
     .bind(&filter.task_ids)
     .bind(filter.start)
     .bind(filter.end)
+    .bind(Resolution::Minute.seconds() as f64)
     .bind(limit + 1)
     .fetch_one(pool)
     .await?;
