@@ -27,6 +27,12 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// A backtest's answer as the CLI's table.
+fn table(answer: &v1::BacktestResponse) -> anyhow::Result<String> {
+    let report = headroom_allocator::grpc::backtest::report(answer.clone())?;
+    Ok(headroom_allocator::render::table(&report))
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -221,7 +227,7 @@ async fn main() -> anyhow::Result<()> {
         ms(read),
         ms(backtest) / ms(read)
     );
-    print!("{}", headroom_allocator::backtest::table(&answer));
+    print!("{}", table(&answer)?);
     // The model-based strategies again, aiming at the violation rate the
     // percentile strategy reached on CPU: slack at an equal violation rate.
     let percentile_cpu = answer
@@ -246,7 +252,7 @@ async fn main() -> anyhow::Result<()> {
         "predictive and plan aiming at {:.2} % violations:",
         percentile_cpu * 100.0
     );
-    print!("{}", headroom_allocator::backtest::table(&matched));
+    print!("{}", table(&matched)?);
     alloc.stop().await?;
     pred.stop().await?;
     coll.stop().await

@@ -1,14 +1,30 @@
 //! `headroom-allocator`: serve (the default), or ask a running allocator
-//! for recommendations, plans and placements.
+//! for recommendations, plans, placements and backtests.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
-use headroom_allocator::{AllocatorConfig, ServiceOptions};
-use headroom_proto::v1::{self, allocator_client::AllocatorClient};
+use clap::{Parser, Subcommand};
+use headroom_allocator::{
+    AllocatorConfig, ServiceOptions,
+    allocate::{DEFAULT_HISTORY, DEFAULT_MAX_SERVICES, Workload},
+    backtest::{BacktestAsk, DEFAULT_MAX_TASKS},
+    grpc::client::Client,
+    params::Overrides,
+    place::{Node, PlaceAsk, Solver},
+    render::{self, Output, TableFormat},
+    strategy::{DEFAULT_STRATEGY, Strategy},
+};
 use headroom_serving::{grpc::GrpcOptions, shutdown, telemetry, tls::ClientTls};
-use serde_json::json;
+
+/// Where the allocator listens by default.
+const DEFAULT_LISTEN: &str = "127.0.0.1:50054";
+/// Where the collector listens by default.
+const DEFAULT_COLLECTOR_URL: &str = "http://127.0.0.1:50052";
+/// Where the predictor listens by default.
+const DEFAULT_PREDICTOR_URL: &str = "http://127.0.0.1:50053";
+/// How often the history snapshot is rebuilt by default.
+const DEFAULT_SNAPSHOT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Recommends requests, limits, time-varying plans and placements for
 /// services, from the collector's history and the predictor's model.
@@ -33,32 +49,24 @@ struct Cli {
 #[derive(Debug, clap::Args)]
 struct Serve {
     /// gRPC listen address.
-    #[arg(long, env = "HEADROOM_LISTEN", default_value = "127.0.0.1:50054")]
+    #[arg(long, env = "HEADROOM_LISTEN", default_value = DEFAULT_LISTEN)]
     listen: SocketAddr,
     /// Collector URL.
-    #[arg(
-        long,
-        env = "HEADROOM_COLLECTOR_URL",
-        default_value = "http://127.0.0.1:50052"
-    )]
+    #[arg(long, env = "HEADROOM_COLLECTOR_URL", default_value = DEFAULT_COLLECTOR_URL)]
     collector: String,
     /// Predictor URL.
-    #[arg(
-        long,
-        env = "HEADROOM_PREDICTOR_URL",
-        default_value = "http://127.0.0.1:50053"
-    )]
+    #[arg(long, env = "HEADROOM_PREDICTOR_URL", default_value = DEFAULT_PREDICTOR_URL)]
     predictor: String,
     /// History the history-based strategies read, back from now.
-    #[arg(long, env = "HEADROOM_HISTORY", default_value = "8d", value_parser = humantime::parse_duration)]
-    history: std::time::Duration,
+    #[arg(long, env = "HEADROOM_HISTORY", default_value_t = DEFAULT_HISTORY.into())]
+    history: humantime::Duration,
     /// Most services in one workload.
-    #[arg(long, env = "HEADROOM_MAX_SERVICES", default_value_t = 10_000)]
+    #[arg(long, env = "HEADROOM_MAX_SERVICES", default_value_t = DEFAULT_MAX_SERVICES)]
     max_services: usize,
     /// How often the in-memory snapshot of every series' history is
     /// rebuilt ("0s": none; every request then reads its history).
-    #[arg(long, env = "HEADROOM_SNAPSHOT_EVERY", default_value = "1m", value_parser = humantime::parse_duration)]
-    snapshot_every: std::time::Duration,
+    #[arg(long, env = "HEADROOM_SNAPSHOT_EVERY", default_value_t = DEFAULT_SNAPSHOT_EVERY.into())]
+    snapshot_every: humantime::Duration,
     #[command(flatten)]
     grpc: GrpcOptions,
     /// TLS towards the collector and the predictor.
@@ -75,8 +83,8 @@ enum Command {
         #[command(flatten)]
         ask: Ask,
         /// max, percentile, predictive or plan.
-        #[arg(long, default_value = "percentile")]
-        strategy: String,
+        #[arg(long, env = "HEADROOM_STRATEGY", default_value_t = DEFAULT_STRATEGY)]
+        strategy: Strategy,
     },
     /// A time-varying allocation over the task's life.
     Plan {
@@ -84,63 +92,68 @@ enum Command {
         ask: Ask,
     },
     /// Replay held-out tasks through the strategies and score them.
-    Backtest {
-        #[command(flatten)]
-        server: Server,
-        /// Held-out tasks started at or after this time (RFC 3339).
-        #[arg(long, required_unless_present = "tasks")]
-        split: Option<chrono::DateTime<chrono::Utc>>,
-        /// Or these held-out tasks, comma-separated.
-        #[arg(long, value_delimiter = ',')]
-        tasks: Vec<String>,
-        /// Strategies (all when empty), comma-separated.
-        #[arg(long, value_delimiter = ',')]
-        strategies: Vec<String>,
-        /// Resources (cpu and memory when empty), comma-separated.
-        #[arg(long, value_delimiter = ',')]
-        resources: Vec<String>,
-        /// Most held-out tasks (the newest).
-        #[arg(long, default_value_t = 100)]
-        max_tasks: u32,
-        #[command(flatten)]
-        tuning: Tuning,
-        /// Output format of the table.
-        #[arg(long, value_enum, default_value_t = TableFormat::Table)]
-        output: TableFormat,
-        /// Chart (PNG) of usage against each strategy's allocation for
-        /// these services, comma-separated; one file per service and
-        /// resource, named after --chart.
-        #[arg(long, value_delimiter = ',', requires = "chart")]
-        chart_services: Vec<String>,
-        /// Chart file, e.g. backtest.png (becomes backtest-SERVICE-RESOURCE.png).
-        #[arg(long)]
-        chart: Option<std::path::PathBuf>,
-    },
+    Backtest(Backtest),
     /// Assign the services to nodes.
     Place {
         #[command(flatten)]
         ask: Ask,
-        /// Nodes as NAME=CORES,BYTES (repeat).
-        #[arg(long = "node", value_parser = parse_node, required = true)]
-        nodes: Vec<v1::Node>,
+        /// Nodes as NAME=CORES,BYTES (repeat, or `;`-separated in the
+        /// environment).
+        #[arg(long = "node", env = "HEADROOM_NODES", value_delimiter = ';', value_parser = parse_node, required = true)]
+        nodes: Vec<Node>,
         /// Pack the time-varying plans instead of static peaks.
-        #[arg(long)]
+        #[arg(long, env = "HEADROOM_PLANNED")]
         planned: bool,
         /// Strategy whose peaks are packed (static placement).
-        #[arg(long, default_value = "percentile")]
-        strategy: String,
+        #[arg(long, env = "HEADROOM_STRATEGY", default_value_t = DEFAULT_STRATEGY)]
+        strategy: Strategy,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct Backtest {
+    #[command(flatten)]
+    server: Server,
+    /// Held-out tasks started at or after this time (RFC 3339).
+    #[arg(long, env = "HEADROOM_SPLIT", required_unless_present = "tasks")]
+    split: Option<chrono::DateTime<chrono::Utc>>,
+    /// Or these held-out tasks, comma-separated.
+    #[arg(long, env = "HEADROOM_TASKS", value_delimiter = ',')]
+    tasks: Vec<String>,
+    /// Strategies (all when empty), comma-separated.
+    #[arg(long, env = "HEADROOM_STRATEGIES", value_delimiter = ',')]
+    strategies: Vec<Strategy>,
+    /// Resources (cpu and memory when empty), comma-separated.
+    #[arg(long, env = "HEADROOM_RESOURCES", value_delimiter = ',')]
+    resources: Vec<String>,
+    /// Most held-out tasks (the newest).
+    #[arg(long, env = "HEADROOM_MAX_TASKS", default_value_t = DEFAULT_MAX_TASKS)]
+    max_tasks: usize,
+    #[command(flatten)]
+    tuning: Tuning,
+    /// Output format of the table.
+    #[arg(long, env = "HEADROOM_OUTPUT", value_enum, default_value_t = TableFormat::Table)]
+    output: TableFormat,
+    /// Chart (PNG) of usage against each strategy's allocation for these
+    /// services, comma-separated; one file per service and resource, named
+    /// after --chart.
+    #[arg(
+        long,
+        env = "HEADROOM_CHART_SERVICES",
+        value_delimiter = ',',
+        requires = "chart"
+    )]
+    chart_services: Vec<String>,
+    /// Chart file, e.g. backtest.png (becomes backtest-SERVICE-RESOURCE.png).
+    #[arg(long, env = "HEADROOM_CHART")]
+    chart: Option<PathBuf>,
 }
 
 /// The allocator a client command talks to.
 #[derive(Debug, Clone, clap::Args)]
 struct Server {
     /// Allocator URL.
-    #[arg(
-        long,
-        env = "HEADROOM_ALLOCATOR_URL",
-        default_value = "http://127.0.0.1:50054"
-    )]
+    #[arg(long, env = "HEADROOM_ALLOCATOR_URL", default_value_t = format!("http://{DEFAULT_LISTEN}"))]
     allocator: String,
     /// TLS towards the allocator (for an `https://` URL).
     #[command(flatten)]
@@ -148,14 +161,8 @@ struct Server {
 }
 
 impl Server {
-    async fn client(&self) -> anyhow::Result<AllocatorClient<tonic::transport::Channel>> {
-        let channel = self
-            .tls
-            .endpoint(&self.allocator)?
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach the allocator at {}", self.allocator))?;
-        Ok(AllocatorClient::new(channel))
+    async fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(&self.allocator, &self.tls).await?)
     }
 }
 
@@ -165,21 +172,21 @@ struct Ask {
     #[command(flatten)]
     server: Server,
     /// A stored task whose mix is allocated for.
-    #[arg(long, conflicts_with = "services")]
+    #[arg(long, env = "HEADROOM_TASK", conflicts_with = "services")]
     task: Option<String>,
     /// Services of the task, comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "HEADROOM_SERVICES", value_delimiter = ',')]
     services: Vec<String>,
     /// Resources (cpu and memory when empty), comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "HEADROOM_RESOURCES", value_delimiter = ',')]
     resources: Vec<String>,
     #[command(flatten)]
     tuning: Tuning,
     /// Task duration to allocate for, in seconds.
-    #[arg(long)]
+    #[arg(long, env = "HEADROOM_HORIZON_SECONDS")]
     horizon_seconds: Option<f64>,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = Output::Table)]
+    #[arg(long, env = "HEADROOM_OUTPUT", value_enum, default_value_t = Output::Table)]
     output: Output,
 }
 
@@ -187,84 +194,56 @@ struct Ask {
 #[derive(Debug, Clone, clap::Args)]
 struct Tuning {
     /// Accepted share of samples above the limit (predictive, plan).
-    #[arg(long)]
+    #[arg(long, env = "HEADROOM_TARGET_VIOLATION_RATE")]
     target_violation_rate: Option<f64>,
     /// Most resizes in a plan.
-    #[arg(long)]
+    #[arg(long, env = "HEADROOM_MAX_RESIZES")]
     max_resizes: Option<u32>,
     /// Shortest plan segment, in seconds.
-    #[arg(long)]
+    #[arg(long, env = "HEADROOM_MIN_SEGMENT_SECONDS")]
     min_segment_seconds: Option<f64>,
     /// Limit as a multiple of the request.
-    #[arg(long)]
+    #[arg(long, env = "HEADROOM_LIMIT_RATIO")]
     limit_ratio: Option<f64>,
 }
 
 impl Tuning {
-    fn params(&self) -> v1::StrategyParams {
-        v1::StrategyParams {
+    fn params(&self) -> Overrides {
+        Overrides {
             target_violation_rate: self.target_violation_rate,
             max_resizes: self.max_resizes,
             min_segment_seconds: self.min_segment_seconds,
             limit_ratio: self.limit_ratio,
-            ..Default::default()
+            ..Overrides::default()
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum TableFormat {
-    /// Aligned columns.
-    Table,
-    /// JSON.
-    Json,
-    /// CSV with a header.
-    Csv,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Output {
-    /// Aligned columns.
-    Table,
-    /// JSON.
-    Json,
-    /// Kubernetes: a `resources:` patch per container (recommend) or the
-    /// plan as a resize schedule.
-    K8s,
-}
-
-fn parse_node(s: &str) -> Result<v1::Node, String> {
-    let (name, caps) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?}: expected NAME=CORES,BYTES"))?;
-    let (cpu, mem) = caps
-        .split_once(',')
-        .ok_or_else(|| format!("{s:?}: expected NAME=CORES,BYTES"))?;
-    Ok(v1::Node {
+fn parse_node(s: &str) -> Result<Node, String> {
+    let expected = || format!("{s:?}: expected NAME=CORES,BYTES");
+    let (name, caps) = s.split_once('=').ok_or_else(expected)?;
+    let (cpu, mem) = caps.split_once(',').ok_or_else(expected)?;
+    Ok(Node {
         name: name.to_string(),
-        cpu_cores: cpu.parse().map_err(|e| format!("{s:?}: cores: {e}"))?,
-        memory_bytes: mem.parse().map_err(|e| format!("{s:?}: bytes: {e}"))?,
+        cpu: cpu.parse().map_err(|e| format!("{s:?}: cores: {e}"))?,
+        memory: mem.parse().map_err(|e| format!("{s:?}: bytes: {e}"))?,
     })
 }
 
 impl Ask {
-    fn workload(&self) -> v1::Workload {
-        v1::Workload {
-            task_id: self.task.clone().unwrap_or_default(),
+    fn workload(&self) -> Workload {
+        Workload {
+            task_id: self.task.clone(),
             services: self.services.clone(),
             resources: self.resources.clone(),
         }
     }
 
-    fn params(&self) -> v1::StrategyParams {
-        v1::StrategyParams {
+    fn params(&self) -> Overrides {
+        Overrides {
             horizon_seconds: self.horizon_seconds,
             ..self.tuning.params()
         }
-    }
-
-    async fn client(&self) -> anyhow::Result<AllocatorClient<tonic::transport::Channel>> {
-        self.server.client().await
     }
 }
 
@@ -286,13 +265,14 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
         .with_context(|| format!("while binding {}", s.listen))?;
+    let snapshot_every = *s.snapshot_every;
     let config = AllocatorConfig {
         collector: s.collector,
         predictor: s.predictor,
         service: ServiceOptions {
-            history: s.history,
+            history: *s.history,
             max_services: s.max_services,
-            snapshot_every: (!s.snapshot_every.is_zero()).then_some(s.snapshot_every),
+            snapshot_every: (!snapshot_every.is_zero()).then_some(snapshot_every),
         },
         grpc: s.grpc,
         upstream_tls: s.upstream_tls,
@@ -301,216 +281,21 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A quantity in the unit Kubernetes writes it in.
-fn k8s_quantity(resource: &str, value: f64) -> String {
-    match resource {
-        "cpu" => format!("{}m", (value * 1000.0).ceil() as u64),
-        _ => format!("{}Mi", (value / 1048576.0).ceil() as u64),
-    }
-}
-
+/// Asks a running allocator and prints the answer.
 async fn ask(command: Command) -> anyhow::Result<()> {
-    let status = |e: tonic::Status| anyhow::anyhow!("{:?}: {}", e.code(), e.message());
-    match command {
+    let out = match command {
         Command::Serve => unreachable!("handled by main"),
         Command::Recommend { ask, strategy } => {
-            let answer = ask
-                .client()
-                .await?
-                .recommend(v1::RecommendRequest {
-                    workload: Some(ask.workload()),
-                    strategy,
-                    params: Some(ask.params()),
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
-            match ask.output {
-                Output::Table => {
-                    println!(
-                        "{:<24} {:<10} {:>14} {:>14} {:>8} {:>8}  unit",
-                        "service", "resource", "request", "limit", "slack", "risk"
-                    );
-                    for a in &answer.allocations {
-                        println!(
-                            "{:<24} {:<10} {:>14.4} {:>14.4} {:>7.1}% {:>7.2}%  {}",
-                            a.service,
-                            a.resource,
-                            a.request,
-                            a.limit,
-                            a.expected_slack * 100.0,
-                            a.violation_risk * 100.0,
-                            a.unit
-                        );
-                    }
-                }
-                Output::Json => {
-                    let rows: Vec<_> = answer
-                        .allocations
-                        .iter()
-                        .map(|a| {
-                            let e = a.explanation.clone().unwrap_or_default();
-                            json!({
-                                "service": a.service, "resource": a.resource,
-                                "request": a.request, "limit": a.limit, "unit": a.unit,
-                                "expected_slack": a.expected_slack, "violation_risk": a.violation_risk,
-                                "strategy": e.strategy, "samples_used": e.samples_used,
-                                "model_version": e.model_version, "detail": e.detail,
-                            })
-                        })
-                        .collect();
-                    println!("{}", serde_json::to_string_pretty(&rows)?);
-                }
-                Output::K8s => {
-                    // One strategic-merge patch per container (named as the service).
-                    let mut services: Vec<&str> = answer
-                        .allocations
-                        .iter()
-                        .map(|a| a.service.as_str())
-                        .collect();
-                    services.dedup();
-                    for service in services {
-                        println!(
-                            "# kubectl patch deployment {service} --patch-file <this document>"
-                        );
-                        println!(
-                            "spec:\n  template:\n    spec:\n      containers:\n      - name: {service}\n        resources:"
-                        );
-                        for part in ["requests", "limits"] {
-                            println!("          {part}:");
-                            for a in answer.allocations.iter().filter(|a| {
-                                a.service == service
-                                    && (a.resource == "cpu" || a.resource == "memory")
-                            }) {
-                                let v = if part == "requests" {
-                                    a.request
-                                } else {
-                                    a.limit
-                                };
-                                println!(
-                                    "            {}: {}",
-                                    a.resource,
-                                    k8s_quantity(&a.resource, v)
-                                );
-                            }
-                        }
-                        println!("---");
-                    }
-                }
-            }
+            let client = ask.server.client().await?;
+            let answer = client
+                .recommend(&ask.workload(), strategy, &ask.params())
+                .await?;
+            render::recommendations(&answer, ask.output)?
         }
         Command::Plan { ask } => {
-            let answer = ask
-                .client()
-                .await?
-                .plan(v1::PlanRequest {
-                    workload: Some(ask.workload()),
-                    params: Some(ask.params()),
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
-            match ask.output {
-                Output::Table => {
-                    println!("horizon {:.0} s", answer.horizon_seconds);
-                    for p in &answer.plans {
-                        println!("{} {} ({})", p.service, p.resource, p.unit);
-                        for s in &p.segments {
-                            println!(
-                                "  {:>8.0} – {:>8.0} s  request {:>14.4}  limit {:>14.4}",
-                                s.start_seconds, s.end_seconds, s.request, s.limit
-                            );
-                        }
-                    }
-                }
-                Output::Json => {
-                    let plans: Vec<_> = answer
-                        .plans
-                        .iter()
-                        .map(|p| {
-                            json!({
-                                "service": p.service, "resource": p.resource, "unit": p.unit,
-                                "segments": p.segments.iter().map(|s| json!({
-                                    "start_seconds": s.start_seconds, "end_seconds": s.end_seconds,
-                                    "request": s.request, "limit": s.limit,
-                                })).collect::<Vec<_>>(),
-                            })
-                        })
-                        .collect();
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(
-                            &json!({"horizon_seconds": answer.horizon_seconds, "plans": plans})
-                        )?
-                    );
-                }
-                Output::K8s => {
-                    // In-place pod resizing: one resize patch per segment start.
-                    println!(
-                        "# resize schedule: at each offset after the task starts, apply the patch with"
-                    );
-                    println!("# kubectl patch pod <pod> --subresource resize --patch '<patch>'");
-                    println!("schedule:");
-                    for p in answer
-                        .plans
-                        .iter()
-                        .filter(|p| p.resource == "cpu" || p.resource == "memory")
-                    {
-                        for s in &p.segments {
-                            println!(
-                                "- after: {:.0}s\n  container: {}\n  patch: '{{\"spec\":{{\"containers\":[{{\"name\":\"{}\",\"resources\":{{\"requests\":{{\"{}\":\"{}\"}},\"limits\":{{\"{}\":\"{}\"}}}}}}]}}}}'",
-                                s.start_seconds,
-                                p.service,
-                                p.service,
-                                p.resource,
-                                k8s_quantity(&p.resource, s.request),
-                                p.resource,
-                                k8s_quantity(&p.resource, s.limit)
-                            );
-                        }
-                    }
-                }
-            }
-        }
-        Command::Backtest {
-            server,
-            split,
-            tasks,
-            strategies,
-            resources,
-            max_tasks,
-            tuning,
-            output,
-            chart_services,
-            chart,
-        } => {
-            let answer = server
-                .client()
-                .await?
-                .backtest(v1::BacktestRequest {
-                    strategies,
-                    split: split.map(|t| prost_types::Timestamp {
-                        seconds: t.timestamp(),
-                        nanos: t.timestamp_subsec_nanos() as i32,
-                    }),
-                    task_ids: tasks,
-                    services: Vec::new(),
-                    resources,
-                    params: Some(tuning.params()),
-                    max_tasks,
-                    trace_services: chart_services,
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
-            print_backtest(&answer, output)?;
-            if let Some(path) = chart {
-                for t in &answer.traces {
-                    let file = chart_path(&path, &t.service, &t.resource);
-                    backtest_chart(&file, t)?;
-                    eprintln!("chart: {}", file.display());
-                }
-            }
+            let client = ask.server.client().await?;
+            let answer = client.plan(&ask.workload(), &ask.params()).await?;
+            render::plans(&answer, ask.output)?
         }
         Command::Place {
             ask,
@@ -518,166 +303,81 @@ async fn ask(command: Command) -> anyhow::Result<()> {
             planned,
             strategy,
         } => {
-            let answer = ask
-                .client()
-                .await?
-                .place(v1::PlaceRequest {
-                    workload: Some(ask.workload()),
+            let client = ask.server.client().await?;
+            let answer = client
+                .place(&PlaceAsk {
+                    workload: ask.workload(),
                     nodes,
-                    mode: if planned {
-                        v1::PlacementMode::Planned
-                    } else {
-                        v1::PlacementMode::Static
-                    } as i32,
-                    solver: v1::Solver::Unspecified as i32,
-                    strategy,
-                    params: Some(ask.params()),
+                    strategy: if planned { Strategy::Plan } else { strategy },
+                    solver: Solver::Auto,
+                    params: ask.params(),
                 })
-                .await
-                .map_err(status)?
-                .into_inner();
-            let rows: Vec<_> = answer
-                .assignments
-                .iter()
-                .map(|a| json!({"service": a.service, "node": a.node}))
-                .collect();
-            match ask.output {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({
-                        "assignments": rows, "nodes_used": answer.nodes_used,
-                        "unplaced": answer.unplaced, "solver": answer.solver,
-                    }))?
-                ),
-                _ => {
-                    println!(
-                        "{} nodes used ({} solver)",
-                        answer.nodes_used, answer.solver
-                    );
-                    for a in &answer.assignments {
-                        println!("  {:<24} -> {}", a.service, a.node);
-                    }
-                    for h in &answer.headroom {
-                        let least_cpu =
-                            h.points.iter().map(|p| p.cpu_free).fold(f64::MAX, f64::min);
-                        let least_mem = h
-                            .points
-                            .iter()
-                            .map(|p| p.memory_free)
-                            .fold(f64::MAX, f64::min);
-                        println!(
-                            "  {:<24} least free: {least_cpu:.3} cores, {:.0} MiB",
-                            h.node,
-                            least_mem / 1048576.0
-                        );
-                    }
-                    if !answer.unplaced.is_empty() {
-                        println!("  unplaced: {}", answer.unplaced.join(", "));
-                    }
+                .await?;
+            render::placement(&answer, ask.output)?
+        }
+        Command::Backtest(b) => return backtest(b).await,
+    };
+    print!("{out}");
+    Ok(())
+}
+
+async fn backtest(b: Backtest) -> anyhow::Result<()> {
+    let answer = b
+        .server
+        .client()
+        .await?
+        .backtest(&BacktestAsk {
+            strategies: b.strategies,
+            split: b.split.map(|t| t.timestamp_micros() as f64 * 1e-6),
+            task_ids: b.tasks,
+            services: Vec::new(),
+            resources: b.resources,
+            params: b.tuning.params(),
+            max_tasks: Some(b.max_tasks),
+            trace_services: b.chart_services,
+        })
+        .await?;
+    print!("{}", render::backtest(&answer, b.output)?);
+    if let Some(path) = b.chart {
+        for t in &answer.traces {
+            let file = render::chart_path(&path, &t.service, &t.resource);
+            render::chart(&file, t)?;
+            eprintln!("chart: {}", file.display());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Every option of every subcommand reads an environment variable too.
+    #[test]
+    fn every_option_is_also_an_environment_variable() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && !arg.is_positional() && arg.get_env().is_none() {
+                    missing.push(format!("{path} --{}", arg.get_id()));
                 }
             }
-        }
-    }
-    Ok(())
-}
-
-/// The backtest table in `format`.
-fn print_backtest(answer: &v1::BacktestResponse, format: TableFormat) -> anyhow::Result<()> {
-    const HEADER: [&str; 8] = [
-        "strategy",
-        "resource",
-        "relative_slack",
-        "absolute_slack",
-        "violation_rate",
-        "oom_events",
-        "changes",
-        "samples",
-    ];
-    match format {
-        TableFormat::Table => print!("{}", headroom_allocator::backtest::table(answer)),
-        TableFormat::Json => {
-            let rows: Vec<_> = answer
-                .rows
-                .iter()
-                .map(|r| {
-                    json!({
-                        "strategy": r.strategy, "resource": r.resource,
-                        "relative_slack": r.relative_slack, "absolute_slack": r.absolute_slack,
-                        "violation_rate": r.violation_rate, "oom_events": r.oom_events,
-                        "changes": r.changes, "samples": r.samples,
-                    })
-                })
-                .collect();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json!({"task_ids": answer.task_ids, "rows": rows}))?
-            );
-        }
-        TableFormat::Csv => {
-            let mut w = csv::Writer::from_writer(std::io::stdout());
-            w.write_record(HEADER)?;
-            for r in &answer.rows {
-                w.write_record([
-                    r.strategy.clone(),
-                    r.resource.clone(),
-                    r.relative_slack.to_string(),
-                    r.absolute_slack.to_string(),
-                    r.violation_rate.to_string(),
-                    r.oom_events.to_string(),
-                    r.changes.to_string(),
-                    r.samples.to_string(),
-                ])?;
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
             }
-            w.flush()?;
         }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "headroom-allocator", &mut missing);
+        assert!(missing.is_empty(), "options without env: {missing:?}");
+        Cli::command().debug_assert();
     }
-    Ok(())
-}
 
-/// `dir/stem-SERVICE-RESOURCE.ext` beside `path`.
-fn chart_path(path: &std::path::Path, service: &str, resource: &str) -> std::path::PathBuf {
-    let stem = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("backtest");
-    let ext = path.extension().and_then(|s| s.to_str()).unwrap_or("png");
-    path.with_file_name(format!("{stem}-{service}-{resource}.{ext}"))
-}
-
-/// Usage of one traced series against each strategy's request.
-fn backtest_chart(path: &std::path::Path, t: &v1::BacktestTrace) -> anyhow::Result<()> {
-    use headroom_charts::{PALETTE, Series, line_chart};
-    let mut series = vec![Series {
-        label: "used".into(),
-        points: t
-            .seconds
-            .iter()
-            .copied()
-            .zip(t.used.iter().copied())
-            .collect(),
-        color: (0, 0, 0),
-    }];
-    for (i, s) in t.strategies.iter().enumerate() {
-        series.push(Series {
-            label: s.strategy.clone(),
-            points: t
-                .seconds
-                .iter()
-                .copied()
-                .zip(s.request.iter().copied())
-                .collect(),
-            color: PALETTE[i % PALETTE.len()],
-        });
+    #[test]
+    fn nodes_parse_and_bad_ones_are_named() {
+        let n = parse_node("a=4,8589934592").unwrap();
+        assert_eq!((n.name.as_str(), n.cpu, n.memory), ("a", 4.0, 8589934592.0));
+        assert!(parse_node("a=4").unwrap_err().contains("NAME=CORES,BYTES"));
     }
-    line_chart(
-        path,
-        &format!(
-            "{} {} in task {}: usage and allocations",
-            t.service, t.resource, t.task_id
-        ),
-        "seconds into the task",
-        &format!("{} ({})", t.resource, t.unit),
-        &series,
-    )?;
-    Ok(())
 }

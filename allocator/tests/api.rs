@@ -172,8 +172,32 @@ async fn recommends_plans_and_places_from_history_and_the_model() -> anyhow::Res
         },
     )
     .await?;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let mut other = AllocatorClient::new(snapshotting.channel().await?);
+    // Wait for the first snapshot: answers then say they came from it.
+    let from_snapshot = |r: &v1::RecommendResponse| {
+        r.allocations.iter().all(|a| {
+            a.explanation
+                .as_ref()
+                .is_some_and(|e| e.detail.contains(" (from the history snapshot of"))
+        })
+    };
+    kit::eventually(
+        "the history snapshot",
+        std::time::Duration::from_secs(30),
+        || {
+            let mut other = other.clone();
+            let ask = v1::RecommendRequest {
+                workload: workload(&mix),
+                strategy: "max".into(),
+                params: None,
+            };
+            async move {
+                let answer = other.recommend(ask).await.ok()?.into_inner();
+                from_snapshot(&answer).then_some(())
+            }
+        },
+    )
+    .await?;
     for strategy in ["max", "percentile"] {
         let ask = v1::RecommendRequest {
             workload: workload(&mix),

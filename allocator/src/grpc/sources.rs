@@ -1,35 +1,33 @@
 //! Where the allocator's inputs come from: history from the collector
 //! (`ExportSamples`, `GetTask`, `ListTasks`) and quantile curves from the
-//! predictor (`PredictTask`), both over gRPC.
+//! predictor (`PredictTask`, `ModelInfo`), over gRPC, as domain types.
 
 use std::collections::{BTreeMap, HashMap};
 
 use headroom_proto::v1::{
     self, collector_client::CollectorClient, predictor_client::PredictorClient,
 };
-use tonic::{Code, Status, transport::Channel};
+use tonic::{Status, transport::Channel};
 
-use crate::strategy::{Curves, Kind, Obs, Summary};
+use super::convert::{seconds_of, task_info, timestamp};
+use crate::{
+    error::{Error, Result},
+    history::{History, Obs, Summaries, TaskInfo},
+    params::Kind,
+    quantiles::Curves,
+    strategy::Summary,
+};
 
-/// Summaries per (service, resource).
-pub type Summaries = HashMap<(String, String), Summary>;
+/// Largest answer read from an upstream, in bytes.
+const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
-/// A stored task.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TaskInfo {
-    /// Id.
-    pub id: String,
-    /// Start, unix seconds.
-    pub start: f64,
-    /// End, unix seconds, when it ended.
-    pub end: Option<f64>,
-    /// Its mix of services, sorted.
-    pub services: Vec<String>,
-}
-
-/// A timestamp as unix seconds.
-pub fn seconds_of(t: &prost_types::Timestamp) -> f64 {
-    t.seconds as f64 + t.nanos as f64 * 1e-9
+/// An upstream's refusal as the allocator's error.
+pub(crate) fn upstream(what: &'static str) -> impl Fn(Status) -> Error {
+    move |s| Error::Upstream {
+        what,
+        code: s.code() as i32,
+        message: s.message().to_string(),
+    }
 }
 
 fn export_request(
@@ -53,71 +51,6 @@ fn export_request(
     }
 }
 
-impl TaskInfo {
-    fn from_proto(t: &v1::Task) -> Self {
-        Self {
-            id: t.id.clone(),
-            start: t.start.as_ref().map_or(0.0, seconds_of),
-            end: t.end.as_ref().map(seconds_of),
-            services: t.services.clone(),
-        }
-    }
-}
-
-/// How long a task of `mix` is expected to run: the longest finished task
-/// in `tasks` with exactly this mix, else the longest of them all. The
-/// longest, not the mean: usage that grows over a task (memory) must be
-/// covered to its end.
-pub fn expected_duration(tasks: &[TaskInfo], mix: &[String]) -> Option<f64> {
-    let done = || {
-        tasks
-            .iter()
-            .filter_map(|t| t.end.map(|e| (e - t.start, t.services == mix)))
-            .filter(|d| d.0 > 0.0)
-    };
-    let longest = |v: Vec<f64>| v.into_iter().reduce(f64::max);
-    longest(done().filter(|d| d.1).map(|d| d.0).collect())
-        .or_else(|| longest(done().map(|d| d.0).collect()))
-}
-
-/// Samples of several series, with the tasks they belong to.
-#[derive(Debug, Clone, Default)]
-pub struct History {
-    /// Tasks referenced by the samples.
-    pub tasks: Vec<TaskInfo>,
-    /// Samples per (service, resource), in time order.
-    pub series: BTreeMap<(String, String), Vec<Obs>>,
-}
-
-impl History {
-    /// Samples of one series (empty when none).
-    pub fn of(&self, service: &str, resource: &str) -> &[Obs] {
-        self.series
-            .get(&(service.to_string(), resource.to_string()))
-            .map_or(&[], Vec::as_slice)
-    }
-}
-
-/// A collector's answer turned into the caller's error: an unknown name is
-/// the caller's INVALID_ARGUMENT here, an unreachable collector UNAVAILABLE.
-fn upstream(what: &str, s: Status) -> Status {
-    match s.code() {
-        Code::NotFound | Code::InvalidArgument => Status::invalid_argument(s.message().to_string()),
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
-            Status::unavailable(format!("{what} is unavailable: {}", s.message()))
-        }
-        _ => Status::new(s.code(), format!("{what}: {}", s.message())),
-    }
-}
-
-/// Unix seconds as a timestamp.
-pub fn timestamp(secs: f64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: secs.floor() as i64,
-        nanos: ((secs - secs.floor()) * 1e9) as i32,
-    }
-}
-
 /// The collector, as the allocator uses it.
 #[derive(Debug, Clone)]
 pub struct Collector {
@@ -128,20 +61,20 @@ impl Collector {
     /// A client over `channel`.
     pub fn new(channel: Channel) -> Self {
         Self {
-            client: CollectorClient::new(channel).max_decoding_message_size(64 * 1024 * 1024),
+            client: CollectorClient::new(channel).max_decoding_message_size(MAX_ANSWER_BYTES),
         }
     }
 
     /// One task.
-    pub async fn task(&self, id: &str) -> Result<TaskInfo, Status> {
+    pub async fn task(&self, id: &str) -> Result<TaskInfo> {
         let t = self
             .client
             .clone()
             .get_task(v1::GetTaskRequest { id: id.to_string() })
             .await
-            .map_err(|s| upstream("the collector", s))?
+            .map_err(upstream("the collector"))?
             .into_inner();
-        Ok(TaskInfo::from_proto(&t))
+        Ok(task_info(&t))
     }
 
     /// Tasks that ran `service`, started within `[start, end)` (unix
@@ -151,7 +84,7 @@ impl Collector {
         service: &str,
         start: Option<f64>,
         end: Option<f64>,
-    ) -> Result<Vec<TaskInfo>, Status> {
+    ) -> Result<Vec<TaskInfo>> {
         let mut out = Vec::new();
         let mut token = String::new();
         loop {
@@ -166,9 +99,9 @@ impl Collector {
                     page_token: token,
                 })
                 .await
-                .map_err(|s| upstream("the collector", s))?
+                .map_err(upstream("the collector"))?
                 .into_inner();
-            out.extend(page.tasks.iter().map(TaskInfo::from_proto));
+            out.extend(page.tasks.iter().map(task_info));
             if page.next_page_token.is_empty() {
                 return Ok(out);
             }
@@ -185,7 +118,7 @@ impl Collector {
         task_ids: &[String],
         start: Option<f64>,
         end: Option<f64>,
-    ) -> Result<History, Status> {
+    ) -> Result<History> {
         self.export(services, resources, task_ids, start, end, false)
             .await
     }
@@ -199,7 +132,7 @@ impl Collector {
         start: Option<f64>,
         end: Option<f64>,
         half_life: f64,
-    ) -> Result<Summaries, Status> {
+    ) -> Result<Summaries> {
         let mut out = Summaries::new();
         let mut tasks: HashMap<String, u64> = HashMap::new();
         let request = export_request(services, resources, &[], start, end, false);
@@ -222,19 +155,15 @@ impl Collector {
         &self,
         request: v1::ExportSamplesRequest,
         mut f: impl FnMut(v1::ExportSamplesResponse),
-    ) -> Result<(), Status> {
+    ) -> Result<()> {
         let mut stream = self
             .client
             .clone()
             .export_samples(request)
             .await
-            .map_err(|s| upstream("the collector", s))?
+            .map_err(upstream("the collector"))?
             .into_inner();
-        while let Some(chunk) = stream
-            .message()
-            .await
-            .map_err(|s| upstream("the collector", s))?
-        {
+        while let Some(chunk) = stream.message().await.map_err(upstream("the collector"))? {
             f(chunk);
         }
         Ok(())
@@ -247,7 +176,7 @@ impl Collector {
         services: &[String],
         resources: &[String],
         task_ids: &[String],
-    ) -> Result<History, Status> {
+    ) -> Result<History> {
         self.export(services, resources, task_ids, None, None, true)
             .await
     }
@@ -260,14 +189,14 @@ impl Collector {
         start: Option<f64>,
         end: Option<f64>,
         provisioned: bool,
-    ) -> Result<History, Status> {
+    ) -> Result<History> {
         let mut history = History::default();
         let mut index: HashMap<String, usize> = HashMap::new();
         let request = export_request(services, resources, task_ids, start, end, provisioned);
         self.each_chunk(request, |chunk| {
             for t in &chunk.tasks {
                 index.entry(t.id.clone()).or_insert_with(|| {
-                    history.tasks.push(TaskInfo::from_proto(t));
+                    history.tasks.push(task_info(t));
                     history.tasks.len() - 1
                 });
             }
@@ -302,29 +231,40 @@ pub struct Predictor {
 pub struct Predicted {
     /// Curves per (service, resource).
     pub curves: BTreeMap<(String, String), Curves>,
-    /// Units per resource.
-    pub units: HashMap<String, String>,
     /// Model version.
     pub model_version: String,
+}
+
+/// What the loaded model is, as far as backtests care.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    /// Version.
+    pub version: String,
+    /// End of its training window, unix seconds, when known.
+    pub trained_to: Option<f64>,
 }
 
 impl Predictor {
     /// A client over `channel`.
     pub fn new(channel: Channel) -> Self {
         Self {
-            client: PredictorClient::new(channel).max_decoding_message_size(64 * 1024 * 1024),
+            client: PredictorClient::new(channel).max_decoding_message_size(MAX_ANSWER_BYTES),
         }
     }
 
     /// What the loaded model is.
-    pub async fn info(&self) -> Result<v1::ModelInfoResponse, Status> {
-        Ok(self
+    pub async fn info(&self) -> Result<ModelInfo> {
+        let info = self
             .client
             .clone()
             .model_info(v1::ModelInfoRequest {})
             .await
-            .map_err(|s| upstream("the predictor", s))?
-            .into_inner())
+            .map_err(upstream("the predictor"))?
+            .into_inner();
+        Ok(ModelInfo {
+            version: info.version,
+            trained_to: info.trained_to.as_ref().map(seconds_of),
+        })
     }
 
     /// Quantile curves for every service × resource of the mix `services`
@@ -335,7 +275,7 @@ impl Predictor {
         resources: &[String],
         horizon: f64,
         step: f64,
-    ) -> Result<Predicted, Status> {
+    ) -> Result<Predicted> {
         let answer = self
             .client
             .clone()
@@ -346,18 +286,16 @@ impl Predictor {
                 step_seconds: step,
             })
             .await
-            .map_err(|s| upstream("the predictor", s))?
+            .map_err(upstream("the predictor"))?
             .into_inner();
         let mut curves = BTreeMap::new();
-        let mut units = HashMap::new();
         for p in answer.profiles {
             let levels: Vec<f64> = p.curves.iter().map(|c| c.quantile).collect();
             let values = (0..p.seconds.len())
                 .map(|t| p.curves.iter().map(|c| c.values[t]).collect())
                 .collect();
-            units.insert(p.resource.clone(), p.unit.clone());
             curves.insert(
-                (p.service.clone(), p.resource.clone()),
+                (p.service, p.resource),
                 Curves {
                     seconds: p.seconds,
                     levels,
@@ -367,7 +305,6 @@ impl Predictor {
         }
         Ok(Predicted {
             curves,
-            units,
             model_version: answer.model_version,
         })
     }

@@ -1,0 +1,212 @@
+//! The allocator's one error type: every refusal names the field or value
+//! at fault; the gRPC service maps it to a status code in one place.
+
+use crate::strategy::STRATEGIES;
+
+/// Everything that can go wrong in the allocator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A strategy parameter is out of its range.
+    #[error("{field} must be {range}, got {value}")]
+    Param {
+        /// The parameter's wire name, e.g. `target_violation_rate`.
+        field: &'static str,
+        /// The value given.
+        value: f64,
+        /// The accepted range, e.g. `in (0, 1)`.
+        range: &'static str,
+    },
+    /// A strategy name is unknown.
+    #[error("strategy {name:?} does not exist (known: {})", STRATEGIES.join(", "))]
+    UnknownStrategy {
+        /// The name given.
+        name: String,
+    },
+    /// The strategy cannot answer this kind of request.
+    #[error("strategy {strategy:?} {why}")]
+    StrategyNotHere {
+        /// The strategy's name.
+        strategy: &'static str,
+        /// Why, as the rest of the sentence.
+        why: &'static str,
+    },
+    /// The workload names no service.
+    #[error("the workload names no services: give a task_id or a non-empty list of services")]
+    NoServices,
+    /// The workload names more services than the server takes.
+    #[error("the workload names {count} services, more than the limit of {limit}")]
+    TooManyServices {
+        /// Services named.
+        count: usize,
+        /// The server's `max_services`.
+        limit: usize,
+    },
+    /// No stored task tells how long a task of this mix runs.
+    #[error(
+        "no finished task ran {service:?}, so the task's duration is unknown: give params.horizon_seconds"
+    )]
+    UnknownHorizon {
+        /// The mix's first service.
+        service: String,
+    },
+    /// A history-based strategy found no samples of a series.
+    #[error("no history of {service}/{resource} in the last {window}: {strategy} needs samples")]
+    NoHistory {
+        /// Service of the series.
+        service: String,
+        /// Resource of the series.
+        resource: String,
+        /// The history window read, human-readable (`8days`).
+        window: String,
+        /// The strategy that needed it.
+        strategy: &'static str,
+    },
+    /// Nodes or demands a placement cannot take as given (the message
+    /// names the node or service).
+    #[error("{0}")]
+    Placement(String),
+    /// A backtest request names neither a split nor held-out tasks.
+    #[error("give a split time or held-out task_ids")]
+    NoSplit,
+    /// A backtest has nothing to replay.
+    #[error("no finished held-out task to replay")]
+    NothingHeldOut,
+    /// None of the services a backtest names ran in the held-out tasks.
+    #[error("none of the requested services ran in the held-out tasks")]
+    NoHeldOutService,
+    /// A traced service did not run in the held-out tasks.
+    #[error("trace service {service:?} did not run in the held-out tasks")]
+    UnknownTraceService {
+        /// The service asked for.
+        service: String,
+    },
+    /// `provisioned` was asked for and no import stored any allocation.
+    #[error(
+        "strategy \"provisioned\" replays an imported trace's allocations, and none are stored for the held-out tasks"
+    )]
+    NothingProvisioned,
+    /// No finished task before a backtest's split tells the task duration.
+    #[error(
+        "no finished task before the split tells the task duration: give params.horizon_seconds"
+    )]
+    NoDurationBeforeSplit,
+    /// The model saw the held-out data.
+    #[error(
+        "the model ({version}) was trained on data up to {trained_to}, after the split {split}: train it on history before the split (headroom-train train --end …)"
+    )]
+    ModelAfterSplit {
+        /// The model's version.
+        version: String,
+        /// End of its training window (RFC 3339).
+        trained_to: String,
+        /// The backtest's split (RFC 3339).
+        split: String,
+    },
+    /// An upstream (the collector, the predictor, the allocator for the
+    /// CLI) refused a call or could not be reached.
+    #[error("{}", upstream_message(what, *code, message))]
+    Upstream {
+        /// Which upstream, e.g. `the collector`.
+        what: &'static str,
+        /// Its gRPC status code (`google.rpc.Code` number).
+        code: i32,
+        /// Its message.
+        message: String,
+    },
+    /// Work handed to a blocking thread did not finish.
+    #[error("{what} panicked: {message}")]
+    Panicked {
+        /// Which work.
+        what: &'static str,
+        /// The panic.
+        message: String,
+    },
+    /// An upstream URL is malformed.
+    #[error("bad {what} URL {url:?}: {source}")]
+    Url {
+        /// Which upstream.
+        what: &'static str,
+        /// The URL.
+        url: String,
+        /// Why.
+        source: headroom_serving::tls::TlsError,
+    },
+    /// The allocator (for the CLI) could not be reached.
+    #[error("cannot reach the allocator at {url}: {message}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// An answer could not be written as JSON.
+    #[error("while writing JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// An answer could not be written as YAML.
+    #[error("while writing YAML: {0}")]
+    Yaml(#[from] serde_norway::Error),
+    /// An answer could not be written as CSV.
+    #[error("while writing CSV: {0}")]
+    Csv(#[from] csv::Error),
+    /// A chart could not be drawn.
+    #[error("while drawing {path}: {message}")]
+    Chart {
+        /// The chart file.
+        path: std::path::PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The server failed.
+    #[error(transparent)]
+    Serve(#[from] headroom_serving::grpc::ServeError),
+}
+
+/// Result with the allocator's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// gRPC codes (`google.rpc.Code`) the allocator tells apart in upstream
+/// answers.
+pub mod code {
+    /// The call was cancelled.
+    pub const CANCELLED: i32 = 1;
+    /// Unknown error (often a dropped connection).
+    pub const UNKNOWN: i32 = 2;
+    /// The request was malformed.
+    pub const INVALID_ARGUMENT: i32 = 3;
+    /// The deadline passed.
+    pub const DEADLINE_EXCEEDED: i32 = 4;
+    /// A named thing does not exist.
+    pub const NOT_FOUND: i32 = 5;
+    /// The server cannot be reached.
+    pub const UNAVAILABLE: i32 = 14;
+}
+
+/// What an upstream's refusal means to the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamKind {
+    /// The caller named something the upstream does not know.
+    CallersMistake,
+    /// The upstream cannot be reached now.
+    Unavailable,
+    /// Anything else, passed on with its code.
+    Other,
+}
+
+/// How an upstream's code reads to the caller.
+pub fn upstream_kind(status: i32) -> UpstreamKind {
+    match status {
+        code::NOT_FOUND | code::INVALID_ARGUMENT => UpstreamKind::CallersMistake,
+        code::UNAVAILABLE | code::UNKNOWN | code::CANCELLED | code::DEADLINE_EXCEEDED => {
+            UpstreamKind::Unavailable
+        }
+        _ => UpstreamKind::Other,
+    }
+}
+
+fn upstream_message(what: &str, code: i32, message: &str) -> String {
+    match upstream_kind(code) {
+        UpstreamKind::CallersMistake => message.to_string(),
+        UpstreamKind::Unavailable => format!("{what} is unavailable: {message}"),
+        UpstreamKind::Other => format!("{what}: {message}"),
+    }
+}

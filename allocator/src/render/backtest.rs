@@ -1,0 +1,186 @@
+//! A backtest's scores as a table, JSON or CSV (one serde row for both),
+//! and charts of usage against each strategy's allocation.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::{TableFormat, json, unit};
+use crate::{
+    backtest::{BacktestReport, BacktestRow, Trace},
+    error::{Error, Result},
+};
+
+/// One score row, as JSON and CSV show it (CSV's header is its fields).
+#[derive(Debug, Serialize)]
+struct Row<'a> {
+    strategy: &'a str,
+    resource: &'a str,
+    relative_slack: f64,
+    absolute_slack: f64,
+    violation_rate: f64,
+    oom_events: u64,
+    changes: u64,
+    samples: u64,
+}
+
+impl<'a> From<&'a BacktestRow> for Row<'a> {
+    fn from(r: &'a BacktestRow) -> Self {
+        Self {
+            strategy: r.strategy.name(),
+            resource: &r.resource,
+            relative_slack: r.relative_slack,
+            absolute_slack: r.absolute_slack,
+            violation_rate: r.violation_rate,
+            oom_events: r.oom_events,
+            changes: r.changes,
+            samples: r.samples,
+        }
+    }
+}
+
+/// The scores, as JSON shows them.
+#[derive(Debug, Serialize)]
+struct Scores<'a> {
+    task_ids: &'a [String],
+    rows: Vec<Row<'a>>,
+}
+
+/// The backtest as an aligned table, one row per strategy and resource.
+pub fn table(answer: &BacktestReport) -> String {
+    let mut out = format!(
+        "{} held-out tasks; absolute slack in core-hours (cpu), GiB-hours (memory), GiB (IO)\n{:<12} {:<10} {:>9} {:>10} {:>10} {:>6} {:>8} {:>8}\n",
+        answer.task_ids.len(),
+        "strategy",
+        "resource",
+        "rel.slack",
+        "abs.slack",
+        "violation",
+        "oom",
+        "changes",
+        "samples"
+    );
+    for r in &answer.rows {
+        out.push_str(&format!(
+            "{:<12} {:<10} {:>8.1}% {:>10.3} {:>9.2}% {:>6} {:>8} {:>8}\n",
+            r.strategy.name(),
+            r.resource,
+            r.relative_slack * 100.0,
+            r.absolute_slack,
+            r.violation_rate * 100.0,
+            r.oom_events,
+            r.changes,
+            r.samples
+        ));
+    }
+    out
+}
+
+/// The backtest's scores in `format`.
+pub fn backtest(answer: &BacktestReport, format: TableFormat) -> Result<String> {
+    match format {
+        TableFormat::Table => Ok(table(answer)),
+        TableFormat::Json => json(&Scores {
+            task_ids: &answer.task_ids,
+            rows: answer.rows.iter().map(Row::from).collect(),
+        }),
+        TableFormat::Csv => {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            for r in &answer.rows {
+                w.serialize(Row::from(r))?;
+            }
+            let bytes = w
+                .into_inner()
+                .map_err(|e| csv::Error::from(e.into_error()))?;
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        }
+    }
+}
+
+/// `dir/stem-SERVICE-RESOURCE.ext` beside `path`.
+pub fn chart_path(path: &Path, service: &str, resource: &str) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("backtest");
+    let ext = path.extension().and_then(|s| s.to_str()).unwrap_or("png");
+    path.with_file_name(format!("{stem}-{service}-{resource}.{ext}"))
+}
+
+/// Draws usage of one traced series against each strategy's request.
+pub fn chart(path: &Path, t: &Trace) -> Result<()> {
+    use headroom_charts::{PALETTE, Series, line_chart};
+    let points = |values: &[f64]| {
+        t.seconds
+            .iter()
+            .copied()
+            .zip(values.iter().copied())
+            .collect()
+    };
+    let mut series = vec![Series {
+        label: "used".into(),
+        points: points(&t.used),
+        color: (0, 0, 0),
+    }];
+    for (i, s) in t.strategies.iter().enumerate() {
+        series.push(Series {
+            label: s.strategy.name().to_string(),
+            points: points(&s.request),
+            color: PALETTE[i % PALETTE.len()],
+        });
+    }
+    line_chart(
+        path,
+        &format!(
+            "{} {} in task {}: usage and allocations",
+            t.service, t.resource, t.task_id
+        ),
+        "seconds into the task",
+        &format!("{} ({})", t.resource, unit(&t.resource)),
+        &series,
+    )
+    .map_err(|e| Error::Chart {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::strategy::Strategy;
+
+    #[test]
+    fn csv_has_a_header_from_the_row_and_one_line_per_row() {
+        let row = |strategy, resource: &str| BacktestRow {
+            strategy,
+            resource: resource.into(),
+            relative_slack: 0.5,
+            absolute_slack: 1.25,
+            violation_rate: 0.01,
+            oom_events: 2,
+            changes: 3,
+            samples: 40,
+        };
+        let report = BacktestReport {
+            rows: vec![row(Strategy::Max, "cpu"), row(Strategy::Plan, "memory")],
+            task_ids: vec!["t1".into()],
+            traces: Vec::new(),
+            split: 0.0,
+        };
+        let csv = backtest(&report, TableFormat::Csv).unwrap();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "strategy,resource,relative_slack,absolute_slack,violation_rate,oom_events,changes,samples",
+                "max,cpu,0.5,1.25,0.01,2,3,40",
+                "plan,memory,0.5,1.25,0.01,2,3,40",
+            ]
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&backtest(&report, TableFormat::Json).unwrap()).unwrap();
+        assert_eq!(json["rows"][1]["strategy"], "plan");
+        assert_eq!(json["task_ids"][0], "t1");
+    }
+}

@@ -1,0 +1,232 @@
+//! What the CLI prints: aligned tables for people, and JSON, CSV and
+//! Kubernetes YAML built from serde structs for programs.
+
+mod backtest;
+pub mod k8s;
+
+pub use backtest::{backtest, chart, chart_path, table};
+
+use serde::Serialize;
+
+use crate::{
+    allocate::{PlanReport, Recommendation},
+    error::Result,
+    place::{HeadroomPoint, Placed},
+};
+
+/// How an allocation, plan or placement is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned columns.
+    Table,
+    /// JSON.
+    Json,
+    /// Kubernetes: a `resources:` patch per container (recommend) or the
+    /// plan as a resize schedule.
+    K8s,
+}
+
+/// How a backtest's scores are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TableFormat {
+    /// Aligned columns.
+    Table,
+    /// JSON.
+    Json,
+    /// CSV with a header.
+    Csv,
+}
+
+/// The unit of a resource's values.
+fn unit(resource: &str) -> &'static str {
+    headroom_proto::resource::unit(resource).unwrap_or_default()
+}
+
+fn json(value: &impl Serialize) -> Result<String> {
+    Ok(serde_json::to_string_pretty(value)? + "\n")
+}
+
+/// One allocation, as JSON shows it.
+#[derive(Debug, Serialize)]
+struct AllocationRow<'a> {
+    service: &'a str,
+    resource: &'a str,
+    request: f64,
+    limit: f64,
+    unit: &'a str,
+    expected_slack: f64,
+    violation_risk: f64,
+    strategy: &'a str,
+    samples_used: u64,
+    model_version: &'a str,
+    detail: &'a str,
+}
+
+/// Allocations in `output`.
+pub fn recommendations(answer: &[Recommendation], output: Output) -> Result<String> {
+    match output {
+        Output::Table => {
+            let mut out = format!(
+                "{:<24} {:<10} {:>14} {:>14} {:>8} {:>8}  unit\n",
+                "service", "resource", "request", "limit", "slack", "risk"
+            );
+            for r in answer {
+                let a = &r.alloc;
+                out.push_str(&format!(
+                    "{:<24} {:<10} {:>14.4} {:>14.4} {:>7.1}% {:>7.2}%  {}\n",
+                    r.service,
+                    r.resource,
+                    a.request,
+                    a.limit,
+                    a.expected_slack * 100.0,
+                    a.violation_risk * 100.0,
+                    unit(&r.resource)
+                ));
+            }
+            Ok(out)
+        }
+        Output::Json => json(
+            &answer
+                .iter()
+                .map(|r| AllocationRow {
+                    service: &r.service,
+                    resource: &r.resource,
+                    request: r.alloc.request,
+                    limit: r.alloc.limit,
+                    unit: unit(&r.resource),
+                    expected_slack: r.alloc.expected_slack,
+                    violation_risk: r.alloc.violation_risk,
+                    strategy: r.strategy.name(),
+                    samples_used: r.alloc.samples_used,
+                    model_version: &r.model_version,
+                    detail: &r.alloc.detail,
+                })
+                .collect::<Vec<_>>(),
+        ),
+        Output::K8s => k8s::patches(answer),
+    }
+}
+
+/// A plan segment, as JSON shows it.
+#[derive(Debug, Serialize)]
+struct SegmentRow {
+    start_seconds: f64,
+    end_seconds: f64,
+    request: f64,
+    limit: f64,
+}
+
+/// One resource's plan, as JSON shows it.
+#[derive(Debug, Serialize)]
+struct PlanRow<'a> {
+    service: &'a str,
+    resource: &'a str,
+    unit: &'a str,
+    segments: Vec<SegmentRow>,
+}
+
+/// Plans, as JSON shows them.
+#[derive(Debug, Serialize)]
+struct Plans<'a> {
+    horizon_seconds: f64,
+    plans: Vec<PlanRow<'a>>,
+}
+
+/// Plans in `output`.
+pub fn plans(answer: &PlanReport, output: Output) -> Result<String> {
+    match output {
+        Output::Table => {
+            let mut out = format!("horizon {:.0} s\n", answer.horizon_seconds);
+            for p in &answer.plans {
+                let r = &p.recommendation;
+                out.push_str(&format!(
+                    "{} {} ({})\n",
+                    r.service,
+                    r.resource,
+                    unit(&r.resource)
+                ));
+                for s in &p.segments {
+                    out.push_str(&format!(
+                        "  {:>8.0} – {:>8.0} s  request {:>14.4}  limit {:>14.4}\n",
+                        s.start, s.end, s.request, s.limit
+                    ));
+                }
+            }
+            Ok(out)
+        }
+        Output::Json => json(&Plans {
+            horizon_seconds: answer.horizon_seconds,
+            plans: answer
+                .plans
+                .iter()
+                .map(|p| PlanRow {
+                    service: &p.recommendation.service,
+                    resource: &p.recommendation.resource,
+                    unit: unit(&p.recommendation.resource),
+                    segments: p
+                        .segments
+                        .iter()
+                        .map(|s| SegmentRow {
+                            start_seconds: s.start,
+                            end_seconds: s.end,
+                            request: s.request,
+                            limit: s.limit,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }),
+        Output::K8s => k8s::schedule(answer),
+    }
+}
+
+/// A service's node, as JSON shows it.
+#[derive(Debug, Serialize)]
+struct AssignmentRow<'a> {
+    service: &'a str,
+    node: &'a str,
+}
+
+/// A placement, as JSON shows it.
+#[derive(Debug, Serialize)]
+struct Placement<'a> {
+    assignments: Vec<AssignmentRow<'a>>,
+    nodes_used: u32,
+    unplaced: &'a [String],
+    solver: &'a str,
+}
+
+/// A placement in `output` (Kubernetes output is the table).
+pub fn placement(answer: &Placed, output: Output) -> Result<String> {
+    if output == Output::Json {
+        return json(&Placement {
+            assignments: answer
+                .assignments
+                .iter()
+                .map(|(service, node)| AssignmentRow { service, node })
+                .collect(),
+            nodes_used: answer.nodes_used,
+            unplaced: &answer.unplaced,
+            solver: &answer.solver,
+        });
+    }
+    let mut out = format!(
+        "{} nodes used ({} solver)\n",
+        answer.nodes_used, answer.solver
+    );
+    for (service, node) in &answer.assignments {
+        out.push_str(&format!("  {service:<24} -> {node}\n"));
+    }
+    for (node, points) in &answer.headroom {
+        let least = |f: fn(&HeadroomPoint) -> f64| points.iter().map(f).fold(f64::MAX, f64::min);
+        out.push_str(&format!(
+            "  {node:<24} least free: {:.3} cores, {:.0} MiB\n",
+            least(|p| p.cpu_free),
+            least(|p| p.memory_free) / 1048576.0
+        ));
+    }
+    if !answer.unplaced.is_empty() {
+        out.push_str(&format!("  unplaced: {}\n", answer.unplaced.join(", ")));
+    }
+    Ok(out)
+}
