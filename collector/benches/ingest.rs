@@ -8,13 +8,14 @@
 use std::{io::Write, time::Instant};
 
 use anyhow::Context;
-use headroom_collector::{CollectorConfig, ingest::IngestOptions, store};
+use headroom_collector::{CollectorConfig, ingest::IngestOptions};
 use headroom_proto::{
     resource,
     time::from_unix_ms,
     v1::{Measurement, ServiceUsage, UsageMessage, usage_message::Body},
 };
 use headroom_serving::grpc::GrpcOptions;
+use headroom_store as store;
 use headroom_testkit as kit;
 use prost::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};

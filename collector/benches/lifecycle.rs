@@ -11,16 +11,14 @@
 use std::{collections::HashMap, time::Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use headroom_collector::{
-    CollectorConfig, admin,
-    store::{
-        self,
-        lifecycle::LifecycleOptions,
-        rollup::{self, Aggregate, Resolution},
-    },
-};
+use headroom_collector::CollectorConfig;
 use headroom_proto::v1::{self, collector_client::CollectorClient};
 use headroom_serving::grpc::GrpcOptions;
+use headroom_store::{
+    self as store, admin,
+    lifecycle::LifecycleOptions,
+    rollup::{self, Aggregate, Resolution},
+};
 use headroom_testkit as kit;
 
 const SERVICES: i32 = 100;

@@ -9,6 +9,7 @@ use headroom_proto::{
     time::{from_unix_ms, to_unix_ms},
     v1::{self, collector_server::Collector},
 };
+use headroom_store::{self as store, StepAggregate};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -17,7 +18,6 @@ use crate::{
     Shared,
     error::{Error, Result},
     ingest::decode::MAX_NAME_LEN,
-    store::{self, StepAggregate},
 };
 
 const DEFAULT_PAGE: u32 = 100;
@@ -93,7 +93,7 @@ async fn resolve(shared: &Shared, filter: Option<&v1::UsageFilter>) -> Result<st
     check_names("service", &f.services)?;
     check_names("resource", &f.resources)?;
     check_names("task id", &f.task_ids)?;
-    store::resolve_filter(
+    Ok(store::resolve_filter(
         &shared.pool,
         &f.services,
         &f.resources,
@@ -101,7 +101,7 @@ async fn resolve(shared: &Shared, filter: Option<&v1::UsageFilter>) -> Result<st
         ts(&f.start),
         ts(&f.end),
     )
-    .await
+    .await?)
 }
 
 /// Series page token: "task_id\u{1f}service_id\u{1f}resource_id".
@@ -126,7 +126,8 @@ impl Collector for CollectorApi {
         _: Request<v1::ListServicesRequest>,
     ) -> Result<Response<v1::ListServicesResponse>, Status> {
         let services = store::list_services(&self.shared.pool)
-            .await?
+            .await
+            .map_err(Error::from)?
             .into_iter()
             .map(|r| v1::ServiceInfo {
                 id: r.id,
@@ -141,7 +142,8 @@ impl Collector for CollectorApi {
         _: Request<v1::ListResourcesRequest>,
     ) -> Result<Response<v1::ListResourcesResponse>, Status> {
         let resources = store::list_resources(&self.shared.pool)
-            .await?
+            .await
+            .map_err(Error::from)?
             .into_iter()
             .map(|r| v1::ResourceInfo {
                 id: r.id,
@@ -176,7 +178,8 @@ impl Collector for CollectorApi {
             offset,
             i64::from(size) + 1,
         )
-        .await?;
+        .await
+        .map_err(Error::from)?;
         let next_page_token = if rows.len() > size as usize {
             rows.truncate(size as usize);
             (offset + i64::from(size)).to_string()
@@ -198,7 +201,10 @@ impl Collector for CollectorApi {
             return Err(Error::InvalidArgument("missing task id".into()).into());
         }
         check_names("task id", [&id])?;
-        match store::get_task(&self.shared.pool, &id).await? {
+        match store::get_task(&self.shared.pool, &id)
+            .await
+            .map_err(Error::from)?
+        {
             Some(t) => Ok(Response::new(task_proto(t))),
             None => Err(Error::NotFound(format!("unknown task {id:?}")).into()),
         }
@@ -241,8 +247,9 @@ impl Collector for CollectorApi {
         };
         let filter = resolve(&self.shared, r.filter.as_ref()).await?;
         let after = parse_series_token(&r.page_token)?;
-        let mut keys =
-            store::list_series(&self.shared.pool, &filter, after, i64::from(size) + 1).await?;
+        let mut keys = store::list_series(&self.shared.pool, &filter, after, i64::from(size) + 1)
+            .await
+            .map_err(Error::from)?;
         let next_page_token = if keys.len() > size as usize {
             keys.truncate(size as usize);
             let last = &keys[keys.len() - 1];
@@ -258,28 +265,26 @@ impl Collector for CollectorApi {
         let mut series = Vec::with_capacity(keys.len());
         for key in keys {
             let mut points = match (resolution, step_us) {
-                (Some(res), Some(step)) => {
-                    store::rollup::points(
-                        &self.shared.pool,
-                        &key,
-                        &filter,
-                        step,
-                        aggregate,
-                        res,
-                        max_points as usize + 1,
-                    )
-                    .await?
-                }
-                _ => {
-                    store::series_points(
-                        &self.shared.pool,
-                        &key,
-                        &filter,
-                        step_us.map(|s| (s, aggregate)),
-                        i64::from(max_points) + 1,
-                    )
-                    .await?
-                }
+                (Some(res), Some(step)) => store::rollup::points(
+                    &self.shared.pool,
+                    &key,
+                    &filter,
+                    step,
+                    aggregate,
+                    res,
+                    max_points as usize + 1,
+                )
+                .await
+                .map_err(Error::from)?,
+                _ => store::series_points(
+                    &self.shared.pool,
+                    &key,
+                    &filter,
+                    step_us.map(|s| (s, aggregate)),
+                    i64::from(max_points) + 1,
+                )
+                .await
+                .map_err(Error::from)?,
             };
             let truncated = points.len() > max_points as usize;
             points.truncate(max_points as usize);
@@ -315,10 +320,15 @@ impl Collector for CollectorApi {
             &filter,
             self.shared.raw_stats_limit,
         )
-        .await?;
+        .await
+        .map_err(Error::from)?;
         let stats = match resolution {
-            None => store::usage_stats(&self.shared.pool, &filter).await?,
-            Some(res) => store::rollup::stats(&self.shared.pool, &filter, res).await?,
+            None => store::usage_stats(&self.shared.pool, &filter)
+                .await
+                .map_err(Error::from)?,
+            Some(res) => store::rollup::stats(&self.shared.pool, &filter, res)
+                .await
+                .map_err(Error::from)?,
         };
         let stats = stats
             .into_iter()
@@ -419,13 +429,15 @@ impl Collector for CollectorApi {
         let r = request.into_inner();
         let chunk = page_size(r.chunk_size, DEFAULT_CHUNK, MAX_CHUNK, "chunk_size")? as usize;
         let filter = resolve(&self.shared, r.filter.as_ref()).await?;
-        let (services, resources) = store::names(&self.shared.pool).await?;
+        let (services, resources) = store::names(&self.shared.pool).await.map_err(Error::from)?;
         // Old tasks whose raw samples are gone are exported per minute;
         // imported allocations are kept as they are.
         let rollup = if r.provisioned {
             None
         } else {
-            store::rollup::choose_for_export(&self.shared.pool, &filter).await?
+            store::rollup::choose_for_export(&self.shared.pool, &filter)
+                .await
+                .map_err(Error::from)?
         };
         let query = if r.provisioned {
             store::export_provisioned_query()
@@ -436,7 +448,7 @@ impl Collector for CollectorApi {
         let (tx, rx) = mpsc::channel::<Result<v1::ExportSamplesResponse, Status>>(4);
         tokio::spawn(async move {
             let mut rows = store::export_rows(&pool, &filter, &query)
-                .map_err(Error::from)
+                .map_err(|e| Error::from(store::Error::from(e)))
                 .chunks(chunk);
             let mut seen_tasks = HashSet::new();
             while let Some(batch) = rows.next().await {
@@ -451,7 +463,8 @@ impl Collector for CollectorApi {
                         Vec::new()
                     } else {
                         store::get_tasks(&pool, &new_tasks)
-                            .await?
+                            .await
+                            .map_err(Error::from)?
                             .into_iter()
                             .map(task_proto)
                             .collect()

@@ -48,13 +48,9 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use headroom_proto::resource;
-use sqlx::PgPool;
+use headroom_store::{self as store, Batch, Lookups, PgPool, Row, TaskSeen};
 
-use crate::{
-    Error, Result,
-    ingest::decode::{Row, TaskSeen},
-    store::{self, Batch, Lookups},
-};
+use crate::{Error, Result};
 
 /// What an import did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -197,19 +193,19 @@ fn field(parts: &[&str], i: usize, name: &str) -> std::result::Result<f64, Strin
 #[derive(Debug, Clone, clap::Args)]
 pub struct AlibabaOptions {
     /// container_meta.csv.
-    #[arg(long)]
+    #[arg(long, env = "HEADROOM_IMPORT_META")]
     pub meta: PathBuf,
     /// container_usage.csv.
-    #[arg(long)]
+    #[arg(long, env = "HEADROOM_IMPORT_USAGE")]
     pub usage: PathBuf,
     /// A task: the services on one machine over this long.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HEADROOM_IMPORT_WINDOW", default_value = "1h", value_parser = humantime::parse_duration)]
     pub window: std::time::Duration,
     /// Bytes per unit of the trace's normalised `mem_size`.
-    #[arg(long, default_value_t = 1024.0 * 1024.0 * 1024.0)]
+    #[arg(long, env = "HEADROOM_IMPORT_MEMORY_UNIT", default_value_t = 1024.0 * 1024.0 * 1024.0)]
     pub memory_unit: f64,
     /// Where the trace's time 0 is placed (default: so that it ends now).
-    #[arg(long)]
+    #[arg(long, env = "HEADROOM_IMPORT_START")]
     pub start: Option<DateTime<Utc>>,
 }
 
@@ -376,10 +372,10 @@ pub struct BitbrainsOptions {
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
     /// A task: all imported VMs over this long.
-    #[arg(long, default_value = "1d", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HEADROOM_IMPORT_WINDOW", default_value = "1d", value_parser = humantime::parse_duration)]
     pub window: std::time::Duration,
     /// Where the trace's first sample is placed (default: so that it ends now).
-    #[arg(long)]
+    #[arg(long, env = "HEADROOM_IMPORT_START")]
     pub start: Option<DateTime<Utc>>,
 }
 

@@ -2,26 +2,26 @@
 //! once in result) and answers queries, statistics, live streams and
 //! exports over gRPC (`headroom.v1.Collector`).
 
-pub mod admin;
 mod api;
 pub mod error;
 pub mod import;
 pub mod ingest;
-pub mod store;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use headroom_proto::v1::collector_server::CollectorServer;
-use headroom_serving::grpc::{self, GrpcOptions};
-use sqlx::PgPool;
+use headroom_serving::{
+    grpc::{self, GrpcOptions},
+    retry::{Retried, RetryPolicy, retry},
+};
+use headroom_store::{self as store, Lookups, PgPool, Row};
 use tokio::{net::TcpListener, sync::broadcast};
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
 pub use error::{Error, Result};
-use ingest::{IngestOptions, decode::Row};
-use store::Lookups;
+use ingest::IngestOptions;
 
 /// The gRPC service name, as health reports it.
 pub const SERVICE_NAME: &str = "headroom.v1.Collector";
@@ -76,10 +76,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Reports SERVING or NOT_SERVING, for the collector and the server as
-    /// a whole.
-    pub async fn set_serving(&self, serving: bool) {
-        grpc::report_health(&self.health, SERVICE_NAME, serving).await;
+    /// Readiness: SERVING when the collector can store and answer (its
+    /// database answers), NOT_SERVING while it waits for it. Liveness (the
+    /// server-wide entry) stays SERVING meanwhile.
+    pub async fn set_ready(&self, ready: bool) {
+        grpc::report_ready(&self.health, SERVICE_NAME, ready).await;
     }
 }
 
@@ -102,7 +103,7 @@ pub async fn run(
         raw_stats_limit: config.lifecycle.raw_stats_limit,
         health,
     });
-    shared.set_serving(false).await;
+    shared.set_ready(false).await;
 
     // A configuration the background work refuses (bad Kafka settings)
     // stops the whole collector, with the reason.
@@ -130,7 +131,7 @@ pub async fn run(
     let routes = Routes::new(health_service).add_service(api);
     let served = grpc::serve(listener, routes, &config.grpc, shutdown.clone()).await;
     shutdown.cancel();
-    shared.set_serving(false).await;
+    grpc::report_health(&shared.health, SERVICE_NAME, false).await;
     match background.await {
         Ok(result) => result?,
         Err(e) => tracing::error!(error = %e, "ingest task panicked"),
@@ -148,21 +149,20 @@ async fn start_when_ready(
     shutdown: CancellationToken,
 ) -> Result<()> {
     lifecycle.validate()?;
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match store::migrate(&shared.pool).await {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "database not ready");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
+    match retry(
+        "schema migration (database not ready)",
+        &RetryPolicy::DEFAULT,
+        &shutdown,
+        store::Error::is_connection,
+        || store::migrate(&shared.pool),
+    )
+    .await
+    {
+        Retried::Done(()) => {}
+        Retried::GaveUp(e) => return Err(e.into()),
+        Retried::Cancelled => return Ok(()),
     }
-    shared.set_serving(true).await;
+    shared.set_ready(true).await;
     tracing::info!("schema ready");
     // Partitions exist before the first sample is written, and are kept
     // ahead of time (and expired) for as long as the collector runs.

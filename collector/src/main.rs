@@ -4,11 +4,9 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use headroom_collector::{
-    CollectorConfig, admin, import, ingest::IngestOptions, store,
-    store::lifecycle::LifecycleOptions,
-};
+use headroom_collector::{CollectorConfig, import, ingest::IngestOptions};
 use headroom_serving::{grpc::GrpcOptions, shutdown, telemetry};
+use headroom_store::{self as store, admin, lifecycle::LifecycleOptions};
 
 /// Consumes Headroom usage samples from Kafka into PostgreSQL and answers
 /// queries over them (gRPC headroom.v1.Collector).
@@ -88,7 +86,7 @@ enum AdminCommand {
     /// Drop every table and recreate the schema empty.
     Reset {
         /// Required: confirms that every stored sample is to be deleted.
-        #[arg(long)]
+        #[arg(long, env = "HEADROOM_RESET_CONFIRM")]
         confirm: bool,
     },
     /// Show the samples table's partitions with their ranges, sizes and
@@ -105,7 +103,7 @@ enum AdminCommand {
         #[command(flatten)]
         selection: admin::DumpSelection,
         /// Output file; standard output when absent.
-        #[arg(long, short)]
+        #[arg(long, env = "HEADROOM_DUMP_OUT", short)]
         out: Option<std::path::PathBuf>,
     },
 }
@@ -136,9 +134,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             headroom_collector::run(listener, shutdown::on_signals(), config).await?;
         }
         Some(Command::Import { trace }) => {
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(2)
-                .connect(&cli.database_url)
+            let pool = store::connect(&cli.database_url, 2)
                 .await
                 .context("while connecting to the database")?;
             let report = match trace {
@@ -148,9 +144,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("{}", report.summary());
         }
         Some(Command::Admin { action }) => {
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(2)
-                .connect(&cli.database_url)
+            let pool = store::connect(&cli.database_url, 2)
                 .await
                 .context("while connecting to the database")?;
             match action {
@@ -196,4 +190,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_option_is_also_an_environment_variable() {
+        use clap::CommandFactory as _;
+        headroom_options::assert_every_option_has_env(&super::Cli::command());
+    }
 }

@@ -397,9 +397,9 @@ async fn the_query_api_answers_from_stored_samples_and_refuses_bad_input() -> an
 
     // Admin: dump the selection as CSV; reset only with confirmation.
     let mut csv = Vec::new();
-    let n = headroom_collector::admin::dump(
+    let n = headroom_store::admin::dump(
         &db.pool,
-        &headroom_collector::admin::DumpSelection {
+        &headroom_store::admin::DumpSelection {
             tasks: vec!["t-b".into()],
             resources: vec!["cpu".into()],
             ..Default::default()
@@ -417,17 +417,13 @@ async fn the_query_api_answers_from_stored_samples_and_refuses_bad_input() -> an
         text.lines().nth(2).unwrap().starts_with("t-b,api,cpu,3.7,"),
         "{text}"
     );
-    assert!(
-        headroom_collector::admin::reset(&db.pool, false)
-            .await
-            .is_err()
-    );
+    assert!(headroom_store::admin::reset(&db.pool, false).await.is_err());
     assert_eq!(
         count_samples(&db.pool, "t-a").await,
         800,
         "an unconfirmed reset changes nothing"
     );
-    headroom_collector::admin::reset(&db.pool, true).await?;
+    headroom_store::admin::reset(&db.pool, true).await?;
     assert_eq!(count_samples(&db.pool, "t-a").await, 0);
     Ok(())
 }

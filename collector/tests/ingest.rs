@@ -15,6 +15,15 @@ use rdkafka::{
     message::Headers,
 };
 
+/// The collector's own count of a metric, 0 until it reports it.
+async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
+    kit::scrape_metric(addr, name)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0.0)
+}
+
 #[tokio::test]
 async fn records_produced_twice_are_stored_once() -> anyhow::Result<()> {
     kit::init_logs();
@@ -33,26 +42,31 @@ async fn records_produced_twice_are_stored_once() -> anyhow::Result<()> {
     produce(&topic, &records, None).await?;
     // The same records again, in the same batch window.
     produce(&topic, &records, None).await?;
-    let server = start(&db.url, ingest_options(&topic)).await?;
+    let metrics = kit::free_address()?;
+    let mut child =
+        spawn_collector_process(&db.url, &topic, &kit::unique_name("collector"), metrics)?;
     wait_for_rows(&db.pool, "t-dup", 120, Duration::from_secs(60)).await?;
 
     // And once more after they are stored: a replay meets stored rows.
     produce(&topic, &records, None).await?;
-    let sentinels: Vec<(String, Vec<u8>)> = (0..3)
-        .map(|p| {
-            (
-                "s".to_string(),
-                usage("t-sentinel", &format!("s{p}"), T0, &[("cpu", 1.0)]),
-            )
-        })
-        .collect();
-    for (p, record) in sentinels.iter().enumerate() {
-        produce(&topic, std::slice::from_ref(record), Some(p as i32)).await?;
-    }
-    // Sentinels come after the replay in every partition.
-    wait_for_rows(&db.pool, "t-sentinel", 3, Duration::from_secs(60)).await?;
+    // Each of the 360 samples produced is stored once or reported as a
+    // duplicate by the dedupe path: 120 stored, 240 duplicates.
+    let reported = kit::eventually(
+        "240 duplicates reported",
+        Duration::from_secs(60),
+        || async {
+            let n = metric(metrics, "headroom_collector_duplicates_total").await;
+            (n >= 240.0).then_some(n)
+        },
+    )
+    .await;
+    let ingested = metric(metrics, "headroom_collector_samples_ingested_total").await;
+    child.kill()?;
+    child.wait()?;
+    assert_eq!(reported?, 240.0, "duplicates reported by the dedupe path");
+    assert_eq!(ingested, 120.0, "samples the collector says it stored");
     assert_eq!(count_samples(&db.pool, "t-dup").await, 120);
-    server.stop().await
+    Ok(())
 }
 
 #[tokio::test]
@@ -146,13 +160,17 @@ async fn a_mixed_batch_stores_the_valid_records_and_dead_letters_the_rest() -> a
     server.stop().await
 }
 
+/// The collector binary as a child process, its Prometheus metrics on
+/// `metrics`.
 fn spawn_collector_process(
     db_url: &str,
     topic: &str,
     group: &str,
+    metrics: std::net::SocketAddr,
 ) -> anyhow::Result<std::process::Child> {
     Ok(
         std::process::Command::new(env!("CARGO_BIN_EXE_headroom-collector"))
+            .env("HEADROOM_METRICS_LISTEN", metrics.to_string())
             .env("HEADROOM_DATABASE_URL", db_url)
             .env("HEADROOM_KAFKA_BROKERS", kit::kafka_brokers())
             .env("HEADROOM_TOPIC", topic)
@@ -201,7 +219,8 @@ async fn a_sigkilled_collector_restarts_and_stores_every_record_exactly_once() -
             anyhow::Ok(())
         }
     });
-    let mut child = spawn_collector_process(&db.url, &topic, &group)?;
+    let metrics = kit::free_address()?;
+    let mut child = spawn_collector_process(&db.url, &topic, &group, metrics)?;
     for round in 0..2 {
         // Let it store part of the stream, then kill it without warning.
         let before = kit::eventually(
@@ -216,18 +235,29 @@ async fn a_sigkilled_collector_restarts_and_stores_every_record_exactly_once() -
         child.kill()?; // SIGKILL
         child.wait()?;
         tracing::info!(round, stored = before, "collector killed");
-        child = spawn_collector_process(&db.url, &topic, &group)?;
+        child = spawn_collector_process(&db.url, &topic, &group, metrics)?;
     }
     producer.await??;
     let stored = wait_for_rows(&db.pool, "t-kill", N, Duration::from_secs(120)).await;
+    // The last collector replayed what the killed one stored after its last
+    // offset commit: the dedupe path, not luck, kept the count exact.
+    let duplicates = metric(metrics, "headroom_collector_duplicates_total").await;
     child.kill()?;
     child.wait()?;
-    stored
+    stored?;
+    assert!(
+        duplicates > 0.0,
+        "the restarted collector reported no duplicates: nothing was replayed"
+    );
+    Ok(())
 }
 
 #[tokio::test]
-async fn a_database_outage_of_ten_seconds_loses_nothing() -> anyhow::Result<()> {
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+async fn a_database_outage_of_ten_seconds_loses_nothing_and_the_collector_stays_live()
+-> anyhow::Result<()> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
     kit::init_logs();
     let pg = kit::PrivatePostgres::start()?;
     let pool = sqlx::PgPool::connect(&pg.url()).await?;
@@ -254,9 +284,20 @@ async fn a_database_outage_of_ten_seconds_loses_nothing() -> anyhow::Result<()> 
 
     pg.stop()?;
     produce(&topic, &batch(200), None).await?;
-    let mut health = HealthClient::new(server.channel().await?);
+    let health = HealthClient::new(server.channel().await?);
     let check = || HealthCheckRequest {
         service: headroom_collector::SERVICE_NAME.into(),
+    };
+    let status_of = |service: &'static str| {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .map(|r| r.into_inner().status)
+        }
     };
     kit::eventually(
         "health NOT_SERVING during the outage",
@@ -272,16 +313,31 @@ async fn a_database_outage_of_ten_seconds_loses_nothing() -> anyhow::Result<()> 
         },
     )
     .await?;
+    // Readiness says the collector cannot store; liveness says the process
+    // serves, so nothing restarts a collector that is waiting correctly.
+    assert_eq!(
+        status_of("").await?,
+        ServingStatus::Serving as i32,
+        "liveness (the server-wide entry) during the outage"
+    );
     tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(status_of("").await?, ServingStatus::Serving as i32);
     pg.start_again()?;
 
     let pool = sqlx::PgPool::connect(&pg.url()).await?;
     wait_for_rows(&pool, "t-outage", 800, Duration::from_secs(60)).await?;
-    let status = health.check(check()).await?.into_inner().status;
-    assert_eq!(
-        status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
+    // Back: ready again, with no restart.
+    kit::eventually(
+        "readiness SERVING again",
+        Duration::from_secs(30),
+        || async {
+            (status_of(headroom_collector::SERVICE_NAME).await.ok()?
+                == ServingStatus::Serving as i32)
+                .then_some(())
+        },
+    )
+    .await?;
+    assert_eq!(status_of("").await?, ServingStatus::Serving as i32);
     pool.close().await;
     server.stop().await
 }
@@ -405,5 +461,100 @@ async fn consumer_lag_counts_the_records_not_yet_stored() -> anyhow::Result<()> 
         Ok(())
     })
     .await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_record_the_database_refuses_is_moved_aside_and_ingest_goes_on() -> anyhow::Result<()> {
+    kit::init_logs();
+    let db = kit::TestDb::new().await?;
+    // An operator's rule the collector knows nothing about: PostgreSQL
+    // refuses cpu values above 1,000 cores (a check violation, not an
+    // outage).
+    headroom_store::migrate(&db.pool).await?;
+    db.fixture("ALTER TABLE samples ADD CONSTRAINT at_most_1000 CHECK (value <= 1000)")
+        .await?;
+    let topic = kit::fresh_topic("refused", 1).await?;
+    let dlq = format!("{topic}-dlq");
+    let records: Vec<(String, Vec<u8>)> = (0..200)
+        .map(|i| {
+            let cpu = if i == 137 { 5000.0 } else { 0.5 };
+            (
+                "api".to_string(),
+                usage("t-refused", "api", T0 + i * 1000, &[("cpu", cpu)]),
+            )
+        })
+        .collect();
+    produce(&topic, &records, Some(0)).await?;
+    let metrics = kit::free_address()?;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_headroom-collector"))
+        .env("HEADROOM_METRICS_LISTEN", metrics.to_string())
+        .env("HEADROOM_DATABASE_URL", &db.url)
+        .env("HEADROOM_KAFKA_BROKERS", kit::kafka_brokers())
+        .env("HEADROOM_TOPIC", &topic)
+        .env("HEADROOM_DLQ_TOPIC", &dlq)
+        .env("HEADROOM_GROUP", kit::unique_name("collector"))
+        .env("HEADROOM_SESSION_TIMEOUT", "6s")
+        .env("HEADROOM_LISTEN", "127.0.0.1:0")
+        .env("HEADROOM_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Every other record of the batch is stored…
+    let stored = wait_for_rows(&db.pool, "t-refused", 199, Duration::from_secs(90)).await;
+    // … the refused one is on the dead-letter topic with the reason …
+    let consumer: StreamConsumer =
+        kit::consumer_config(&kit::unique_name("dlq-reader")).create()?;
+    consumer.subscribe(&[&dlq])?;
+    let msg = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+        .await
+        .context("the refused record never reached the dead-letter topic")??;
+    let header = |key: &str| {
+        msg.headers()
+            .and_then(|h| h.iter().find(|h| h.key == key))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    let reason = header(DLQ_REASON_HEADER).context("no reason header")?;
+    let offset = header(DLQ_SOURCE_HEADERS[2]).context("no offset header")?;
+    let payload = msg.payload().map(<[u8]>::to_vec);
+    // … counted …
+    let refused = kit::eventually("the refusal counted", Duration::from_secs(30), || async {
+        let n = metric(metrics, "headroom_collector_refused_total").await;
+        (n >= 1.0).then_some(n)
+    })
+    .await;
+    // … and ingest goes on after it.
+    produce(
+        &topic,
+        &[(
+            "api".into(),
+            usage("t-refused", "api", T0 + 300_000, &[("cpu", 0.75)]),
+        )],
+        Some(0),
+    )
+    .await?;
+    let after = wait_for_rows(&db.pool, "t-refused", 200, Duration::from_secs(60)).await;
+    child.kill()?;
+    let out = child.wait_with_output()?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    stored?;
+    after?;
+    assert_eq!(refused?, 1.0);
+    assert!(reason.starts_with("refused by the database"), "{reason}");
+    assert!(
+        reason.contains("at_most_1000"),
+        "the reason names the constraint: {reason}"
+    );
+    assert_eq!(offset, "137", "the source offset of the refused record");
+    assert_eq!(
+        payload.as_deref(),
+        Some(records[137].1.as_slice()),
+        "the original payload"
+    );
+    assert!(
+        log.contains("dead-letter topic") && log.contains(&dlq),
+        "the log says where the record went: {log}"
+    );
     Ok(())
 }

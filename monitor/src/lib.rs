@@ -14,13 +14,13 @@ use tonic::transport::Channel;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Selection {
     /// Service to show.
-    #[arg(long)]
+    #[arg(long, env = "HEADROOM_MONITOR_SERVICE")]
     pub service: String,
     /// Resource to show.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, env = "HEADROOM_MONITOR_RESOURCE", default_value = "cpu")]
     pub resource: String,
     /// Task to show (default: the newest task that ran the service).
-    #[arg(long)]
+    #[arg(long, env = "HEADROOM_MONITOR_TASK")]
     pub task: Option<String>,
     /// Collector URL.
     #[arg(
@@ -44,7 +44,7 @@ pub struct Selection {
     )]
     pub allocator: String,
     /// Strategy of the allocation shown.
-    #[arg(long, default_value = "percentile")]
+    #[arg(long, env = "HEADROOM_MONITOR_STRATEGY", default_value = "percentile")]
     pub strategy: String,
     /// TLS towards the services (for `https://` URLs).
     #[command(flatten)]

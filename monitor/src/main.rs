@@ -23,13 +23,13 @@ struct Cli {
     #[command(flatten)]
     selection: Selection,
     /// Write the chart as PNG and exit.
-    #[arg(long, conflicts_with = "svg")]
+    #[arg(long, env = "HEADROOM_MONITOR_PNG", conflicts_with = "svg")]
     png: Option<PathBuf>,
     /// Write the chart as SVG and exit.
-    #[arg(long)]
+    #[arg(long, env = "HEADROOM_MONITOR_SVG")]
     svg: Option<PathBuf>,
     /// Refresh period of the live view.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HEADROOM_MONITOR_EVERY", default_value = "2s", value_parser = humantime::parse_duration)]
     every: Duration,
 }
 
@@ -177,6 +177,12 @@ mod tests {
     use ratatui::{Terminal, backend::TestBackend};
 
     use super::*;
+
+    #[test]
+    fn every_option_is_also_an_environment_variable() {
+        use clap::CommandFactory as _;
+        headroom_options::assert_every_option_has_env(&Cli::command());
+    }
 
     fn screen(frame: &anyhow::Result<Frame>) -> String {
         let sel = Selection {

@@ -8,8 +8,8 @@ mod support;
 
 use headroom_allocator::ServiceOptions;
 use headroom_monitor::{Selection, gather};
+use headroom_simulator::{SimOptions, Workload};
 use headroom_testkit as kit;
-use headroom_training::simulate::{SimOptions, Workload};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shows_usage_against_the_prediction_and_the_allocation() -> anyhow::Result<()> {
@@ -46,7 +46,8 @@ async fn shows_usage_against_the_prediction_and_the_allocation() -> anyhow::Resu
         tls: Default::default(),
     };
     let frame = gather(&sel).await?;
-    let stored: i64 = sqlx_count(&db, &task.id, &service).await?;
+    let stored =
+        headroom_store::count_samples(&db.pool, &task.id, Some(&service), Some("cpu")).await?;
     assert_eq!(frame.used.len() as i64, stored);
     assert!(
         frame.used.windows(2).all(|w| w[0].0 < w[1].0),
@@ -110,16 +111,4 @@ async fn shows_usage_against_the_prediction_and_the_allocation() -> anyhow::Resu
     allocator.stop().await?;
     predictor.stop().await?;
     collector.stop().await
-}
-
-async fn sqlx_count(db: &kit::TestDb, task: &str, service: &str) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar(
-        "SELECT count(*) FROM samples x JOIN services s ON s.id = x.service_id \
-         JOIN resources r ON r.id = x.resource_id \
-         WHERE x.task_id = $1 AND s.name = $2 AND r.name = 'cpu'",
-    )
-    .bind(task)
-    .bind(service)
-    .fetch_one(&db.pool)
-    .await?)
 }

@@ -14,12 +14,8 @@ use headroom_model::{INPUT, OUTPUT, Query};
 use headroom_predictor::{InferenceOptions, PredictorConfig};
 use headroom_proto::v1::{self, predictor_client::PredictorClient};
 use headroom_serving::grpc::GrpcOptions;
+use headroom_simulator::{SimOptions, Workload};
 use headroom_testkit as kit;
-use headroom_training::{
-    export,
-    simulate::{SimOptions, Workload},
-    train::{self, Checkpointing},
-};
 use ort::value::TensorRef;
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
@@ -35,19 +31,28 @@ async fn main() -> anyhow::Result<()> {
     let dylib = std::env::var("ORT_DYLIB_PATH")?;
     headroom_predictor::init_runtime(Some(Path::new(&dylib)))?;
     let dir = tempfile::tempdir()?;
-    let data = Workload::new(&SimOptions {
+    // The model comes from the real trainer binary (built by
+    // `cargo build --release --bins`, as scripts/bench does first).
+    let workload = Workload::new(&SimOptions {
         tasks: 20,
         ..SimOptions::default()
-    })?
-    .dataset()?;
-    let opts = headroom_training::TrainOptions {
-        epochs: 1,
-        ..Default::default()
-    };
-    let trained = train::train(&data, &opts, Checkpointing::default(), "bench", false)?;
+    })?;
+    let csv = dir.path().join("history.csv");
+    headroom_simulator::write_csv_file(&workload, &csv)?;
     let path = dir.path().join("model.onnx");
-    export::write_model(&path, &trained.net, &trained.spec)?;
-    let spec = trained.spec.clone();
+    let (csv_arg, out) = (csv.display().to_string(), path.display().to_string());
+    kit::train_model(&[
+        "--csv",
+        &csv_arg,
+        "--out",
+        &out,
+        "--model-version",
+        "bench",
+        "--epochs",
+        "1",
+    ])
+    .await?;
+    let spec = headroom_predictor::LoadedModel::load(&path, &InferenceOptions::default())?.spec;
 
     let mix = spec.services[..3].to_vec();
     let query = |i: usize| v1::PredictQuery {

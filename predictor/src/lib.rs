@@ -12,6 +12,7 @@ use std::{
     sync::{Arc, RwLock},
 };
 
+use chrono::{DateTime, Utc};
 use headroom_model::{Encoded, ModelSpec, Query};
 use headroom_proto::v1::{
     self,
@@ -50,6 +51,10 @@ pub struct PredictorConfig {
 #[derive(Debug)]
 struct State {
     model: RwLock<Option<Arc<LoadedModel>>>,
+    /// The last failed reload (reason, when), cleared by a successful one:
+    /// `ModelInfo` reports it so an operator sees why a new file is not
+    /// serving.
+    reload_failure: RwLock<Option<(String, DateTime<Utc>)>>,
     config: PredictorConfig,
     health: HealthReporter,
 }
@@ -68,8 +73,23 @@ impl State {
             })
     }
 
+    /// Records a reload that failed; the current model keeps serving.
+    fn reload_failed(&self, e: &Error) {
+        tracing::warn!(error = %e, "model reload refused; the current model keeps serving");
+        metrics::counter!("headroom_predictor_reload_failures_total").increment(1);
+        *self
+            .reload_failure
+            .write()
+            .expect("the reload record is never poisoned: it is only replaced") =
+            Some((e.to_string(), Utc::now()));
+    }
+
     /// Swaps a model in; requests already holding the old one finish on it.
     async fn install(&self, loaded: Arc<LoadedModel>) {
+        *self
+            .reload_failure
+            .write()
+            .expect("the reload record is never poisoned: it is only replaced") = None;
         tracing::info!(path = %loaded.path, version = %loaded.spec.version, "model swapped in");
         let old = self
             .model
@@ -82,11 +102,13 @@ impl State {
         }
         metrics::gauge!("headroom_predictor_model_info", "version" => loaded.spec.version.clone())
             .set(1.0);
-        self.set_serving(true).await;
+        self.set_ready(true).await;
     }
 
-    async fn set_serving(&self, serving: bool) {
-        grpc::report_health(&self.health, SERVICE_NAME, serving).await;
+    /// Readiness: SERVING once a model is loaded. Liveness (the server-wide
+    /// entry) stays SERVING while the predictor waits for its model.
+    async fn set_ready(&self, ready: bool) {
+        grpc::report_ready(&self.health, SERVICE_NAME, ready).await;
     }
 }
 
@@ -122,10 +144,11 @@ pub async fn run(
     let serving = model.is_some();
     let state = Arc::new(State {
         model: RwLock::new(model),
+        reload_failure: RwLock::new(None),
         config,
         health,
     });
-    state.set_serving(serving).await;
+    state.set_ready(serving).await;
     if let Some(every) = state.config.watch_every {
         tokio::spawn(watch(state.clone(), every, shutdown.clone()));
     }
@@ -136,7 +159,7 @@ pub async fn run(
     .max_encoding_message_size(state.config.grpc.max_message_bytes);
     let routes = Routes::new(health_service).add_service(api);
     let served = grpc::serve(listener, routes, &state.config.grpc, shutdown).await;
-    state.set_serving(false).await;
+    grpc::report_health(&state.health, SERVICE_NAME, false).await;
     Ok(served?)
 }
 
@@ -164,9 +187,7 @@ async fn watch(state: Arc<State>, every: std::time::Duration, shutdown: Cancella
         seen = stamp;
         match load(path.clone(), state.config.inference.clone()).await {
             Ok(m) => state.install(Arc::new(m)).await,
-            Err(e) => {
-                tracing::warn!(error = %e, "changed model file refused; the current model keeps serving")
-            }
+            Err(e) => state.reload_failed(&e),
         }
     }
 }
@@ -349,6 +370,8 @@ fn info(model: &LoadedModel) -> v1::ModelInfoResponse {
         feature_layout: spec.feature_layout,
         path: model.path.clone(),
         loaded_at: Some(timestamp(model.loaded_at)),
+        last_reload_error: String::new(),
+        last_reload_failed_at: None,
     }
 }
 
@@ -522,7 +545,18 @@ impl Predictor for PredictorApi {
         _request: Request<v1::ModelInfoRequest>,
     ) -> Result<Response<v1::ModelInfoResponse>, Status> {
         let model = self.state.current()?;
-        Ok(Response::new(info(&model)))
+        let mut answer = info(&model);
+        if let Some((reason, at)) = self
+            .state
+            .reload_failure
+            .read()
+            .expect("the reload record is never poisoned: it is only replaced")
+            .clone()
+        {
+            answer.last_reload_error = reason;
+            answer.last_reload_failed_at = Some(timestamp(at));
+        }
+        Ok(Response::new(answer))
     }
 
     async fn reload_model(
@@ -535,11 +569,11 @@ impl Predictor for PredictorApi {
         } else {
             PathBuf::from(r.path)
         };
-        let loaded = Arc::new(load(path, self.state.config.inference.clone())
+        let loaded = Arc::new(
+            load(path, self.state.config.inference.clone())
                 .await
-                .inspect_err(|e| {
-            tracing::warn!(error = %e, "model reload refused; the current model keeps serving");
-        })?);
+                .inspect_err(|e| self.state.reload_failed(e))?,
+        );
         let answer = info(&loaded);
         self.state.install(loaded).await;
         Ok(Response::new(answer))

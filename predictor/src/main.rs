@@ -35,7 +35,7 @@ struct Cli {
     #[arg(long, env = "HEADROOM_INTRA_THREADS", default_value_t = headroom_predictor::model::default_intra_threads())]
     intra_threads: usize,
     /// Most rows gathered from concurrent requests into one ONNX Runtime run.
-    #[arg(long, env = "HEADROOM_MAX_BATCH_ROWS", default_value_t = 4096)]
+    #[arg(long, env = "HEADROOM_MAX_BATCH_ROWS", default_value_t = headroom_predictor::model::DEFAULT_MAX_BATCH_ROWS)]
     max_batch_rows: usize,
     /// Longest a run waits for more requests while others are in flight
     /// ("0s": run what is queued at once; a lone request never waits).
@@ -77,4 +77,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     headroom_predictor::run(listener, shutdown::on_signals(), config).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_option_is_also_an_environment_variable() {
+        use clap::CommandFactory as _;
+        headroom_options::assert_every_option_has_env(&super::Cli::command());
+    }
 }

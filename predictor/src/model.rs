@@ -44,11 +44,14 @@ pub struct InferenceOptions {
     pub batch_wait: Duration,
 }
 
+/// Rows gathered into one run unless `--max-batch-rows` says otherwise.
+pub const DEFAULT_MAX_BATCH_ROWS: usize = 4096;
+
 impl Default for InferenceOptions {
     fn default() -> Self {
         Self {
             intra_threads: default_intra_threads(),
-            max_batch_rows: 4096,
+            max_batch_rows: DEFAULT_MAX_BATCH_ROWS,
             batch_wait: Duration::ZERO,
         }
     }

@@ -1,5 +1,5 @@
-//! The predictor against a real ONNX Runtime and a model trained here by
-//! `headroom-training`: answers match the training crate's forward pass,
+//! The predictor against a real ONNX Runtime and models trained here by the
+//! real `headroom-train` binary: answers match a plain `ort` session's,
 //! bad queries get INVALID_ARGUMENT naming the problem, and reloads swap
 //! models atomically, keeping the old one when the new file is bad.
 
@@ -10,12 +10,8 @@ use headroom_model::{INPUT, ModelSpec, OUTPUT};
 use headroom_predictor::{InferenceOptions, PredictorConfig};
 use headroom_proto::v1::{self, predictor_client::PredictorClient};
 use headroom_serving::grpc::GrpcOptions;
+use headroom_simulator::{SimOptions, Workload};
 use headroom_testkit as kit;
-use headroom_training::{
-    Trained, export,
-    simulate::{SimOptions, Workload},
-    train::{self, Checkpointing},
-};
 
 fn init_ort() -> anyhow::Result<()> {
     let dylib = std::env::var("ORT_DYLIB_PATH")
@@ -24,28 +20,38 @@ fn init_ort() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn trained_model(
+/// Trains a small model with `headroom-train` on a simulated workload
+/// drawn from `seed`, writes it to `dir/name` and returns its path and spec.
+async fn trained_model(
     dir: &Path,
     name: &str,
     version: &str,
     seed: u64,
-) -> anyhow::Result<(PathBuf, Trained)> {
-    let data = Workload::new(&SimOptions {
+) -> anyhow::Result<(PathBuf, ModelSpec)> {
+    let workload = Workload::new(&SimOptions {
         seed,
         services: 4,
         tasks: 16,
         interval: std::time::Duration::from_secs(30),
         ..SimOptions::default()
-    })?
-    .dataset()?;
-    let opts = headroom_training::TrainOptions {
-        epochs: 2,
-        ..Default::default()
-    };
-    let trained = train::train(&data, &opts, Checkpointing::default(), version, false)?;
+    })?;
+    let csv = dir.join(format!("{name}.csv"));
+    headroom_simulator::write_csv_file(&workload, &csv)?;
     let path = dir.join(name);
-    export::write_model(&path, &trained.net, &trained.spec)?;
-    Ok((path, trained))
+    let (csv_arg, out) = (csv.display().to_string(), path.display().to_string());
+    kit::train_model(&[
+        "--csv",
+        &csv_arg,
+        "--out",
+        &out,
+        "--model-version",
+        version,
+        "--epochs",
+        "2",
+    ])
+    .await?;
+    let spec = headroom_predictor::LoadedModel::load(&path, &InferenceOptions::default())?.spec;
+    Ok((path, spec))
 }
 
 fn config(model_path: PathBuf) -> PredictorConfig {
@@ -110,8 +116,7 @@ async fn predicts_profiles_and_reloads_models() -> anyhow::Result<()> {
     kit::init_logs();
     init_ort()?;
     let dir = tempfile::tempdir()?;
-    let (path, trained) = trained_model(dir.path(), "model.onnx", "first", 1)?;
-    let spec = trained.spec.clone();
+    let (path, spec) = trained_model(dir.path(), "model.onnx", "first", 1).await?;
     let server =
         kit::spawn_server(|l, s| headroom_predictor::run(l, s, config(path.clone()))).await?;
     let mut client = PredictorClient::new(server.channel().await?);
@@ -125,7 +130,7 @@ async fn predicts_profiles_and_reloads_models() -> anyhow::Result<()> {
     assert_eq!(info.quantiles, spec.quantiles);
     assert_eq!(info.feature_layout, headroom_model::FEATURE_LAYOUT);
 
-    // Predict matches the training crate's own forward pass.
+    // Predict matches an in-process ort run of the same file.
     let mix = vec![spec.services[0].clone(), spec.services[1].clone()];
     let queries: Vec<v1::PredictQuery> = [("cpu", 0.0), ("memory", 300.0), ("net_rx", 900.0)]
         .iter()
@@ -144,7 +149,6 @@ async fn predicts_profiles_and_reloads_models() -> anyhow::Result<()> {
         .into_inner();
     assert_eq!(answer.model_version, "first");
     assert_eq!(answer.predictions.len(), 3);
-    // … and an in-process ort run of the same file.
     for (p, want) in answer
         .predictions
         .iter()
@@ -186,23 +190,8 @@ async fn predicts_profiles_and_reloads_models() -> anyhow::Result<()> {
         "{}",
         e.message()
     );
-    for (q, p) in queries.iter().zip(&answer.predictions) {
-        let e = spec.resolve(&headroom_model::Query {
-            task_services: &q.task_services,
-            service: &q.service,
-            resource: &q.resource,
-            seconds: q.seconds,
-        })?;
-        let mut row = vec![0.0; spec.width()];
-        spec.encode_into(&e, &mut row);
-        let want = spec.decode(e.resource, &trained.net.predict(&row)?);
+    for p in &answer.predictions {
         let got: Vec<f64> = p.quantiles.iter().map(|v| v.value).collect();
-        for (g, w) in got.iter().zip(&want) {
-            assert!(
-                (g - w).abs() <= 1e-4 * w.abs().max(1.0),
-                "{got:?} vs {want:?}"
-            );
-        }
         assert!(
             got.windows(2).all(|w| w[0] <= w[1]),
             "quantiles ascend: {got:?}"
@@ -330,7 +319,7 @@ async fn predicts_profiles_and_reloads_models() -> anyhow::Result<()> {
     assert_eq!(info.version, "first");
 
     // A good one is swapped in.
-    let (second, _) = trained_model(dir.path(), "second.onnx", "second", 2)?;
+    let (second, _) = trained_model(dir.path(), "second.onnx", "second", 2).await?;
     let info = client
         .reload_model(v1::ReloadModelRequest {
             path: second.display().to_string(),
@@ -375,7 +364,7 @@ async fn starts_without_a_model_and_serves_once_one_is_loaded() -> anyhow::Resul
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unavailable);
 
-    trained_model(dir.path(), "model.onnx", "late", 3)?;
+    trained_model(dir.path(), "model.onnx", "late", 3).await?;
     let info = client
         .reload_model(v1::ReloadModelRequest {
             path: String::new(),
@@ -386,7 +375,7 @@ async fn starts_without_a_model_and_serves_once_one_is_loaded() -> anyhow::Resul
     assert_eq!(status(&mut health).await?, 1, "SERVING once loaded");
 
     // The watched file changes: the new model serves without a call.
-    trained_model(dir.path(), "next.onnx", "watched", 4)?;
+    trained_model(dir.path(), "next.onnx", "watched", 4).await?;
     std::fs::rename(dir.path().join("next.onnx"), &path)?;
     kit::eventually(
         "the changed file is loaded",
@@ -405,14 +394,32 @@ async fn starts_without_a_model_and_serves_once_one_is_loaded() -> anyhow::Resul
         },
     )
     .await?;
-    // A broken write is ignored; the last good model keeps serving.
+    // A broken write is refused (the watcher tried it: ModelInfo says why);
+    // the last good model keeps serving.
     std::fs::write(&path, b"half a model")?;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let info = client
-        .model_info(v1::ModelInfoRequest {})
-        .await?
-        .into_inner();
+    let info = kit::eventually(
+        "the broken file's reload failure reported",
+        std::time::Duration::from_secs(20),
+        || {
+            let mut c = client.clone();
+            async move {
+                let info = c
+                    .model_info(v1::ModelInfoRequest {})
+                    .await
+                    .ok()?
+                    .into_inner();
+                (!info.last_reload_error.is_empty()).then_some(info)
+            }
+        },
+    )
+    .await?;
     assert_eq!(info.version, "watched");
+    assert!(
+        info.last_reload_error.contains("model.onnx"),
+        "the failure names the file: {}",
+        info.last_reload_error
+    );
+    assert!(info.last_reload_failed_at.is_some());
 
     // A bad file at start is an error, not a silent empty server.
     let bad = dir.path().join("bad.onnx");
@@ -433,11 +440,11 @@ async fn starts_without_a_model_and_serves_once_one_is_loaded() -> anyhow::Resul
 async fn reload_under_load_loses_no_request() -> anyhow::Result<()> {
     init_ort()?;
     let dir = tempfile::tempdir()?;
-    let (a_path, a) = trained_model(dir.path(), "a.onnx", "a", 5)?;
-    let (b_path, b) = trained_model(dir.path(), "b.onnx", "b", 6)?;
+    let (a_path, a) = trained_model(dir.path(), "a.onnx", "a", 5).await?;
+    let (b_path, b) = trained_model(dir.path(), "b.onnx", "b", 6).await?;
     let watched = dir.path().join("model.onnx");
     std::fs::copy(&a_path, &watched)?;
-    let spec = a.spec.clone();
+    let spec = a.clone();
     let server =
         kit::spawn_server(|l, s| headroom_predictor::run(l, s, config(watched.clone()))).await?;
     let channel = server.channel().await?;
@@ -455,7 +462,7 @@ async fn reload_under_load_loses_no_request() -> anyhow::Result<()> {
             })
             .collect();
         let want_a = raw_ort(&a_path, &spec, &queries)?;
-        let want_b = raw_ort(&b_path, &b.spec, &queries)?;
+        let want_b = raw_ort(&b_path, &b, &queries)?;
         let mut client = PredictorClient::new(channel.clone());
         tasks.push(tokio::spawn(async move {
             let mut seen = [0usize; 2];

@@ -39,14 +39,10 @@ pub struct GrpcOptions {
 }
 
 impl Default for GrpcOptions {
+    /// The defaults written in the `#[arg]` attributes above, whatever the
+    /// environment says.
     fn default() -> Self {
-        Self {
-            request_timeout: Duration::from_secs(30),
-            concurrency_limit: 256,
-            max_message_bytes: 16 * 1024 * 1024,
-            metrics: Default::default(),
-            tls: Default::default(),
-        }
+        crate::options::clap_defaults().expect("every GrpcOptions field has a default")
     }
 }
 
@@ -244,20 +240,38 @@ fn truncate_status_message(headers: &mut http::HeaderMap) {
     }
 }
 
+/// The health status for `serving`.
+fn status(serving: bool) -> tonic_health::ServingStatus {
+    if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    }
+}
+
 /// Reports SERVING or NOT_SERVING for `service` and for the server as a
-/// whole (the empty name), the two entries health checkers ask about.
+/// whole (the empty name): for a server starting up ready, or shutting
+/// down. Liveness probes ask about the empty name, readiness probes about
+/// `service`.
 pub async fn report_health(
     health: &tonic_health::server::HealthReporter,
     service: &str,
     serving: bool,
 ) {
-    let status = if serving {
-        tonic_health::ServingStatus::Serving
-    } else {
-        tonic_health::ServingStatus::NotServing
-    };
-    health.set_service_status(service, status).await;
-    health.set_service_status("", status).await;
+    health.set_service_status(service, status(serving)).await;
+    health.set_service_status("", status(serving)).await;
+}
+
+/// Readiness: reports whether `service` can do its job now (its database
+/// answers, its model is loaded), leaving the server-wide entry (the empty
+/// name, liveness) as it is: a server waiting out an outage is alive and
+/// must not be restarted for it.
+pub async fn report_ready(
+    health: &tonic_health::server::HealthReporter,
+    service: &str,
+    ready: bool,
+) {
+    health.set_service_status(service, status(ready)).await;
 }
 
 #[cfg(test)]

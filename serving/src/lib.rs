@@ -5,6 +5,7 @@
 pub mod grpc;
 pub mod metrics;
 pub mod options;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

@@ -1,5 +1,7 @@
 //! Option values every binary parses the same way.
 
+pub use headroom_options::{assert_every_option_has_env, clap_defaults, options_without_env};
+
 /// Splits `key=value` items (librdkafka pass-through settings). The error
 /// names the offending key only: values may be secrets.
 pub fn key_values(items: &[String]) -> Result<Vec<(String, String)>, String> {

@@ -13,14 +13,21 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. Logs go to stderr so stdout stays free for
-/// command output (tables, JSON). Calling it twice is harmless.
+/// Installs the global subscriber for a server (default filter `info`).
+/// Logs go to stderr so stdout stays free for command output (tables,
+/// JSON). Calling it twice is harmless.
 pub fn init(format: LogFormat) {
+    init_with(format, "info");
+}
+
+/// [`init`] with another default filter, for command-line tools that stay
+/// quiet unless asked (`HEADROOM_LOG` or `RUST_LOG` still win).
+pub fn init_with(format: LogFormat, default_filter: &str) {
     let filter = std::env::var("HEADROOM_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .unwrap_or_else(|| EnvFilter::new(default_filter));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
         LogFormat::Text => registry

@@ -86,6 +86,17 @@ impl TestDb {
             .with_context(|| format!("while connecting to {name}"))?;
         Ok(Self { name, url, pool })
     }
+
+    /// Runs fixture SQL a test needs beyond the store's own API (an
+    /// operator's constraint, a table a test inspects), failing with the
+    /// statement when PostgreSQL refuses it.
+    pub async fn fixture(&self, sql: &str) -> anyhow::Result<()> {
+        sqlx::raw_sql(sql)
+            .execute(&self.pool)
+            .await
+            .with_context(|| format!("while running fixture SQL: {sql}"))?;
+        Ok(())
+    }
 }
 
 impl Drop for TestDb {
@@ -436,4 +447,89 @@ fn run_command(command: &mut std::process::Command) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The path of one of this workspace's binaries (`headroom-train`, …) as
+/// `cargo test --workspace` builds it: `$HEADROOM_BIN_DIR/NAME` when that is
+/// set, otherwise `NAME` in the directory above the running test executable
+/// (`target/<profile>/deps/…` → `target/<profile>/`). Fails, naming the
+/// build command, when it is not there.
+pub fn workspace_binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let dir = match std::env::var_os("HEADROOM_BIN_DIR") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().context("while locating the test executable")?;
+            exe.parent()
+                .and_then(|deps| deps.parent())
+                .context("the test executable has no target directory")?
+                .to_path_buf()
+        }
+    };
+    let path = dir.join(name);
+    anyhow::ensure!(
+        path.is_file(),
+        "{} is missing: build it first (`cargo build --workspace --bins`, as `cargo test --workspace` does) or set HEADROOM_BIN_DIR",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// Trains a usage model with the real `headroom-train` binary (so tests of
+/// the servers need not compile the trainer): `headroom-train train ARGS
+/// --quiet`, failing with its stderr when it fails.
+pub async fn train_model(args: &[&str]) -> anyhow::Result<()> {
+    let bin = workspace_binary("headroom-train")?;
+    let out = tokio::process::Command::new(&bin)
+        .arg("train")
+        .args(args)
+        .arg("--quiet")
+        .output()
+        .await
+        .with_context(|| format!("while running {}", bin.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "headroom-train train {} failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A loopback address with a port free at the time of the call, for a
+/// child process's listener (e.g. `--metrics-listen`).
+pub fn free_address() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+/// The value of the Prometheus metric `name` (a sample line without
+/// labels, or the sum over its labelled lines) served at
+/// `http://addr/metrics`; `None` when the process has not reported it.
+pub async fn scrape_metric(addr: SocketAddr, name: &str) -> anyhow::Result<Option<f64>> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("while connecting to the metrics at {addr}"))?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await?;
+    let mut total = None;
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let value = match rest.chars().next() {
+            Some(' ') => rest.trim(),
+            Some('{') => rest.rsplit_once(' ').map_or("", |(_, v)| v),
+            _ => continue,
+        };
+        let v: f64 = value
+            .parse()
+            .with_context(|| format!("metric line {line:?}"))?;
+        *total.get_or_insert(0.0) += v;
+    }
+    Ok(total)
 }

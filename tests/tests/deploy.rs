@@ -7,7 +7,7 @@ use headroom_testkit as kit;
 #[tokio::test]
 async fn dashboard_queries_run_against_the_schema() -> anyhow::Result<()> {
     let db = kit::TestDb::new().await?;
-    headroom_collector::store::migrate(&db.pool).await?;
+    headroom_store::migrate(&db.pool).await?;
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../deploy/grafana/dashboards/headroom.json"

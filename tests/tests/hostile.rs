@@ -21,8 +21,8 @@ use headroom_proto::v1::{
     collector_client::CollectorClient, predictor_client::PredictorClient,
 };
 use headroom_serving::grpc::GrpcOptions;
+use headroom_simulator::{SimOptions, Workload};
 use headroom_testkit as kit;
-use headroom_training::simulate::{SimOptions, Workload};
 use proptest::{prelude::*, test_runner::TestRunner};
 use tonic::{Code, transport::Channel};
 
@@ -202,16 +202,28 @@ fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Result<(), tonic::Stat
     r.map(|_| ())
 }
 
-/// Opens a server stream and reads its first message (if one comes soon).
-async fn first<T>(
+/// A live stream (`StreamUsage`): the server has validated the request
+/// when it answers with the stream's headers (a bad filter is refused
+/// before), and a live stream with nothing to say yet stays silent, so
+/// opening is the whole answer; a message that does come must decode.
+async fn opened<T>(
     r: Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>,
 ) -> Result<(), tonic::Status> {
     let mut stream = r?.into_inner();
     match tokio::time::timeout(Duration::from_millis(300), stream.message()).await {
         Ok(m) => m.map(|_| ()),
-        // A live stream with nothing to say yet: it opened.
         Err(_) => Ok(()),
     }
+}
+
+/// A finite stream (`ExportSamples`) is read to its end, which must come
+/// within [`check`]'s bound: a stream that hangs fails the check.
+async fn drained<T>(
+    r: Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>,
+) -> Result<(), tonic::Status> {
+    let mut stream = r?.into_inner();
+    while stream.message().await?.is_some() {}
+    Ok(())
 }
 
 async fn healthy(channel: Channel) {
@@ -270,13 +282,16 @@ async fn every_rpc_answers_hostile_requests_with_a_clear_status() -> anyhow::Res
     let agent_config = common::agent_config("hostile-host", &topic, dir.path(), options());
     let agent = kit::spawn_server(move |l, s| headroom_agent::run(l, s, agent_config)).await?;
     // The collector migrates in the background.
-    let mut c = CollectorClient::new(collector.channel().await?);
-    for _ in 0..100 {
-        if c.list_services(v1::ListServicesRequest {}).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let c = CollectorClient::new(collector.channel().await?);
+    kit::eventually(
+        "the collector's schema ready",
+        Duration::from_secs(30),
+        || {
+            let mut c = c.clone();
+            async move { c.list_services(v1::ListServicesRequest {}).await.ok() }
+        },
+    )
+    .await?;
 
     let (s, r) = (services.clone(), resources.clone());
     let c = CollectorClient::new(collector.channel().await?);
@@ -347,7 +362,7 @@ async fn every_rpc_answers_hostile_requests_with_a_clear_status() -> anyhow::Res
         |(services, resources, task_ids)| {
             let mut c = c.clone();
             async move {
-                first(
+                opened(
                     c.stream_usage(v1::StreamUsageRequest {
                         services,
                         resources,
@@ -365,7 +380,7 @@ async fn every_rpc_answers_hostile_requests_with_a_clear_status() -> anyhow::Res
         |(filter, chunk_size, provisioned)| {
             let mut c = c.clone();
             async move {
-                first(
+                drained(
                     c.export_samples(v1::ExportSamplesRequest {
                         filter,
                         chunk_size,

@@ -137,17 +137,9 @@ async fn examples_flow_through_every_service_to_a_recommendation() -> anyhow::Re
     let count = |task: &'static str, service: &'static str, resource: &'static str| {
         let pool = db.pool.clone();
         async move {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM samples x JOIN services s ON s.id = x.service_id \
-                 JOIN resources r ON r.id = x.resource_id \
-                 WHERE x.task_id = $1 AND s.name = $2 AND r.name = $3",
-            )
-            .bind(task)
-            .bind(service)
-            .bind(resource)
-            .fetch_one(&pool)
-            .await
-            .unwrap_or(0)
+            headroom_store::count_samples(&pool, task, Some(service), Some(resource))
+                .await
+                .unwrap_or(0)
         }
     };
     let stored = |task: &'static str, services: &'static [&'static str], n: i64| {
@@ -234,15 +226,20 @@ async fn examples_flow_through_every_service_to_a_recommendation() -> anyhow::Re
         .context("MemTotal")?
         * 1024.0;
     for a in &answer.allocations {
-        let median: f64 = sqlx::query_scalar(
-            "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY x.value) FROM samples x \
-             JOIN services s ON s.id = x.service_id JOIN resources r ON r.id = x.resource_id \
-             WHERE s.name = $1 AND r.name = $2",
+        let filter = headroom_store::resolve_filter(
+            &db.pool,
+            std::slice::from_ref(&a.service),
+            std::slice::from_ref(&a.resource),
+            &[],
+            None,
+            None,
         )
-        .bind(&a.service)
-        .bind(&a.resource)
-        .fetch_one(&db.pool)
         .await?;
+        let stats = headroom_store::usage_stats(&db.pool, &filter).await?;
+        let median = stats
+            .first()
+            .context("statistics of a stored series")?
+            .percentiles[0];
         let capacity = if a.resource == "cpu" { cores } else { memory };
         assert!(
             a.request >= median && a.request < capacity,

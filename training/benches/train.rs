@@ -9,10 +9,10 @@
 
 use std::time::Instant;
 
+use headroom_simulator::{SimOptions, Workload};
 use headroom_training::{
     TrainOptions,
     report::Baselines,
-    simulate::{SimOptions, Workload},
     train::{self, Checkpointing},
 };
 
@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
         tasks: 420,
         ..SimOptions::default()
     })?;
-    let data = workload.dataset()?;
+    let data = headroom_training::Dataset::from_workload(&workload)?;
     let simulate_s = t.elapsed().as_secs_f64();
     println!(
         "data: {} samples, {} tasks, {} services, {} resources (simulated in {simulate_s:.2} s)",

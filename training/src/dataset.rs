@@ -7,8 +7,8 @@ use std::{collections::HashMap, path::Path};
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt as _;
-use headroom_collector::store;
 use headroom_proto::resource;
+use headroom_store as store;
 use rand::{SeedableRng as _, rngs::StdRng, seq::SliceRandom as _};
 
 use crate::{Error, Result};
@@ -294,14 +294,34 @@ impl Dataset {
         Ok(b.finish())
     }
 
+    /// Every sample of a simulated workload, as a training set.
+    pub fn from_workload(workload: &headroom_simulator::Workload) -> Result<Self> {
+        let mut b = Builder::new();
+        for t in &workload.tasks {
+            let names: Vec<String> = t
+                .services
+                .iter()
+                .map(|s| workload.services[*s].name.clone())
+                .collect();
+            b.task_services(&t.id, &names)?;
+        }
+        workload.for_each_sample(|s| {
+            b.push(
+                &workload.tasks[s.task].id,
+                &workload.services[s.service].name,
+                s.resource,
+                s.seconds,
+                s.value,
+                Some(s.ts),
+            )
+        })?;
+        Ok(b.finish())
+    }
+
     /// Reads the collector's store: raw samples, or per-minute rollups for
     /// windows that reach past the raw horizon.
-    pub async fn from_postgres(pool: &sqlx::PgPool, window: &Window) -> Result<Self> {
-        let has_schema: bool = sqlx::query_scalar("SELECT to_regclass('samples') IS NOT NULL")
-            .fetch_one(pool)
-            .await
-            .map_err(headroom_collector::Error::from)?;
-        if !has_schema {
+    pub async fn from_postgres(pool: &store::PgPool, window: &Window) -> Result<Self> {
+        if !store::has_schema(pool).await? {
             return Ok(Self::default());
         }
         let filter = store::resolve_filter(pool, &[], &[], &[], window.start, window.end).await?;
@@ -310,11 +330,7 @@ impl Dataset {
         let query = store::export_query(rollup);
         let mut b = Builder::new();
         let mut rows = store::export_rows(pool, &filter, &query);
-        while let Some(r) = rows
-            .try_next()
-            .await
-            .map_err(headroom_collector::Error::from)?
-        {
+        while let Some(r) = rows.try_next().await.map_err(store::Error::from)? {
             let seconds = (r.ts - r.start_ts).num_milliseconds() as f64 / 1000.0;
             if seconds < 0.0 {
                 // A sample stamped before its task's start: clock skew

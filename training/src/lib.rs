@@ -1,15 +1,14 @@
 //! Headroom training: turns stored usage history into a network that
 //! predicts quantiles of a service's usage from the task's mix of services,
 //! the service, the resource and the seconds into the task, and exports it
-//! as the `model.onnx` the predictor serves. Also home of the workload
-//! simulator that produces ground-truth history.
+//! as the `model.onnx` the predictor serves. Its history comes from the
+//! store (`headroom-store`), a CSV dump, or the workload simulator.
 
 pub mod dataset;
 pub mod export;
 pub mod network;
 pub mod plot;
 pub mod report;
-pub mod simulate;
 pub mod train;
 
 use std::path::{Path, PathBuf};
@@ -46,9 +45,12 @@ pub enum Error {
     /// The model contract refused something.
     #[error(transparent)]
     Model(#[from] headroom_model::Error),
-    /// The collector's store failed.
+    /// The store failed.
     #[error(transparent)]
-    Store(#[from] headroom_collector::Error),
+    Store(#[from] headroom_store::Error),
+    /// The simulator refused its options or could not write.
+    #[error(transparent)]
+    Simulate(#[from] headroom_simulator::Error),
     /// A tensor operation failed.
     #[error("tensor: {0}")]
     Tensor(#[from] candle_core::Error),

@@ -5,7 +5,8 @@ use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use headroom_training::{Dataset, Outputs, TrainOptions, dataset::Window, export, simulate};
+use headroom_simulator as simulate;
+use headroom_training::{Dataset, Outputs, TrainOptions, dataset::Window, export};
 
 #[derive(Debug, Parser)]
 #[command(name = "headroom-train", version, about)]
@@ -18,6 +19,15 @@ struct Cli {
         default_value = "postgres://postgres@127.0.0.1:5432/headroom"
     )]
     database_url: String,
+    /// Log line format (`HEADROOM_LOG` sets the filter; default `warn`).
+    #[arg(
+        long,
+        global = true,
+        env = "HEADROOM_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: headroom_serving::telemetry::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,38 +49,38 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct Train {
     /// Read samples from this CSV dump instead of PostgreSQL.
-    #[arg(long)]
+    #[arg(long, env = "HEADROOM_TRAIN_CSV")]
     csv: Option<PathBuf>,
     /// Only samples from this time on, RFC 3339.
-    #[arg(long)]
+    #[arg(long, env = "HEADROOM_TRAIN_START")]
     start: Option<chrono::DateTime<chrono::Utc>>,
     /// Only samples before this time, RFC 3339.
-    #[arg(long)]
+    #[arg(long, env = "HEADROOM_TRAIN_END")]
     end: Option<chrono::DateTime<chrono::Utc>>,
     /// Where to write the model.
     #[arg(long, env = "HEADROOM_MODEL", default_value = "model.onnx")]
     out: PathBuf,
     /// Validation report (JSON); default `report.json` beside the model.
-    #[arg(long)]
+    #[arg(long, env = "HEADROOM_TRAIN_REPORT")]
     report: Option<PathBuf>,
     /// Loss curve (PNG); default `loss.png` beside the model.
-    #[arg(long)]
+    #[arg(long, env = "HEADROOM_TRAIN_LOSS_PLOT")]
     loss_plot: Option<PathBuf>,
     /// Checkpoint (weights and optimizer state); default `model.ckpt`
     /// beside the model.
-    #[arg(long)]
+    #[arg(long, env = "HEADROOM_TRAIN_CHECKPOINT")]
     checkpoint: Option<PathBuf>,
     /// Continue from the checkpoint instead of starting over.
-    #[arg(long)]
+    #[arg(long, env = "HEADROOM_TRAIN_RESUME")]
     resume: bool,
     /// Version recorded in the model (default: the UTC time of training).
-    #[arg(long = "model-version")]
+    #[arg(long = "model-version", env = "HEADROOM_TRAIN_MODEL_VERSION")]
     model_version: Option<String>,
     /// Width of the time buckets of the per-bucket percentile baseline.
-    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HEADROOM_TRAIN_BASELINE_BUCKET", default_value = "1m", value_parser = humantime::parse_duration)]
     baseline_bucket: std::time::Duration,
     /// No progress bar.
-    #[arg(long)]
+    #[arg(long, env = "HEADROOM_TRAIN_QUIET")]
     quiet: bool,
     #[command(flatten)]
     options: TrainOptions,
@@ -79,10 +89,10 @@ struct Train {
 #[derive(Debug, clap::Args)]
 struct Simulate {
     /// Write a CSV file (the collector's dump format) instead of PostgreSQL.
-    #[arg(long)]
+    #[arg(long, env = "HEADROOM_SIM_CSV")]
     csv: Option<PathBuf>,
     /// Also write the drawn service profiles and tasks as JSON.
-    #[arg(long)]
+    #[arg(long, env = "HEADROOM_SIM_PROFILES")]
     profiles: Option<PathBuf>,
     #[command(flatten)]
     options: simulate::SimOptions,
@@ -92,18 +102,13 @@ fn beside(model: &std::path::Path, name: &str) -> PathBuf {
     model.with_file_name(name)
 }
 
-async fn connect(url: &str) -> anyhow::Result<sqlx::PgPool> {
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(std::time::Duration::from_secs(10))
-        .connect(url)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to the database at {}",
-                headroom_serving::options::redact_url(url)
-            )
-        })
+async fn connect(url: &str) -> anyhow::Result<headroom_store::PgPool> {
+    headroom_store::connect(url, 2).await.with_context(|| {
+        format!(
+            "cannot connect to the database at {}",
+            headroom_serving::options::redact_url(url)
+        )
+    })
 }
 
 /// The URL without its password, for messages.
@@ -210,14 +215,8 @@ fn inspect(model: &std::path::Path) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
     let cli = Cli::parse();
+    headroom_serving::telemetry::init_with(cli.log_format, "warn");
     let result = match cli.command {
         Command::Train(t) => train(&cli.database_url, t).await,
         Command::Simulate(s) => simulate(&cli.database_url, s).await,
@@ -229,5 +228,14 @@ async fn main() -> ExitCode {
             eprintln!("headroom-train: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_option_is_also_an_environment_variable() {
+        use clap::CommandFactory as _;
+        headroom_options::assert_every_option_has_env(&super::Cli::command());
     }
 }

@@ -21,34 +21,43 @@ use crate::{
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrainOptions {
     /// Most passes over the training tasks.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, env = "HEADROOM_TRAIN_EPOCHS", default_value_t = 60)]
     pub epochs: usize,
     /// Samples per minibatch.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, env = "HEADROOM_TRAIN_BATCH_SIZE", default_value_t = 512)]
     pub batch_size: usize,
     /// Units per hidden layer.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, env = "HEADROOM_TRAIN_HIDDEN", default_value_t = 64)]
     pub hidden: usize,
     /// Hidden layers.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, env = "HEADROOM_TRAIN_LAYERS", default_value_t = 2)]
     pub layers: usize,
     /// AdamW learning rate.
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, env = "HEADROOM_TRAIN_LEARNING_RATE", default_value_t = 3e-3)]
     pub learning_rate: f64,
     /// AdamW decoupled weight decay.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, env = "HEADROOM_TRAIN_WEIGHT_DECAY", default_value_t = 1e-4)]
     pub weight_decay: f64,
     /// Stop after this many epochs without a better validation loss.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, env = "HEADROOM_TRAIN_PATIENCE", default_value_t = 6)]
     pub patience: usize,
     /// Share of tasks held out for validation.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(
+        long,
+        env = "HEADROOM_TRAIN_VALIDATION_FRACTION",
+        default_value_t = 0.2
+    )]
     pub validation_fraction: f64,
     /// Quantile levels to predict, ascending (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "0.5,0.9,0.99")]
+    #[arg(
+        long,
+        env = "HEADROOM_TRAIN_QUANTILES",
+        value_delimiter = ',',
+        default_value = "0.5,0.9,0.99"
+    )]
     pub quantiles: Vec<f64>,
     /// Periods encoded as time features (repeatable), e.g. `1m`.
-    #[arg(long = "period", value_parser = humantime::parse_duration)]
+    #[arg(long = "period", env = "HEADROOM_TRAIN_PERIOD", value_parser = humantime::parse_duration)]
     pub periods: Vec<std::time::Duration>,
     /// Seed of the initial weights, the split and the shuffles.
     #[arg(long, env = "HEADROOM_TRAIN_SEED", default_value_t = 42)]
@@ -56,20 +65,9 @@ pub struct TrainOptions {
 }
 
 impl Default for TrainOptions {
+    /// The defaults written in the `#[arg]` attributes above.
     fn default() -> Self {
-        Self {
-            epochs: 60,
-            batch_size: 512,
-            hidden: 64,
-            layers: 2,
-            learning_rate: 3e-3,
-            weight_decay: 1e-4,
-            patience: 6,
-            validation_fraction: 0.2,
-            quantiles: vec![0.5, 0.9, 0.99],
-            periods: Vec::new(),
-            seed: 42,
-        }
+        headroom_options::clap_defaults().expect("every TrainOptions field has a default")
     }
 }
 

@@ -6,12 +6,12 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use headroom_model::{METADATA_KEY, ModelSpec, OUTPUT, Query};
+use headroom_simulator::{SimOptions, Workload};
 use headroom_testkit as kit;
 use headroom_training::{
     Dataset, Outputs, TrainOptions,
     dataset::Window,
     export,
-    simulate::{SimOptions, Workload},
     train::{self, Checkpointing},
 };
 
@@ -38,7 +38,7 @@ fn small_workload(seed: u64, tasks: usize) -> Workload {
 /// cover 85-95 % of them.
 #[test]
 fn model_beats_both_baselines_on_held_out_tasks() -> anyhow::Result<()> {
-    let data = small_workload(7, 200).dataset()?;
+    let data = headroom_training::Dataset::from_workload(&small_workload(7, 200))?;
     assert_eq!(data.services.len(), 8);
     assert_eq!(data.resources.len(), 6);
     let dir = tempfile::tempdir()?;
@@ -96,7 +96,7 @@ fn model_beats_both_baselines_on_held_out_tasks() -> anyhow::Result<()> {
 
 #[test]
 fn exported_model_matches_the_training_forward_pass_through_ort() -> anyhow::Result<()> {
-    let data = small_workload(3, 30).dataset()?;
+    let data = headroom_training::Dataset::from_workload(&small_workload(3, 30))?;
     let opts = TrainOptions {
         epochs: 2,
         periods: vec![std::time::Duration::from_secs(120)],
@@ -128,7 +128,7 @@ fn exported_model_matches_the_training_forward_pass_through_ort() -> anyhow::Res
 
 #[test]
 fn a_model_refuses_a_service_outside_its_vocabulary() -> anyhow::Result<()> {
-    let data = small_workload(5, 12).dataset()?;
+    let data = headroom_training::Dataset::from_workload(&small_workload(5, 12))?;
     let opts = TrainOptions {
         epochs: 1,
         ..TrainOptions::default()
@@ -165,7 +165,7 @@ fn a_model_refuses_a_service_outside_its_vocabulary() -> anyhow::Result<()> {
 
 #[test]
 fn resuming_from_a_checkpoint_reproduces_an_uninterrupted_run() -> anyhow::Result<()> {
-    let data = small_workload(11, 24).dataset()?;
+    let data = headroom_training::Dataset::from_workload(&small_workload(11, 24))?;
     let dir = tempfile::tempdir()?;
     let ckpt = dir.path().join("model.ckpt");
     let opts = |epochs| TrainOptions {
@@ -250,7 +250,7 @@ async fn postgres_history_is_read_with_task_mixes() -> anyhow::Result<()> {
 
     let stored = workload.write_postgres(&db.pool).await?;
     let from_db = Dataset::from_postgres(&db.pool, &Window::default()).await?;
-    let direct = workload.dataset()?;
+    let direct = headroom_training::Dataset::from_workload(&workload)?;
     assert_eq!(stored as usize, direct.rows.len());
     assert_eq!(from_db.rows.len(), direct.rows.len());
     assert_eq!(from_db.services, direct.services);

@@ -6,40 +6,13 @@ use headroom_proto::{
     time::to_unix_ms,
     v1::{ServiceUsage, Task, UsageMessage, usage_message::Body},
 };
+use headroom_store::{Row, TaskSeen};
 use prost::Message;
 
 /// Longest service name or task id accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 256;
 /// Oldest accepted sample time: 2000-01-01T00:00:00Z, in ms.
 const MIN_TS_MS: i64 = 946_684_800_000;
-
-/// One sample ready to store.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    /// Task id.
-    pub task_id: String,
-    /// Service name (resolved to its id when written).
-    pub service: String,
-    /// Resource name, one of the known resources.
-    pub resource: &'static str,
-    /// Value in the resource's unit.
-    pub value: f64,
-    /// Sample time, microseconds since the Unix epoch.
-    pub ts_us: i64,
-}
-
-/// What a task looks like from the records seen so far.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TaskSeen {
-    /// Task id.
-    pub id: String,
-    /// Start, microseconds since the Unix epoch.
-    pub start_us: i64,
-    /// End, when the record reported it.
-    pub end_us: Option<i64>,
-    /// Services named by the record.
-    pub services: Vec<String>,
-}
 
 /// What to do with one record.
 #[derive(Debug, Clone, PartialEq)]

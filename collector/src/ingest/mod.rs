@@ -5,18 +5,21 @@
 //! result exactly-once). While PostgreSQL is down the writer retries with
 //! backoff and the consumer stops taking records.
 
+mod deadletter;
 pub mod decode;
 pub mod lag;
+mod writer;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
+use headroom_serving::retry::{Retried, RetryPolicy, retry};
 use rdkafka::{
     ClientConfig, Message,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
     consumer::{CommitMode, Consumer, StreamConsumer},
-    message::{BorrowedMessage, Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord},
+    message::BorrowedMessage,
+    producer::FutureProducer,
     types::RDKafkaErrorCode,
 };
 use tokio::{sync::mpsc, time::Instant};
@@ -25,9 +28,10 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     Shared,
     error::{Error, Result},
-    store::{Batch, WritePath, write_batch},
 };
+use deadletter::Rejected;
 use decode::{Decoded, decode};
+use writer::{DeadLetters, Pending, Source};
 
 /// Header naming why a record was dead-lettered.
 pub const DLQ_REASON_HEADER: &str = "headroom-dlq-reason";
@@ -104,22 +108,16 @@ impl std::fmt::Debug for IngestOptions {
 }
 
 impl IngestOptions {
-    /// Options for `brokers` and `topic` with every other value at its default.
+    /// Options for `brokers` and `topic` (its dead-letter topic named
+    /// after it) with every other value at its default.
     pub fn new(brokers: impl Into<String>, topic: impl Into<String>) -> Self {
         let topic = topic.into();
-        Self {
-            brokers: brokers.into(),
-            dlq_topic: format!("{topic}-dlq"),
-            topic,
-            group: "headroom-collector".into(),
-            partitions: 8,
-            batch_records: 5000,
-            batch_wait: Duration::from_millis(200),
-            max_future: Duration::from_secs(300),
-            session_timeout: Duration::from_secs(10),
-            kafka_options: Vec::new(),
-            rollups: true,
-        }
+        let mut options: Self = headroom_serving::options::clap_defaults()
+            .expect("every IngestOptions field has a default");
+        options.brokers = brokers.into();
+        options.dlq_topic = format!("{topic}-dlq");
+        options.topic = topic;
+        options
     }
 
     fn client_config(&self) -> Result<ClientConfig> {
@@ -185,25 +183,6 @@ pub async fn ensure_topics(options: &IngestOptions) -> Result<()> {
 /// The usage-topic consumer, reporting its lag.
 type IngestConsumer = StreamConsumer<lag::LagContext>;
 
-/// A batch on its way to the writer, with the offsets it covers.
-#[derive(Debug, Default)]
-struct Pending {
-    batch: Batch,
-    /// Highest offset seen per partition.
-    offsets: HashMap<i32, i64>,
-    records: usize,
-}
-
-/// A record for the dead-letter topic.
-#[derive(Debug)]
-struct Rejected {
-    key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
-    reason: String,
-    partition: i32,
-    offset: i64,
-}
-
 /// Consumes until `shutdown`, then drains: the batch in hand is committed
 /// and its offsets committed to the group.
 pub async fn run(
@@ -211,22 +190,25 @@ pub async fn run(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let ensured = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            r = ensure_topics(&options) => r,
-        };
-        let Err(e) = ensured else { break };
-        if matches!(e, Error::InvalidArgument(_)) {
-            return Err(e);
-        }
-        tracing::warn!(error = %e, retry_in = ?backoff, "kafka not ready");
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+    // A configuration librdkafka refuses is final; a broker that does not
+    // answer yet is waited for.
+    let not_configuration = |e: &Error| !matches!(e, Error::InvalidArgument(_));
+    let once = RetryPolicy {
+        max_attempts: 1,
+        ..RetryPolicy::DEFAULT
+    };
+    match retry(
+        "topic setup (kafka not ready)",
+        &once,
+        &shutdown,
+        not_configuration,
+        || ensure_topics(&options),
+    )
+    .await
+    {
+        Retried::Done(()) => {}
+        Retried::GaveUp(e) => return Err(e),
+        Retried::Cancelled => return Ok(()),
     }
     let consumer: Arc<IngestConsumer> = Arc::new(
         options
@@ -258,10 +240,13 @@ pub async fn run(
     // Capacity 1: one batch is written while the next one is gathered; when
     // the writer is stuck (database down) the consumer stops taking records.
     let (tx, rx) = mpsc::channel::<Pending>(1);
-    let writer = tokio::spawn(write_loop(
+    let writer = tokio::spawn(writer::write_loop(
         rx,
         consumer.clone(),
-        options.topic.clone(),
+        DeadLetters {
+            producer: producer.clone(),
+            options: options.clone(),
+        },
         options.rollups,
         shared,
         shutdown.clone(),
@@ -272,7 +257,7 @@ pub async fn run(
         if pending.records == 0 {
             continue;
         }
-        if !dead_letter(&producer, &options, rejected, &shutdown).await {
+        if !deadletter::send(&producer, &options, rejected, &shutdown).await {
             // Shutdown during a broker outage: the batch is not stored and
             // its offsets not stored, so it is consumed again next time.
             break;
@@ -344,137 +329,28 @@ fn take(
         .or_insert(message.offset());
     *offset = (*offset).max(message.offset());
     let now_ms = chrono::Utc::now().timestamp_millis();
-    match decode(
+    let decoded = decode(
         message.payload(),
         now_ms,
         options.max_future.as_millis() as i64,
-    ) {
-        Decoded::Usage { rows, task } => pending.batch.push_usage(rows, task),
-        Decoded::Task(task) => pending.batch.merge_task(task),
-        Decoded::Reject(reason) => rejected.push(Rejected {
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec),
-            reason,
-            partition: message.partition(),
-            offset: message.offset(),
-        }),
-    }
-}
-
-/// Sends rejected records to the dead-letter topic, retrying until each is
-/// delivered. Returns false when shutdown interrupted the retries.
-async fn dead_letter(
-    producer: &FutureProducer,
-    options: &IngestOptions,
-    rejected: Vec<Rejected>,
-    shutdown: &CancellationToken,
-) -> bool {
-    for r in rejected {
-        tracing::warn!(partition = r.partition, offset = r.offset, reason = %r.reason, "record sent to dead-letter topic");
-        let partition = r.partition.to_string();
-        let offset = r.offset.to_string();
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: DLQ_REASON_HEADER,
-                    value: Some(r.reason.as_str()),
-                })
-                .insert(Header {
-                    key: DLQ_SOURCE_HEADERS[0],
-                    value: Some(options.topic.as_str()),
-                })
-                .insert(Header {
-                    key: DLQ_SOURCE_HEADERS[1],
-                    value: Some(partition.as_str()),
-                })
-                .insert(Header {
-                    key: DLQ_SOURCE_HEADERS[2],
-                    value: Some(offset.as_str()),
-                });
-            let mut record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&options.dlq_topic).headers(headers);
-            if let Some(k) = &r.key {
-                record = record.key(k.as_slice());
-            }
-            if let Some(p) = &r.payload {
-                record = record.payload(p.as_slice());
-            }
-            match producer.send(record, Duration::from_secs(5)).await {
-                Ok(_) => {
-                    metrics::counter!("headroom_collector_dead_lettered_total").increment(1);
-                    break;
-                }
-                Err((e, _)) => {
-                    tracing::warn!(error = %e, "dead-letter delivery failed; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return false,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-    true
-}
-
-/// Commits batches, then stores their offsets; retries while the database
-/// is unreachable.
-async fn write_loop(
-    mut rx: mpsc::Receiver<Pending>,
-    consumer: Arc<IngestConsumer>,
-    topic: String,
-    rollups: bool,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) {
-    while let Some(pending) = rx.recv().await {
-        let mut backoff = Duration::from_millis(100);
-        let started = Instant::now();
-        loop {
-            match write_batch(&shared.pool, &shared.lookups, &pending.batch, rollups).await {
-                Ok(report) => {
-                    shared.set_serving(true).await;
-                    metrics::counter!("headroom_collector_samples_ingested_total")
-                        .increment(report.inserted);
-                    metrics::counter!("headroom_collector_duplicates_total")
-                        .increment(report.duplicates);
-                    metrics::histogram!("headroom_collector_batch_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    tracing::debug!(
-                        records = pending.records,
-                        inserted = report.inserted,
-                        duplicates = report.duplicates,
-                        dedup = report.path == WritePath::Dedup,
-                        "batch stored"
-                    );
-                    break;
-                }
-                Err(e) => {
-                    if e.is_connection() {
-                        shared.set_serving(false).await;
-                        tracing::warn!(error = %e, retry_in = ?backoff, "database unreachable; batch kept, retrying");
-                    } else {
-                        tracing::error!(error = %e, retry_in = ?backoff, "batch could not be stored; retrying");
-                    }
-                    tokio::select! {
-                        // Not stored, offsets not stored: replayed next time.
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-        for (partition, offset) in &pending.offsets {
-            // store_offset stores offset + 1 itself: the next record to read.
-            if let Err(e) = consumer.store_offset(&topic, *partition, *offset) {
-                tracing::warn!(partition, offset, error = %e, "offset not stored; the batch may be replayed (harmless)");
-            }
-        }
-        if shared.live.receiver_count() > 0 {
-            let _ = shared.live.send(Arc::new(pending.batch.rows));
-        }
-    }
+    );
+    let record = |reason: String| Rejected {
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec),
+        reason,
+        partition: message.partition(),
+        offset: message.offset(),
+    };
+    let (rows, task) = match decoded {
+        Decoded::Usage { rows, task } => (rows, task),
+        Decoded::Task(task) => (Vec::new(), task),
+        Decoded::Reject(reason) => return rejected.push(record(reason)),
+    };
+    let first = pending.batch.rows.len();
+    pending.batch.push_usage(rows, task.clone());
+    pending.sources.push(Source {
+        record: record(String::new()),
+        rows: first..pending.batch.rows.len(),
+        task,
+    });
 }

@@ -103,17 +103,15 @@ pub async fn start(database_url: &str, ingest: IngestOptions) -> anyhow::Result<
 }
 
 /// Rows in `samples`, 0 while the schema does not exist yet.
-pub async fn count_samples(pool: &sqlx::PgPool, task: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM samples WHERE task_id = $1")
-        .bind(task)
-        .fetch_one(pool)
+pub async fn count_samples(pool: &headroom_store::PgPool, task: &str) -> i64 {
+    headroom_store::count_samples(pool, task, None, None)
         .await
         .unwrap_or(0)
 }
 
 /// Waits until `task` has exactly `want` rows (fails on more, or timeout).
 pub async fn wait_for_rows(
-    pool: &sqlx::PgPool,
+    pool: &headroom_store::PgPool,
     task: &str,
     want: i64,
     timeout: Duration,

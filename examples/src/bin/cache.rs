@@ -44,3 +44,12 @@ fn main() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_option_is_also_an_environment_variable() {
+        use clap::CommandFactory as _;
+        headroom_options::assert_every_option_has_env(&super::Cli::command());
+    }
+}

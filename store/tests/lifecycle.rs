@@ -6,10 +6,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use headroom_collector::{
-    admin,
-    store::{self, lifecycle},
-};
+use headroom_store::{self as store, admin, lifecycle};
 use headroom_testkit as kit;
 
 fn at(text: &str) -> DateTime<Utc> {

@@ -1,4 +1,4 @@
-//! `headroom-collector admin`: the prototype's `read_data.py` as
+//! What `headroom-collector admin` runs: the prototype's `read_data.py` as
 //! subcommands: apply the schema, reset it (only with an explicit
 //! confirmation), and dump a selection of samples as CSV.
 
@@ -9,8 +9,8 @@ use futures::TryStreamExt;
 use sqlx::PgPool;
 
 use crate::{
+    self as store,
     error::{Error, Result},
-    store,
 };
 
 /// Applies the embedded migrations.
@@ -110,19 +110,19 @@ pub async fn reset(pool: &PgPool, confirmed: bool) -> Result<()> {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct DumpSelection {
     /// Only these services (repeatable).
-    #[arg(long = "service")]
+    #[arg(long = "service", env = "HEADROOM_DUMP_SERVICE")]
     pub services: Vec<String>,
     /// Only these resources (repeatable).
-    #[arg(long = "resource")]
+    #[arg(long = "resource", env = "HEADROOM_DUMP_RESOURCE")]
     pub resources: Vec<String>,
     /// Only these tasks (repeatable).
-    #[arg(long = "task")]
+    #[arg(long = "task", env = "HEADROOM_DUMP_TASK")]
     pub tasks: Vec<String>,
     /// Inclusive start, RFC 3339.
-    #[arg(long)]
+    #[arg(long, env = "HEADROOM_DUMP_START")]
     pub start: Option<DateTime<Utc>>,
     /// Exclusive end, RFC 3339.
-    #[arg(long)]
+    #[arg(long, env = "HEADROOM_DUMP_END")]
     pub end: Option<DateTime<Utc>>,
 }
 

@@ -41,15 +41,9 @@ pub struct LifecycleOptions {
 }
 
 impl Default for LifecycleOptions {
+    /// The defaults written in the `#[arg]` attributes above.
     fn default() -> Self {
-        Self {
-            partition_width: Duration::from_secs(86_400),
-            partitions_ahead: 3,
-            raw_retention: Duration::from_secs(8 * 86_400),
-            rollup_retention: Duration::from_secs(400 * 86_400),
-            maintenance_every: Duration::from_secs(600),
-            raw_stats_limit: 200_000,
-        }
+        headroom_options::clap_defaults().expect("every LifecycleOptions field has a default")
     }
 }
 

@@ -439,3 +439,35 @@ pub async fn names(pool: &PgPool) -> Result<(HashMap<i32, String>, HashMap<i32, 
         .collect();
     Ok((services, resources))
 }
+
+/// Whether the schema has been applied (the `samples` table exists), so a
+/// reader can treat a fresh database as empty rather than failing.
+pub async fn has_schema(pool: &PgPool) -> Result<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT to_regclass('samples') IS NOT NULL")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// Number of stored samples of task `task_id`, of one service and one
+/// resource (by name) where given. For checks (tests, the demo, reports):
+/// it scans the task's samples.
+pub async fn count_samples(
+    pool: &PgPool,
+    task_id: &str,
+    service: Option<&str>,
+    resource: Option<&str>,
+) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM samples x JOIN services s ON s.id = x.service_id \
+         JOIN resources r ON r.id = x.resource_id \
+         WHERE x.task_id = $1 AND ($2::text IS NULL OR s.name = $2) \
+         AND ($3::text IS NULL OR r.name = $3)",
+    )
+    .bind(task_id)
+    .bind(service)
+    .bind(resource)
+    .fetch_one(pool)
+    .await?)
+}

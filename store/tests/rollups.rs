@@ -9,14 +9,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::TryStreamExt;
-use headroom_collector::{
-    ingest::decode::{Row, TaskSeen},
-    store::{
-        self, Batch, Filter, Lookups, WritePath,
-        lifecycle::{self, LifecycleOptions},
-        rollup::{self, Resolution},
-        sketch::ALPHA,
-    },
+use headroom_store::{
+    self as store, Batch, Filter, Lookups, Row, TaskSeen, WritePath,
+    lifecycle::{self, LifecycleOptions},
+    rollup::{self, Resolution},
+    sketch::ALPHA,
 };
 use headroom_testkit as kit;
 

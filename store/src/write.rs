@@ -10,13 +10,10 @@ use std::collections::{BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::{
-    Lookups,
-    rollup::{self, Resolution},
-};
 use crate::{
+    Lookups, Row, TaskSeen,
     error::Result,
-    ingest::decode::{Row, TaskSeen},
+    rollup::{self, Resolution},
 };
 
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).

@@ -1,6 +1,7 @@
-//! The workload simulator: tasks made of services with realistic usage
-//! profiles, deterministic from a seed. It is the ground truth for tests,
-//! the demo and the benchmarks.
+//! `headroom-simulator`, the workload simulator: tasks made of services with
+//! realistic usage profiles, deterministic from a seed. It is the ground
+//! truth for tests, the demo and the benchmarks, and writes through the
+//! store's own write path.
 //!
 //! Each service draws, from the seed, one profile per resource:
 //! - **cpu** and the four **IO** rates: a base level, a warm-up ramp from 20 %
@@ -18,19 +19,28 @@
 use std::{io::Write, path::Path};
 
 use chrono::{DateTime, Duration, Utc};
-use headroom_collector::{
-    ingest::decode::{Row as StoreRow, TaskSeen},
-    store::{self, Batch, Lookups},
-};
 use headroom_proto::resource;
+use headroom_store::{self as store, Batch, Lookups, PgPool, Row as StoreRow, TaskSeen};
 use rand::{Rng, SeedableRng as _, rngs::StdRng, seq::index};
 use rand_distr::{Distribution as _, StandardNormal};
 use serde::Serialize;
 
-use crate::{
-    Error, Result,
-    dataset::{Builder, Dataset},
-};
+/// What can go wrong while simulating.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Options that contradict each other or make no sense.
+    #[error("{0}")]
+    Options(String),
+    /// A file could not be written.
+    #[error("{0}")]
+    Io(String),
+    /// The store refused the workload.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+/// Result with the simulator's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Names given to simulated services, in order; more get a numeric suffix.
 const NAMES: [&str; 12] = [
@@ -61,43 +71,33 @@ pub struct SimOptions {
     #[arg(long, env = "HEADROOM_SIM_TASKS", default_value_t = 200)]
     pub tasks: usize,
     /// Fewest services in a task.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, env = "HEADROOM_SIM_MIN_TASK_SERVICES", default_value_t = 2)]
     pub min_task_services: usize,
     /// Most services in a task.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, env = "HEADROOM_SIM_MAX_TASK_SERVICES", default_value_t = 5)]
     pub max_task_services: usize,
     /// Shortest task.
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HEADROOM_SIM_MIN_DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
     pub min_duration: std::time::Duration,
     /// Longest task.
-    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HEADROOM_SIM_MAX_DURATION", default_value = "30m", value_parser = humantime::parse_duration)]
     pub max_duration: std::time::Duration,
     /// Time between two samples of a service.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HEADROOM_SIM_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub interval: std::time::Duration,
     /// Time between the starts of two consecutive tasks.
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HEADROOM_SIM_SPACING", default_value = "10m", value_parser = humantime::parse_duration)]
     pub spacing: std::time::Duration,
     /// Start of the first task, RFC 3339 (default: early enough for the last
     /// task to end now).
-    #[arg(long)]
+    #[arg(long, env = "HEADROOM_SIM_START")]
     pub start: Option<DateTime<Utc>>,
 }
 
 impl Default for SimOptions {
+    /// The defaults written in the `#[arg]` attributes above.
     fn default() -> Self {
-        Self {
-            seed: 7,
-            services: 8,
-            tasks: 200,
-            min_task_services: 2,
-            max_task_services: 5,
-            min_duration: std::time::Duration::from_secs(600),
-            max_duration: std::time::Duration::from_secs(1800),
-            interval: std::time::Duration::from_secs(10),
-            spacing: std::time::Duration::from_secs(600),
-            start: None,
-        }
+        headroom_options::clap_defaults().expect("every SimOptions field has a default")
     }
 }
 
@@ -260,7 +260,7 @@ impl Memory {
 impl Workload {
     /// Draws services and tasks from `opts.seed`.
     pub fn new(opts: &SimOptions) -> Result<Self> {
-        let bad = |m: String| Err(Error::Data(m));
+        let bad = |m: String| Err(Error::Options(m));
         if opts.services < 2 {
             return bad("simulate at least 2 services".into());
         }
@@ -377,16 +377,16 @@ impl Workload {
     /// Calls `f` with every sample, task by task, in time order. The noise
     /// comes from a generator seeded per task, so a task's samples do not
     /// depend on how many tasks come before it.
-    pub fn for_each_sample(&self, f: impl FnMut(Sample) -> Result<()>) -> Result<()> {
+    pub fn for_each_sample<E>(&self, f: impl FnMut(Sample) -> Result<(), E>) -> Result<(), E> {
         self.for_tasks(0..=self.tasks.len() - 1, f)
     }
 
     /// [`Self::for_each_sample`] for a range of tasks.
-    pub fn for_tasks(
+    pub fn for_tasks<E>(
         &self,
         range: std::ops::RangeInclusive<usize>,
-        mut f: impl FnMut(Sample) -> Result<()>,
-    ) -> Result<()> {
+        mut f: impl FnMut(Sample) -> Result<(), E>,
+    ) -> Result<(), E> {
         for ti in range {
             let task = &self.tasks[ti];
             let mut rng = StdRng::seed_from_u64(
@@ -423,34 +423,34 @@ impl Workload {
         Ok(())
     }
 
-    /// Every sample, as a training set.
-    pub fn dataset(&self) -> Result<Dataset> {
-        let mut b = Builder::new();
-        for t in &self.tasks {
-            let names: Vec<String> = t
-                .services
-                .iter()
-                .map(|s| self.services[*s].name.clone())
-                .collect();
-            b.task_services(&t.id, &names)?;
-        }
-        self.for_each_sample(|s| {
-            b.push(
-                &self.tasks[s.task].id,
-                &self.services[s.service].name,
-                s.resource,
-                s.seconds,
-                s.value,
-                Some(s.ts),
-            )
-        })?;
-        Ok(b.finish())
+    /// Names of the services, sorted (the order the model's vocabulary has).
+    pub fn service_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.services.iter().map(|s| s.name.clone()).collect();
+        names.sort();
+        names
+    }
+
+    /// Every value of one series (`service`, `resource`) over all tasks, in
+    /// the resource's unit, sorted ascending; empty for an unknown name.
+    pub fn sorted_values(&self, service: &str, resource: &str) -> Vec<f64> {
+        let Some(si) = self.services.iter().position(|s| s.name == service) else {
+            return Vec::new();
+        };
+        let mut values = Vec::new();
+        let _ = self.for_each_sample(|s| {
+            if s.service == si && s.resource == resource {
+                values.push(s.value);
+            }
+            Ok::<(), std::convert::Infallible>(())
+        });
+        values.sort_by(f64::total_cmp);
+        values
     }
 
     /// Writes every sample as CSV in the collector's dump format. Returns
     /// the number of samples.
     pub fn write_csv(&self, out: &mut dyn Write) -> Result<u64> {
-        let io = |e: std::io::Error| Error::Data(format!("while writing CSV: {e}"));
+        let io = |e: std::io::Error| Error::Io(format!("while writing CSV: {e}"));
         writeln!(out, "task_id,service,resource,value,ts,seconds_into_task").map_err(io)?;
         let mut n = 0;
         self.for_each_sample(|s| {
@@ -471,10 +471,10 @@ impl Workload {
         Ok(n)
     }
 
-    /// Writes every task and sample into the collector's store, through the
-    /// collector's own write path (so series and rollups stay consistent).
+    /// Writes every task and sample into the store, through the collector's
+    /// own write path (so series and rollups stay consistent).
     /// Returns the number of samples newly stored.
-    pub async fn write_postgres(&self, pool: &sqlx::PgPool) -> Result<u64> {
+    pub async fn write_postgres(&self, pool: &PgPool) -> Result<u64> {
         store::migrate(pool).await?;
         let lookups = Lookups::new();
         let mut stored = 0;
@@ -504,7 +504,7 @@ impl Workload {
                     value: s.value,
                     ts_us: s.ts.timestamp_micros(),
                 });
-                Ok(())
+                Ok::<(), Error>(())
             })?;
             stored += store::write_batch(pool, &lookups, &batch, true)
                 .await?
@@ -521,6 +521,6 @@ fn secs(s: f64) -> Duration {
 /// Writes a workload's CSV to a file.
 pub fn write_csv_file(workload: &Workload, path: &Path) -> Result<u64> {
     let file = std::fs::File::create(path)
-        .map_err(|e| Error::Data(format!("cannot create {}: {e}", path.display())))?;
+        .map_err(|e| Error::Io(format!("cannot create {}: {e}", path.display())))?;
     workload.write_csv(&mut std::io::BufWriter::new(file))
 }

@@ -1,23 +1,35 @@
-//! PostgreSQL: the embedded schema, the name lookups, batch writes and the
-//! queries the API answers.
+//! `headroom-store`: the only code that speaks SQL. It owns Headroom's
+//! PostgreSQL schema (embedded migrations), the write path (batches by
+//! binary COPY, rollups, provisioned allocations), storage lifecycle
+//! (partitions, retention), the queries the collector answers, the exports
+//! training reads, and the admin commands (`storage`, `reset`, `dump`).
+//!
+//! Callers hold a [`PgPool`] (from [`lazy_pool`] or [`connect`]) and a
+//! [`Lookups`] cache, and pass them to the functions here.
 
+pub mod admin;
+pub mod error;
 pub mod lifecycle;
 mod query;
 pub mod rollup;
+mod rows;
 pub mod sketch;
 mod write;
 
+pub use error::{Error, Result};
 pub use query::*;
+pub use rows::{Row, TaskSeen};
 pub use write::{Batch, WritePath, WriteReport, write_batch, write_provisioned};
+
+/// A pool of PostgreSQL connections, as every store function takes it.
+pub use sqlx::PgPool;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use tokio::sync::RwLock;
 
-use crate::error::Result;
-
-/// The embedded migrations (`collector/migrations`).
+/// The embedded migrations (`store/migrations`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// A pool that connects on first use, so the collector starts (and reports
@@ -27,6 +39,16 @@ pub fn lazy_pool(url: &str, max_connections: u32) -> Result<PgPool> {
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect_lazy(url)?)
+}
+
+/// A pool connected now: fails with the reason when the database does not
+/// answer within 5 s (for commands that cannot do anything without it).
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await?)
 }
 
 /// Applies the embedded migrations.
