@@ -194,6 +194,10 @@ async fn a_sigkilled_collector_restarts_and_stores_every_record_exactly_once() -
     let topic = kit::fresh_topic("kill", 3).await?;
     let group = kit::unique_name("collector");
     const N: i64 = 3000;
+    // Recent samples: inside the raw retention, so the maintenance every
+    // collector runs at start keeps them (T0 is older than retention, and
+    // a restart would discard rather than deduplicate it).
+    let base = chrono::Utc::now().timestamp_millis() - 3_600_000;
     let producer = tokio::spawn({
         let topic = topic.clone();
         async move {
@@ -207,7 +211,7 @@ async fn a_sigkilled_collector_restarts_and_stores_every_record_exactly_once() -
                             usage(
                                 "t-kill",
                                 &service,
-                                T0 + (n / 7) * 1000,
+                                base + (n / 7) * 1000,
                                 &[("cpu", n as f64)],
                             ),
                         )
