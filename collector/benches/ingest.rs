@@ -64,20 +64,19 @@ async fn main() -> anyhow::Result<()> {
         }
         out.flush()?;
     }
-    sqlx::query(
-        "INSERT INTO services (id, name) SELECT g, 'svc-' || (g - 1) FROM generate_series(1, $1) g",
-    )
-    .bind(SERVICES as i32)
-    .execute(&base_db.pool)
-    .await?;
+    base_db
+        .fixture(&format!(
+            "INSERT INTO services (id, name) SELECT g, 'svc-' || (g - 1) FROM generate_series(1, {SERVICES}) g"
+        ))
+        .await?;
     let started = Instant::now();
-    sqlx::query(&format!(
-        "COPY samples (task_id, service_id, resource_id, value, ts) FROM '{}' (FORMAT csv)",
-        file.display()
-    ))
-    .execute(&base_db.pool)
-    .await
-    .context("while running the COPY baseline (the server must be able to read the file)")?;
+    base_db
+        .fixture(&format!(
+            "COPY samples (task_id, service_id, resource_id, value, ts) FROM '{}' (FORMAT csv)",
+            file.display()
+        ))
+        .await
+        .context("while running the COPY baseline (the server must be able to read the file)")?;
     let copy_secs = started.elapsed().as_secs_f64();
     std::fs::remove_file(&file).ok();
     drop(base_db);
@@ -231,39 +230,35 @@ async fn run_collector(
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         if first_row.is_none() {
-            let any: Option<i32> = sqlx::query_scalar("SELECT 1 FROM samples LIMIT 1")
-                .fetch_optional(&db.pool)
+            let any = db
+                .scalar("SELECT count(*) FROM (SELECT 1 FROM samples LIMIT 1) x")
                 .await
-                .unwrap_or(None);
-            if any.is_some() {
+                .unwrap_or(0);
+            if any > 0 {
                 first_row = Some(started.elapsed().as_secs_f64());
             }
             continue;
         }
-        let done: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM samples x JOIN services s ON s.id = x.service_id \
-             WHERE x.task_id = 'bench' AND x.resource_id = 1 AND x.ts = $1",
-        )
-        .bind(last_ts)
-        .fetch_one(&db.pool)
-        .await?;
+        let done = db
+            .scalar(&format!(
+                "SELECT count(*) FROM samples x JOIN services s ON s.id = x.service_id \
+                 WHERE x.task_id = 'bench' AND x.resource_id = 1 AND x.ts = '{}'",
+                last_ts.to_rfc3339()
+            ))
+            .await?;
         if done == SERVICES {
             break;
         }
     }
     let total_secs = started.elapsed().as_secs_f64();
     server.stop().await?;
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM samples")
-        .fetch_one(&db.pool)
-        .await?;
+    let stored = db.scalar("SELECT count(*) FROM samples").await?;
 
     anyhow::ensure!(stored == n, "stored {stored} samples, want {n}");
     if rollups {
-        let counted: Option<i64> = sqlx::query_scalar("SELECT sum(count)::int8 FROM rollup_1h")
-            .fetch_one(&db.pool)
-            .await?;
+        let counted = db.scalar("SELECT sum(count)::int8 FROM rollup_1h").await?;
         anyhow::ensure!(
-            counted == Some(n),
+            counted == n,
             "rollups counted {counted:?} samples, want {n}"
         );
     }

@@ -37,7 +37,7 @@ fn level(service: i32, resource: i32, t: i64) -> f64 {
 /// Writes buckets of `resolution` over `[from, to)` for every series, each
 /// bucket's aggregate built from one value per minute.
 async fn fill_rollups(
-    pool: &sqlx::PgPool,
+    pool: &store::PgPool,
     resolution: Resolution,
     from: i64,
     to: i64,
@@ -57,9 +57,7 @@ async fn fill_rollups(
             }
         }
         rows += buckets.len() as u64;
-        let mut tx = pool.begin().await?;
-        rollup::write(&mut tx, resolution, &buckets).await?;
-        tx.commit().await?;
+        rollup::write_buckets(pool, resolution, &buckets).await?;
     }
     Ok(rows)
 }
@@ -112,25 +110,13 @@ async fn main() -> anyhow::Result<()> {
     let start = end - DAYS * 86_400;
     let raw_start = end - RAW_DAYS * 86_400;
     let started = Instant::now();
-    sqlx::query(
-        "INSERT INTO services (id, name) SELECT g, 'svc-' || g FROM generate_series(1, $1) g",
-    )
-    .bind(SERVICES)
-    .execute(&db.pool)
-    .await?;
-    sqlx::query("INSERT INTO tasks (id, start_ts) VALUES ('history', to_timestamp($1))")
-        .bind(start as f64)
-        .execute(&db.pool)
-        .await?;
-    sqlx::query(
-        "INSERT INTO series SELECT 'history', s, r, to_timestamp($1), to_timestamp($2) \
-         FROM generate_series(1, $3) s, generate_series(1, $4) r",
-    )
-    .bind(start as f64)
-    .bind((end - 1) as f64)
-    .bind(SERVICES)
-    .bind(RESOURCES)
-    .execute(&db.pool)
+    db.fixture(&format!(
+        "INSERT INTO services (id, name) SELECT g, 'svc-' || g FROM generate_series(1, {SERVICES}) g; \
+         INSERT INTO tasks (id, start_ts) VALUES ('history', to_timestamp({start})); \
+         INSERT INTO series SELECT 'history', s, r, to_timestamp({start}), to_timestamp({last}) \
+         FROM generate_series(1, {SERVICES}) s, generate_series(1, {RESOURCES}) r",
+        last = end - 1
+    ))
     .await?;
     let hours = fill_rollups(&db.pool, Resolution::Hour, start, end).await?;
     let minutes = fill_rollups(&db.pool, Resolution::Minute, raw_start, end).await?;
@@ -141,22 +127,17 @@ async fn main() -> anyhow::Result<()> {
     };
     let now = DateTime::<Utc>::from_timestamp(end - 1, 0).unwrap_or_default();
     store::lifecycle::maintain(&db.pool, &options, now - TimeDelta::days(1)).await?;
-    let raw: u64 = sqlx::query(
-        "INSERT INTO samples (task_id, service_id, resource_id, value, ts) \
-         SELECT 'history', s, r, (s % 17 + 1) * r * (1 + 0.4 * sin(t / 86400.0 * 2 * pi())), to_timestamp(t) \
-         FROM generate_series(1, $1) s, generate_series(1, $2) r, generate_series($3::int8, $4::int8 - 1, $5::int8) t",
-    )
-    .bind(SERVICES)
-    .bind(RESOURCES)
-    .bind(raw_start)
-    .bind(end)
-    .bind(RAW_STEP_S)
-    .execute(&db.pool)
-    .await?
-    .rows_affected();
+    let raw: u64 = db
+        .fixture(&format!(
+            "INSERT INTO samples (task_id, service_id, resource_id, value, ts) \
+             SELECT 'history', s, r, (s % 17 + 1) * r * (1 + 0.4 * sin(t / 86400.0 * 2 * pi())), to_timestamp(t) \
+             FROM generate_series(1, {SERVICES}) s, generate_series(1, {RESOURCES}) r, \
+             generate_series({raw_start}::int8, {end}::int8 - 1, {RAW_STEP_S}::int8) t"
+        ))
+        .await?;
     // Retention at the end of the last day: older raw days are gone.
     store::lifecycle::maintain(&db.pool, &options, now).await?;
-    sqlx::query("ANALYZE").execute(&db.pool).await?;
+    db.fixture("ANALYZE").await?;
     println!(
         "generated {hours} hourly buckets, {minutes} minute buckets, {raw} raw samples in {:.0} s",
         started.elapsed().as_secs_f64()

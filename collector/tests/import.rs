@@ -6,7 +6,9 @@
 use std::io::Write as _;
 
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt as _;
 use headroom_collector::import::{self, AlibabaOptions, BitbrainsOptions};
+use headroom_store as store;
 use headroom_testkit as kit;
 
 fn at(text: &str) -> DateTime<Utc> {
@@ -15,17 +17,38 @@ fn at(text: &str) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-async fn series(pool: &sqlx::PgPool, table: &str, service: &str, res: &str) -> Vec<(String, f64)> {
-    sqlx::query_as(&format!(
-        "SELECT x.task_id, x.value FROM {table} x \
-         JOIN services s ON s.id = x.service_id JOIN resources r ON r.id = x.resource_id \
-         WHERE s.name = $1 AND r.name = $2 ORDER BY x.ts"
-    ))
-    .bind(service)
-    .bind(res)
-    .fetch_all(pool)
-    .await
-    .unwrap()
+/// The stored series of `service`/`res` (`provisioned`: what was
+/// allocated) as (task, value) in time order, read through the store.
+async fn series_at(
+    pool: &store::PgPool,
+    provisioned: bool,
+    service: &str,
+    res: &str,
+) -> Vec<(String, f64, DateTime<Utc>)> {
+    let filter = store::resolve_filter(pool, &[service.into()], &[res.into()], &[], None, None)
+        .await
+        .unwrap();
+    let query = if provisioned {
+        store::export_provisioned_query()
+    } else {
+        store::export_query(None)
+    };
+    let mut rows: Vec<store::ExportRow> = store::export_rows(pool, &filter, &query)
+        .try_collect()
+        .await
+        .unwrap();
+    rows.sort_by_key(|r| r.ts);
+    rows.into_iter()
+        .map(|r| (r.task_id, r.value, r.ts))
+        .collect()
+}
+
+async fn series(pool: &store::PgPool, table: &str, service: &str, res: &str) -> Vec<(String, f64)> {
+    series_at(pool, table == "provisioned", service, res)
+        .await
+        .into_iter()
+        .map(|(t, v, _)| (t, v))
+        .collect()
 }
 
 #[tokio::test]
@@ -100,10 +123,13 @@ async fn alibaba_containers_become_app_units_on_machine_windows() -> anyhow::Res
         "{given:?}"
     );
     // Mixes: app_2 ran in the first hour only.
-    let mixes: Vec<(String, Vec<String>)> =
-        sqlx::query_as("SELECT id, services FROM tasks ORDER BY id")
-            .fetch_all(&db.pool)
-            .await?;
+    let mut mixes: Vec<(String, Vec<String>)> =
+        store::list_tasks(&db.pool, None, None, None, 0, 100)
+            .await?
+            .into_iter()
+            .map(|t| (t.id, t.services))
+            .collect();
+    mixes.sort();
     assert_eq!(
         mixes,
         [
@@ -158,12 +184,19 @@ async fn bitbrains_vms_are_read_in_either_time_unit() -> anyhow::Result<()> {
     let rd = series(&db.pool, "samples", "vm-1", "disk_read").await;
     assert!(rd.iter().all(|(_, v)| (v - 1024.0).abs() < 1e-9));
     // Both files' samples line up at the same instants (ms read as ms).
-    let spans: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT s.name, extract(epoch FROM max(x.ts) - min(x.ts))::bigint \
-         FROM samples x JOIN services s ON s.id = x.service_id GROUP BY 1 ORDER BY 1",
-    )
-    .fetch_all(&db.pool)
-    .await?;
+    let mut spans: Vec<(String, i64)> = Vec::new();
+    for vm in ["vm-1", "vm-2"] {
+        let times: Vec<DateTime<Utc>> = series_at(&db.pool, false, vm, "cpu")
+            .await
+            .into_iter()
+            .map(|(_, _, ts)| ts)
+            .collect();
+        let span = times
+            .last()
+            .zip(times.first())
+            .map(|(l, f)| (*l - *f).num_seconds());
+        spans.push((vm.into(), span.unwrap_or_default()));
+    }
     assert_eq!(spans, [("vm-1".into(), 900), ("vm-2".into(), 900)]);
     let given = series(&db.pool, "provisioned", "vm-1", "memory").await;
     assert!(given.iter().all(|(_, v)| (v - 8589934592.0).abs() < 1.0));

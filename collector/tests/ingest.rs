@@ -264,7 +264,7 @@ async fn a_database_outage_of_ten_seconds_loses_nothing_and_the_collector_stays_
     };
     kit::init_logs();
     let pg = kit::PrivatePostgres::start()?;
-    let pool = sqlx::PgPool::connect(&pg.url()).await?;
+    let pool = headroom_store::connect(&pg.url(), 2).await?;
     let topic = kit::fresh_topic("outage", 2).await?;
     let server = start(&pg.url(), ingest_options(&topic)).await?;
     let batch = |from: i64| -> Vec<(String, Vec<u8>)> {
@@ -328,7 +328,7 @@ async fn a_database_outage_of_ten_seconds_loses_nothing_and_the_collector_stays_
     assert_eq!(status_of("").await?, ServingStatus::Serving as i32);
     pg.start_again()?;
 
-    let pool = sqlx::PgPool::connect(&pg.url()).await?;
+    let pool = headroom_store::connect(&pg.url(), 2).await?;
     wait_for_rows(&pool, "t-outage", 800, Duration::from_secs(60)).await?;
     // Back: ready again, with no restart.
     kit::eventually(
@@ -404,11 +404,22 @@ async fn a_broker_killed_and_restarted_under_load_loses_nothing() -> anyhow::Res
     producer.await??;
     wait_for_rows(&db.pool, "t-broker", N, Duration::from_secs(120)).await?;
     // Every produced value, once: the stored cpu values are 0..N.
-    let distinct: i64 =
-        sqlx::query_scalar("SELECT count(DISTINCT value) FROM samples WHERE task_id = 't-broker'")
-            .fetch_one(&db.pool)
+    let filter =
+        headroom_store::resolve_filter(&db.pool, &[], &[], &["t-broker".into()], None, None)
             .await?;
-    assert_eq!(distinct, N, "stored values are not the produced ones");
+    let query = headroom_store::export_query(None);
+    let values: std::collections::HashSet<u64> = futures::TryStreamExt::try_collect::<Vec<_>>(
+        headroom_store::export_rows(&db.pool, &filter, &query),
+    )
+    .await?
+    .into_iter()
+    .map(|r| r.value.to_bits())
+    .collect();
+    assert_eq!(
+        values.len() as i64,
+        N,
+        "stored values are not the produced ones"
+    );
     server.stop().await
 }
 

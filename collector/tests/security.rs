@@ -82,15 +82,10 @@ async fn postgres_tls_is_set_by_the_url_and_the_password_never_shows() -> anyhow
 
     // sslmode=require: the session is encrypted.
     let url = url_with(&db, "sslmode=require");
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&url)
-        .await?;
-    let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-        .fetch_one(&pool)
-        .await?;
-    assert!(ssl, "sslmode=require gave a plaintext session");
-    pool.close().await;
+    assert!(
+        kit::TestDb::session_uses_tls(&url).await?,
+        "sslmode=require gave a plaintext session"
+    );
 
     let (u, pki_ca) = (url.clone(), pki.ca.clone());
     let verify_url = url_with(

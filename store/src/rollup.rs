@@ -175,6 +175,19 @@ pub async fn apply(
     write(tx, resolution, &fresh).await
 }
 
+/// [`write`] in a transaction of its own (imports of precomputed
+/// aggregates, benchmarks that lay down history).
+pub async fn write_buckets(
+    pool: &sqlx::PgPool,
+    resolution: Resolution,
+    buckets: &HashMap<Key, Aggregate>,
+) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    write(&mut tx, resolution, buckets).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Stores buckets of `resolution` as they are, replacing stored ones.
 pub async fn write(
     tx: &mut Transaction<'_, Postgres>,

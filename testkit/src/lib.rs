@@ -87,15 +87,38 @@ impl TestDb {
         Ok(Self { name, url, pool })
     }
 
+    /// Whether a session opened with `url` (this database with TLS
+    /// parameters) is encrypted, as PostgreSQL's `pg_stat_ssl` reports it.
+    pub async fn session_uses_tls(url: &str) -> anyhow::Result<bool> {
+        let pool = PgPoolOptions::new().max_connections(1).connect(url).await?;
+        let ssl: bool =
+            sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_one(&pool)
+                .await?;
+        pool.close().await;
+        Ok(ssl)
+    }
+
+    /// The one integer a check query answers (`NULL` is 0): counts a
+    /// benchmark or test reads beyond the store's own API.
+    pub async fn scalar(&self, sql: &str) -> anyhow::Result<i64> {
+        let v: Option<i64> = sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
+            .await
+            .with_context(|| format!("while running check SQL: {sql}"))?;
+        Ok(v.unwrap_or(0))
+    }
+
     /// Runs fixture SQL a test needs beyond the store's own API (an
     /// operator's constraint, a table a test inspects), failing with the
     /// statement when PostgreSQL refuses it.
-    pub async fn fixture(&self, sql: &str) -> anyhow::Result<()> {
-        sqlx::raw_sql(sql)
+    /// Returns the rows it affected.
+    pub async fn fixture(&self, sql: &str) -> anyhow::Result<u64> {
+        let done = sqlx::raw_sql(sql)
             .execute(&self.pool)
             .await
             .with_context(|| format!("while running fixture SQL: {sql}"))?;
-        Ok(())
+        Ok(done.rows_affected())
     }
 }
 

@@ -25,10 +25,9 @@ async fn dashboard_queries_run_against_the_schema() -> anyhow::Result<()> {
             };
             // Grafana's macro, as it expands it.
             let sql = regex_lite_time_filter(sql);
-            sqlx::query(&sql)
-                .fetch_all(&db.pool)
+            db.fixture(&sql)
                 .await
-                .map_err(|e| anyhow::anyhow!("panel {:?}: {e}\n{sql}", panel["title"]))?;
+                .map_err(|e| anyhow::anyhow!("panel {:?}: {e:#}", panel["title"]))?;
             ran += 1;
         }
     }

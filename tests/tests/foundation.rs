@@ -1,6 +1,6 @@
 //! Proves the local stack and the harness work end to end: Kafka through
-//! rdkafka and tansu with a consumer group, PostgreSQL through sqlx in a
-//! fresh database, and ONNX Runtime loaded from the project's venv.
+//! rdkafka and tansu with a consumer group, and ONNX Runtime loaded from
+//! the project's venv (PostgreSQL: `testkit/tests/database.rs`).
 
 use std::time::Duration;
 
@@ -46,31 +46,6 @@ async fn kafka_record_round_trips_through_a_consumer_group() -> anyhow::Result<(
     // One key stays in one partition, so order is kept.
     let want: Vec<String> = (0..10).map(|i| format!("payload-{i}")).collect();
     assert_eq!(got, want);
-    Ok(())
-}
-
-#[tokio::test]
-async fn row_round_trips_through_sqlx_in_a_fresh_database() -> anyhow::Result<()> {
-    let db = kit::TestDb::new().await?;
-    let tables: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
-    )
-    .fetch_one(&db.pool)
-    .await?;
-    assert_eq!(tables, 0, "a fresh database starts empty");
-    sqlx::query("CREATE TABLE t (id int PRIMARY KEY, v double precision)")
-        .execute(&db.pool)
-        .await?;
-    sqlx::query("INSERT INTO t VALUES ($1, $2)")
-        .bind(7_i32)
-        .bind(0.25_f64)
-        .execute(&db.pool)
-        .await?;
-    let v: f64 = sqlx::query_scalar("SELECT v FROM t WHERE id = $1")
-        .bind(7_i32)
-        .fetch_one(&db.pool)
-        .await?;
-    assert_eq!(v, 0.25);
     Ok(())
 }
 
