@@ -43,6 +43,31 @@ use serde::Deserialize;
 
 use crate::targets::{SpecError, TargetSpec};
 
+/// gRPC listen address when neither flag, environment nor file sets one.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Sampling interval by default.
+pub const DEFAULT_INTERVAL: &str = "1s";
+/// Whether containers are discovered by default.
+pub const DEFAULT_DISCOVERY: bool = true;
+/// The cgroup root discovery walks by default.
+pub const DEFAULT_DISCOVERY_ROOT: &str = "/sys/fs/cgroup";
+/// How often discovery rescans by default.
+pub const DEFAULT_DISCOVERY_EVERY: &str = "10s";
+/// Kafka bootstrap servers by default.
+pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
+/// The usage topic by default.
+pub const DEFAULT_TOPIC: &str = "headroom-usage";
+/// Partitions when the agent creates the topic, by default.
+pub const DEFAULT_PARTITIONS: i32 = 8;
+/// Records held in memory before spilling to the spool, by default.
+pub const DEFAULT_BUFFER_RECORDS: usize = 10_000;
+/// The spool directory by default.
+pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/headroom/spool";
+/// The spool bound in bytes by default (256 MiB).
+pub const DEFAULT_SPOOL_BYTES: u64 = 256 * 1024 * 1024;
+/// How long one delivery may take by default.
+pub const DEFAULT_DELIVERY_TIMEOUT: &str = "10s";
+
 /// The file as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -6,11 +6,11 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context, anyhow};
-use clap::Parser;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, parser::ValueSource};
 use headroom_agent::{
     AgentConfig, Discovery, PublisherOptions, TargetSpec,
-    config::FileConfig,
-    sampling::kubernetes::{KubeClient, KubeOptions, spawn_refresher},
+    config::{self, FileConfig},
+    sampling::kubernetes::{self, KubeOptions},
 };
 use headroom_serving::{grpc::GrpcOptions, shutdown, telemetry};
 
@@ -22,9 +22,9 @@ struct Cli {
     /// TOML configuration file; flags and environment override it.
     #[arg(long, env = "HEADROOM_AGENT_CONFIG")]
     config: Option<PathBuf>,
-    /// gRPC listen address [default: 127.0.0.1:50051].
-    #[arg(long, env = "HEADROOM_LISTEN")]
-    listen: Option<SocketAddr>,
+    /// gRPC listen address.
+    #[arg(long, env = "HEADROOM_LISTEN", default_value = config::DEFAULT_LISTEN)]
+    listen: SocketAddr,
     /// Targets as service=kind:value, kind one of pid, name, cmd (a regular
     /// expression over the command line), cgroup (repeatable; comma-separated
     /// in the environment).
@@ -33,15 +33,20 @@ struct Cli {
     /// Host name the samples carry [default: the machine's].
     #[arg(long, env = "HEADROOM_HOST")]
     host: Option<String>,
-    /// Sampling interval [default: 1s].
-    #[arg(long, env = "HEADROOM_INTERVAL")]
-    interval: Option<String>,
-    /// Discover containers under the cgroup root [default: true].
-    #[arg(long, env = "HEADROOM_DISCOVERY")]
-    discovery: Option<bool>,
-    /// cgroup v2 root that discovery walks [default: /sys/fs/cgroup].
-    #[arg(long, env = "HEADROOM_DISCOVERY_ROOT")]
-    discovery_root: Option<PathBuf>,
+    /// Sampling interval.
+    #[arg(long, env = "HEADROOM_INTERVAL", default_value = config::DEFAULT_INTERVAL)]
+    interval: String,
+    /// Discover containers under the cgroup root.
+    #[arg(
+        long,
+        env = "HEADROOM_DISCOVERY",
+        default_value_t = config::DEFAULT_DISCOVERY,
+        action = clap::ArgAction::Set
+    )]
+    discovery: bool,
+    /// cgroup v2 root that discovery walks.
+    #[arg(long, env = "HEADROOM_DISCOVERY_ROOT", default_value = config::DEFAULT_DISCOVERY_ROOT)]
+    discovery_root: PathBuf,
     /// Discovery pattern over cgroup paths relative to the root, with a
     /// (?P<service>…) group naming the service (repeatable) [default: Docker
     /// and Kubernetes containers, named by their 12-digit id].
@@ -51,9 +56,9 @@ struct Cli {
         value_delimiter = ','
     )]
     discovery_patterns: Vec<String>,
-    /// How often discovery rescans [default: 10s].
-    #[arg(long, env = "HEADROOM_DISCOVERY_EVERY")]
-    discovery_every: Option<String>,
+    /// How often discovery rescans.
+    #[arg(long, env = "HEADROOM_DISCOVERY_EVERY", default_value = config::DEFAULT_DISCOVERY_EVERY)]
+    discovery_every: String,
     #[command(flatten)]
     kube: KubeOptions,
     /// Start a task with these services when the agent starts.
@@ -62,29 +67,27 @@ struct Cli {
     /// Id of the task started with --task-services [default: generated].
     #[arg(long, env = "HEADROOM_TASK_ID")]
     task_id: Option<String>,
-    /// Kafka bootstrap servers [default: 127.0.0.1:9092].
-    #[arg(long, env = "HEADROOM_KAFKA_BROKERS")]
-    brokers: Option<String>,
-    /// Usage topic [default: headroom-usage].
-    #[arg(long, env = "HEADROOM_TOPIC")]
-    topic: Option<String>,
-    /// Partitions when the agent creates the topic [default: 8].
-    #[arg(long, env = "HEADROOM_TOPIC_PARTITIONS")]
-    partitions: Option<i32>,
-    /// Records held in memory before spilling to the spool [default: 10000].
-    #[arg(long, env = "HEADROOM_BUFFER_RECORDS")]
-    buffer_records: Option<usize>,
-    /// Spool directory for records the broker cannot take
-    /// [default: /var/lib/headroom/spool].
-    #[arg(long, env = "HEADROOM_SPOOL_DIR")]
-    spool_dir: Option<PathBuf>,
-    /// Spool bound in bytes; past it records are dropped and counted
-    /// [default: 268435456].
-    #[arg(long, env = "HEADROOM_SPOOL_BYTES")]
-    spool_bytes: Option<u64>,
-    /// How long one delivery may take before it counts as failed [default: 10s].
-    #[arg(long, env = "HEADROOM_DELIVERY_TIMEOUT")]
-    delivery_timeout: Option<String>,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "HEADROOM_KAFKA_BROKERS", default_value = config::DEFAULT_BROKERS)]
+    brokers: String,
+    /// Usage topic.
+    #[arg(long, env = "HEADROOM_TOPIC", default_value = config::DEFAULT_TOPIC)]
+    topic: String,
+    /// Partitions when the agent creates the topic.
+    #[arg(long, env = "HEADROOM_TOPIC_PARTITIONS", default_value_t = config::DEFAULT_PARTITIONS)]
+    partitions: i32,
+    /// Records held in memory before spilling to the spool.
+    #[arg(long, env = "HEADROOM_BUFFER_RECORDS", default_value_t = config::DEFAULT_BUFFER_RECORDS)]
+    buffer_records: usize,
+    /// Spool directory for records the broker cannot take.
+    #[arg(long, env = "HEADROOM_SPOOL_DIR", default_value = config::DEFAULT_SPOOL_DIR)]
+    spool_dir: PathBuf,
+    /// Spool bound in bytes; past it records are dropped and counted.
+    #[arg(long, env = "HEADROOM_SPOOL_BYTES", default_value_t = config::DEFAULT_SPOOL_BYTES)]
+    spool_bytes: u64,
+    /// How long one delivery may take before it counts as failed.
+    #[arg(long, env = "HEADROOM_DELIVERY_TIMEOUT", default_value = config::DEFAULT_DELIVERY_TIMEOUT)]
+    delivery_timeout: String,
     /// Extra librdkafka settings as key=value (security.protocol, sasl.*, ssl.*).
     #[arg(
         long = "kafka-option",
@@ -101,28 +104,30 @@ struct Cli {
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     telemetry::init(cli.log_format);
-    if let Err(e) = run(cli).await {
+    if let Err(e) = run(cli, &matches).await {
         eprintln!("headroom-agent: {e:#}");
         std::process::exit(1);
     }
 }
 
-/// A duration from the flag, else the file, else the default.
-fn duration_of(
-    setting: &str,
-    flag: Option<String>,
-    file: Option<String>,
-    default: Duration,
-) -> anyhow::Result<Duration> {
-    match flag.or(file) {
-        Some(text) => headroom_agent::config::duration(setting, &text).map_err(|e| anyhow!(e)),
-        None => Ok(default),
+/// The option's value when a flag or the environment gave it, else the
+/// file's, else the option's default: what `--help` shows.
+fn pick<T>(matches: &ArgMatches, id: &str, option: T, file: Option<T>) -> T {
+    match matches.value_source(id) {
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable) => option,
+        _ => file.unwrap_or(option),
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// A duration setting, named in the error.
+fn duration(setting: &str, text: String) -> anyhow::Result<Duration> {
+    config::duration(setting, &text).map_err(|e| anyhow!(e))
+}
+
+async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
     let file = match &cli.config {
         Some(path) => FileConfig::load(path).map_err(|e| anyhow!(e))?,
         None => FileConfig::default(),
@@ -153,27 +158,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .or(file.host)
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| sysinfo::System::host_name().unwrap_or_else(|| "localhost".into()));
-    let discovery = if cli.discovery.or(file.discovery.enabled).unwrap_or(true) {
-        let root = cli
-            .discovery_root
-            .or(file.discovery.root)
-            .unwrap_or_else(|| "/sys/fs/cgroup".into());
+    let discovery = if pick(matches, "discovery", cli.discovery, file.discovery.enabled) {
+        let root = pick(
+            matches,
+            "discovery_root",
+            cli.discovery_root,
+            file.discovery.root,
+        );
         let patterns = if cli.discovery_patterns.is_empty() {
             file.discovery.patterns
         } else {
             cli.discovery_patterns
         };
-        let every = duration_of(
+        let every = duration(
             "discovery interval",
-            cli.discovery_every,
-            file.discovery.every,
-            Duration::from_secs(10),
+            pick(
+                matches,
+                "discovery_every",
+                cli.discovery_every,
+                file.discovery.every,
+            ),
         )?;
         let mut discovery = Discovery::new(root, &patterns)?;
         if cli.kube.enabled {
-            let client = KubeClient::new(&cli.kube)?;
-            tracing::info!(?client, "kubernetes discovery");
-            discovery = discovery.with_kubernetes(spawn_refresher(client, every));
+            discovery = discovery.with_kubernetes(kubernetes::watch_pods(&cli.kube).await?);
         }
         Some((discovery, every))
     } else {
@@ -184,51 +192,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     } else {
         Some((cli.task_id.unwrap_or_default(), cli.task_services))
     };
-    let listen = cli
-        .listen
-        .or(file.listen)
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051)));
+    let listen = pick(matches, "listen", cli.listen, file.listen);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("while binding {listen}"))?;
     let config = AgentConfig {
         host,
-        interval: duration_of(
+        interval: duration(
             "interval",
-            cli.interval,
-            file.interval,
-            Duration::from_secs(1),
+            pick(matches, "interval", cli.interval, file.interval),
         )?,
         targets,
         discovery,
         task,
         publisher: PublisherOptions {
-            brokers: cli
-                .brokers
-                .or(file.kafka.brokers)
-                .unwrap_or_else(|| "127.0.0.1:9092".into()),
-            topic: cli
-                .topic
-                .or(file.kafka.topic)
-                .unwrap_or_else(|| "headroom-usage".into()),
-            partitions: cli.partitions.or(file.kafka.partitions).unwrap_or(8),
-            buffer_records: cli
-                .buffer_records
-                .or(file.spool.buffer_records)
-                .unwrap_or(10_000),
-            spool_dir: cli
-                .spool_dir
-                .or(file.spool.dir)
-                .unwrap_or_else(|| "/var/lib/headroom/spool".into()),
-            spool_bytes: cli
-                .spool_bytes
-                .or(file.spool.bytes)
-                .unwrap_or(256 * 1024 * 1024),
-            delivery_timeout: duration_of(
+            brokers: pick(matches, "brokers", cli.brokers, file.kafka.brokers),
+            topic: pick(matches, "topic", cli.topic, file.kafka.topic),
+            partitions: pick(matches, "partitions", cli.partitions, file.kafka.partitions),
+            buffer_records: pick(
+                matches,
+                "buffer_records",
+                cli.buffer_records,
+                file.spool.buffer_records,
+            ),
+            spool_dir: pick(matches, "spool_dir", cli.spool_dir, file.spool.dir),
+            spool_bytes: pick(matches, "spool_bytes", cli.spool_bytes, file.spool.bytes),
+            delivery_timeout: duration(
                 "delivery timeout",
-                cli.delivery_timeout,
-                file.kafka.delivery_timeout,
-                Duration::from_secs(10),
+                pick(
+                    matches,
+                    "delivery_timeout",
+                    cli.delivery_timeout,
+                    file.kafka.delivery_timeout,
+                ),
             )?,
             kafka_options,
         },
@@ -236,4 +232,66 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     headroom_agent::run(listener, shutdown::on_signals(), config).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every option merged with the file: given on the command line it
+    /// wins, left out the file's value does; a misspelt id would panic.
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        // The environment of the test run does not count.
+        let command = || Cli::command().mut_args(|a| a.env(None::<&str>));
+        let given = command().get_matches_from([
+            "headroom-agent",
+            "--listen",
+            "127.0.0.1:1",
+            "--interval",
+            "2s",
+            "--discovery",
+            "false",
+            "--discovery-root",
+            "/r",
+            "--discovery-every",
+            "3s",
+            "--brokers",
+            "b:1",
+            "--topic",
+            "t",
+            "--partitions",
+            "3",
+            "--buffer-records",
+            "4",
+            "--spool-dir",
+            "/s",
+            "--spool-bytes",
+            "5",
+            "--delivery-timeout",
+            "6s",
+        ]);
+        let defaults = command().get_matches_from(["headroom-agent"]);
+        for id in [
+            "listen",
+            "interval",
+            "discovery",
+            "discovery_root",
+            "discovery_every",
+            "brokers",
+            "topic",
+            "partitions",
+            "buffer_records",
+            "spool_dir",
+            "spool_bytes",
+            "delivery_timeout",
+        ] {
+            assert_eq!(pick(&given, id, "flag", Some("file")), "flag", "{id}");
+            assert_eq!(pick(&defaults, id, "default", Some("file")), "file", "{id}");
+            assert_eq!(pick(&defaults, id, "default", None), "default", "{id}");
+        }
+        let cli = Cli::from_arg_matches(&defaults).unwrap();
+        assert_eq!(cli.listen.to_string(), config::DEFAULT_LISTEN);
+        assert_eq!(cli.spool_bytes, config::DEFAULT_SPOOL_BYTES);
+    }
 }

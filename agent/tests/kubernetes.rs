@@ -1,53 +1,120 @@
 //! Kubernetes discovery against an HTTP endpoint answering as the API
-//! server does: the request names this node and the label and carries the
-//! service account's token; the answer's labelled containers are found in
-//! a cgroup tree under their label's value. (No Kubernetes cluster runs on
-//! these machines; the pod list is one a kubelet-managed node returns.)
+//! server does: the watch names this node and the label and carries the
+//! service account's token; the listed pods and those the watch then adds
+//! are found in a cgroup tree under their label's value; a refused watch
+//! keeps the pods last seen and says why, without the token. (No
+//! Kubernetes cluster runs on these machines; the pods are as a
+//! kubelet-managed node's API server returns them.)
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::TcpListener,
-    sync::Arc,
+    net::{TcpListener, TcpStream},
+    sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use headroom_agent::{
     Discovery,
-    sampling::kubernetes::{DEFAULT_LABEL, KubeClient, KubeNames, KubeOptions},
+    sampling::kubernetes::{DEFAULT_LABEL, KubeNames, KubeOptions, watch_pods},
 };
+use headroom_testkit as kit;
 
 const ID: &str = "4f1c2b3a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a";
+const TOKEN: &str = "s3cr3t-token";
 
-/// Serves one request with `status` and `body`; returns the request line
-/// and headers it received.
-fn serve_once(
-    status: &'static str,
-    body: String,
-) -> (String, std::thread::JoinHandle<Vec<String>>) {
+/// One pod labelled `service`, with one container per `(name, id)`.
+fn pod(name: &str, service: &str, containers: &[(&str, &str)]) -> String {
+    let statuses: Vec<String> = containers
+        .iter()
+        .map(|(c, id)| {
+            format!(
+                r#"{{"name":"{c}","image":"i","imageID":"","ready":true,"restartCount":0,"containerID":"containerd://{id}"}}"#
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"apps","resourceVersion":"8","labels":{{"{DEFAULT_LABEL}":"{service}"}}}},"status":{{"containerStatuses":[{}]}}}}"#,
+        statuses.join(",")
+    )
+}
+
+/// What the fake API server saw, and whether it refuses from now on.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Request line and headers of every request.
+    requests: Vec<Vec<String>>,
+    refuse: bool,
+}
+
+/// An API server answering a pod list with `listed` and a watch with one
+/// ADDED event per `added`, holding the watch open until told to refuse.
+fn fake_api(listed: Vec<String>, added: Vec<String>) -> (String, Arc<Mutex<Seen>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let handle = std::thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut head = Vec::new();
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            let line = line.trim_end().to_string();
-            if line.is_empty() {
-                break;
-            }
-            head.push(line);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let shared = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (seen, listed, added) = (shared.clone(), listed.clone(), added.clone());
+            std::thread::spawn(move || answer(stream, &seen, &listed, &added));
         }
-        let mut stream = stream;
-        write!(
-            stream,
-            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        head
     });
-    (url, handle)
+    (url, seen)
+}
+
+fn answer(mut stream: TcpStream, seen: &Mutex<Seen>, listed: &[String], added: &[String]) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let line = line.trim_end().to_string();
+        if line.is_empty() {
+            break;
+        }
+        head.push(line);
+    }
+    let watch = head[0].contains("watch=true");
+    let refuse = {
+        let mut seen = seen.lock().unwrap();
+        seen.requests.push(head);
+        seen.refuse
+    };
+    if refuse {
+        let body = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"pods is forbidden","reason":"Forbidden","code":403}"#;
+        let _ = write!(
+            stream,
+            "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        return;
+    }
+    if !watch {
+        let body = format!(
+            r#"{{"kind":"PodList","apiVersion":"v1","metadata":{{"resourceVersion":"7"}},"items":[{}]}}"#,
+            listed.join(",")
+        );
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        return;
+    }
+    // A watch streams events until the connection closes.
+    let _ = write!(
+        stream,
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n"
+    );
+    for pod in added {
+        let _ = writeln!(stream, r#"{{"type":"ADDED","object":{pod}}}"#);
+    }
+    let _ = stream.flush();
+    while !seen.lock().unwrap().refuse {
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn options(api: String, token_file: std::path::PathBuf) -> KubeOptions {
@@ -61,71 +128,119 @@ fn options(api: String, token_file: std::path::PathBuf) -> KubeOptions {
     }
 }
 
-#[test]
-fn labelled_pods_on_this_node_become_services() {
-    let dir = std::env::temp_dir().join(format!("headroom-kube-it-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token = dir.join("token");
-    std::fs::write(&token, "s3cr3t-token\n").unwrap();
-    let body = format!(
-        r#"{{"kind":"PodList","items":[
-          {{"metadata":{{"name":"cruncher-1","labels":{{"{DEFAULT_LABEL}":"cruncher"}}}},
-            "status":{{"containerStatuses":[{{"name":"cruncher","containerID":"containerd://{ID}"}}]}}}}]}}"#
-    );
-    let (api, server) = serve_once("200 OK", body);
-    let client = KubeClient::new(&options(api, token.clone())).unwrap();
-    assert!(
-        !format!("{client:?}").contains("s3cr3t"),
-        "the token is never printed"
-    );
-    let names = client.names().unwrap();
-    let head = server.join().unwrap();
-    assert!(
-        head[0].starts_with(
-            "GET /api/v1/pods?fieldSelector=spec.nodeName%3Dnode-1&labelSelector=headroom.dev%2Fservice "
-        ),
-        "{head:?}"
-    );
-    assert!(
-        head.iter()
-            .any(|h| h.eq_ignore_ascii_case("authorization: Bearer s3cr3t-token")),
-        "{head:?}"
-    );
+/// Waits until `names` counts `n` failed watch requests.
+async fn failures(names: &KubeNames, n: u64) -> anyhow::Result<()> {
+    kit::eventually(
+        "a failed watch request",
+        Duration::from_secs(30),
+        || async { (names.failures() >= n).then_some(()) },
+    )
+    .await
+}
 
+#[tokio::test]
+async fn labelled_pods_on_this_node_become_services_and_survive_a_failing_watch()
+-> anyhow::Result<()> {
+    kit::init_logs();
+    let dir = std::env::temp_dir().join(kit::unique_name("headroom-kube-it"));
+    std::fs::create_dir_all(&dir)?;
+    let token = dir.join("token");
+    std::fs::write(&token, TOKEN)?;
+    let cache_id = "aaaaaaaaaaaabbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    let proxy_id = "ccccccccccccdddddddddddddddddddddddddddddddddddddddddddddddddddd";
+    let (api, seen) = fake_api(
+        vec![pod("cruncher-1", "cruncher", &[("cruncher", ID)])],
+        vec![pod(
+            "cache-1",
+            "cache",
+            &[("cache", cache_id), ("proxy", proxy_id)],
+        )],
+    );
+    let names = watch_pods(&options(api, token.clone())).await?;
+    assert!(!format!("{names:?}").contains("s3cr3t"));
+
+    // The listed pod, then the one the watch added.
+    let current = kit::eventually(
+        "the listed and the watched pods",
+        Duration::from_secs(30),
+        || async {
+            let current = names.current();
+            (current.len() == 3).then_some(current)
+        },
+    )
+    .await?;
+    assert_eq!(current.service_of(&ID[..12]), Some("cruncher"));
+    assert_eq!(current.service_of(&proxy_id[..12]), Some("cache-proxy"));
+    {
+        let seen = seen.lock().unwrap();
+        let list = &seen.requests[0][0];
+        assert!(list.starts_with("GET /api/v1/pods?"), "{list}");
+        assert!(
+            list.contains("fieldSelector=spec.nodeName%3Dnode-1"),
+            "{list}"
+        );
+        assert!(
+            list.contains("labelSelector=headroom.dev%2Fservice"),
+            "{list}"
+        );
+        assert!(seen.requests.iter().any(|r| r[0].contains("watch=true")));
+        for request in &seen.requests {
+            assert!(
+                request
+                    .iter()
+                    .any(|h| h.eq_ignore_ascii_case(&format!("authorization: Bearer {TOKEN}"))),
+                "{request:?}"
+            );
+        }
+    }
+
+    // Discovery reads the watched pods at its scan.
     let cgroups = dir.join("cgroup");
     let container = cgroups.join(format!(
         "kubepods.slice/kubepods-pod1.slice/cri-containerd-{ID}.scope"
     ));
-    std::fs::create_dir_all(&container).unwrap();
+    std::fs::create_dir_all(&container)?;
     std::fs::create_dir_all(cgroups.join(format!(
         "kubepods.slice/kubepods-pod2.slice/cri-containerd-{}.scope",
         ID.replace('4', "5")
-    )))
-    .unwrap();
-    let found = Discovery::new(&cgroups, &[])
-        .unwrap()
-        .with_kubernetes(Arc::new(KubeNames::fixed(names)))
+    )))?;
+    let found = Discovery::new(&cgroups, &[])?
+        .with_kubernetes(names.clone())
         .scan();
-    std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found["cruncher"], container);
+
+    // The API server now refuses: the watch fails, the pods stay.
+    assert_eq!(names.failures(), 0);
+    seen.lock().unwrap().refuse = true;
+    failures(&names, 1).await?;
+    assert_eq!(names.current(), current, "the last pods seen are kept");
+    let found = Discovery::new(&cgroups, &[])?
+        .with_kubernetes(names.clone())
+        .scan();
+    assert_eq!(found.len(), 1, "{found:?}");
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
 }
 
-#[test]
-fn a_refused_listing_is_a_clear_error_without_the_token() {
-    let dir = std::env::temp_dir().join(format!("headroom-kube-it2-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+#[tokio::test]
+async fn a_refused_watch_is_a_clear_error_without_the_token() -> anyhow::Result<()> {
+    kit::init_logs();
+    let dir = std::env::temp_dir().join(kit::unique_name("headroom-kube-it2"));
+    std::fs::create_dir_all(&dir)?;
     let token = dir.join("token");
-    std::fs::write(&token, "s3cr3t-token").unwrap();
-    let (api, server) = serve_once(
-        "403 Forbidden",
-        r#"{"kind":"Status","message":"pods is forbidden"}"#.into(),
+    std::fs::write(&token, TOKEN)?;
+    let (api, seen) = fake_api(vec![pod("cruncher-1", "cruncher", &[("c", ID)])], vec![]);
+    seen.lock().unwrap().refuse = true;
+    let names = watch_pods(&options(api, token)).await?;
+    failures(&names, 1).await?;
+    std::fs::remove_dir_all(&dir)?;
+    assert!(
+        names.current().is_empty(),
+        "nothing listed, nothing watched"
     );
-    let client = KubeClient::new(&options(api, token)).unwrap();
-    let e = client.names().unwrap_err().to_string();
-    server.join().unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
-    assert!(e.contains("403"), "{e}");
-    assert!(e.contains("/api/v1/pods"), "{e}");
+    let e = names.last_failure().unwrap_or_default();
+    assert!(e.contains("forbidden"), "{e}");
     assert!(!e.contains("s3cr3t"), "{e}");
+    Ok(())
 }

@@ -11,7 +11,7 @@ use std::{
     sync::Arc,
 };
 
-use super::kubernetes::KubeNames;
+use super::kubernetes::{ContainerNames, KubeNames};
 
 use regex::Regex;
 
@@ -84,7 +84,7 @@ impl Discovery {
     }
 
     /// Keeps only the containers `names` knows (the node's labelled pods),
-    /// named as it says.
+    /// named as it says; `names` is read once per scan.
     pub fn with_kubernetes(mut self, names: Arc<KubeNames>) -> Self {
         self.kube = Some(names);
         self
@@ -111,11 +111,18 @@ impl Discovery {
     /// Unreadable directories are skipped: discovery sees what it can.
     pub fn scan(&self) -> BTreeMap<String, PathBuf> {
         let mut found = BTreeMap::new();
-        self.walk(&self.root, 0, &mut found);
+        let kube = self.kube.as_ref().map(|k| k.current());
+        self.walk(&self.root, 0, kube.as_ref(), &mut found);
         found
     }
 
-    fn walk(&self, dir: &Path, depth: usize, found: &mut BTreeMap<String, PathBuf>) {
+    fn walk(
+        &self,
+        dir: &Path,
+        depth: usize,
+        kube: Option<&ContainerNames>,
+        found: &mut BTreeMap<String, PathBuf>,
+    ) {
         if depth >= MAX_DEPTH {
             return;
         }
@@ -134,16 +141,18 @@ impl Discovery {
             };
             match self.name_of(&relative.to_string_lossy()) {
                 Some(captured) => {
-                    let service = match &self.kube {
+                    let service = match kube {
                         // The pattern captured the container id.
-                        Some(kube) => kube.service_of(captured.trim_start_matches("docker-")),
+                        Some(kube) => kube
+                            .service_of(captured.trim_start_matches("docker-"))
+                            .map(str::to_string),
                         None => Some(captured),
                     };
                     if let Some(service) = service {
                         found.entry(service).or_insert(path);
                     }
                 }
-                None => self.walk(&path, depth + 1, found),
+                None => self.walk(&path, depth + 1, kube, found),
             }
         }
     }
@@ -225,16 +234,17 @@ mod tests {
         for dir in [&labelled, &unlabelled] {
             std::fs::create_dir_all(dir).unwrap();
         }
-        let names = Arc::new(KubeNames::fixed(
-            [(ID.to_string(), "cruncher".to_string())].into(),
-        ));
+        let names = Arc::new(KubeNames::fixed(std::collections::HashMap::from([(
+            ID.to_string(),
+            "cruncher".to_string(),
+        )])));
         let found = Discovery::new(&root, &[])
             .unwrap()
             .with_kubernetes(names)
             .scan();
         let before_listing = Discovery::new(&root, &[])
             .unwrap()
-            .with_kubernetes(Arc::new(KubeNames::default()))
+            .with_kubernetes(Arc::new(KubeNames::fixed(ContainerNames::default())))
             .scan();
         std::fs::remove_dir_all(&root).unwrap();
         assert_eq!(found.len(), 1, "{found:?}");

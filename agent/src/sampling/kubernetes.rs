@@ -1,21 +1,30 @@
 //! Kubernetes discovery: which containers on this node belong to pods
 //! carrying the service label (`headroom.dev/service` by default), and the
-//! service name each gets (the label's value). The agent asks the API server
-//! for the node's labelled pods every rescan, with the pod's service
-//! account, and [`Discovery`](super::Discovery) keeps only the cgroups of
-//! those containers, named after the label.
+//! service name each gets (the label's value). The agent watches the node's
+//! labelled pods through the API server (a kube-rs reflector), and
+//! [`Discovery`](super::Discovery) reads the watched pods at every rescan,
+//! keeping only the cgroups of their containers, named after the label.
 //!
 //! A pod with one container records it as the label's value; a pod with
 //! several records each as `value-container`, so sidecars stay apart.
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    path::PathBuf,
-    sync::{Arc, RwLock},
-    time::Duration,
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
-use serde::Deserialize;
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client,
+    runtime::{WatchStreamExt as _, reflector, watcher},
+};
+use rustls_pki_types::{CertificateDer, pem::PemObject as _};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// The label naming a pod's service by default.
 pub const DEFAULT_LABEL: &str = "headroom.dev/service";
@@ -35,229 +44,91 @@ pub struct KubeOptions {
     /// This node's name (the Downward API's `spec.nodeName`).
     #[arg(long = "kube-node", env = "NODE_NAME")]
     pub node: Option<String>,
-    /// API server URL [default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT].
+    /// API server URL [default: in a pod, https://$KUBERNETES_SERVICE_HOST:
+    /// $KUBERNETES_SERVICE_PORT; else the kubeconfig's cluster].
     #[arg(long = "kube-api", env = "HEADROOM_KUBE_API")]
     pub api: Option<String>,
-    /// Bearer token file [default: the pod's service-account token].
+    /// Bearer token file, re-read as it rotates [default: the pod's
+    /// service-account token].
     #[arg(long = "kube-token-file", env = "HEADROOM_KUBE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// CA bundle for the API server [default: the service account's ca.crt].
+    /// CA bundle for the API server, re-read as it rotates [default: the
+    /// service account's ca.crt].
     #[arg(long = "kube-ca-file", env = "HEADROOM_KUBE_CA_FILE")]
     pub ca_file: Option<PathBuf>,
 }
 
-/// Why the pods could not be listed.
+/// Why the pods cannot be watched.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
     /// The configuration is incomplete.
     #[error("kubernetes discovery: {0}")]
     Config(String),
-    /// The request failed (connection, TLS, status).
-    #[error("kubernetes API {url}: {reason}")]
-    Request {
-        /// What was asked, without credentials.
-        url: String,
-        /// What went wrong.
-        reason: String,
-    },
+    /// No client could be built from the configuration.
+    #[error("kubernetes client: {0}")]
+    Client(#[from] kube::Error),
 }
 
-/// A client listing this node's labelled pods.
-pub struct KubeClient {
-    agent: ureq::Agent,
-    url: String,
-    token: Option<String>,
-    label: String,
-}
+/// Service names by container id (the runtime's id without its
+/// `containerd://` prefix, lower case), from one reading of the pods.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerNames(HashMap<String, String>);
 
-impl std::fmt::Debug for KubeClient {
-    // The token is a secret: never printed.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeClient")
-            .field("url", &self.url)
-            .field("label", &self.label)
-            .finish_non_exhaustive()
-    }
-}
-
-impl KubeClient {
-    /// A client from `options`, reading the token and CA files.
-    pub fn new(options: &KubeOptions) -> Result<Self, KubeError> {
-        let node = options
-            .node
-            .clone()
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| {
-                KubeError::Config("the node name is unknown: set --kube-node or NODE_NAME".into())
-            })?;
-        let api = match &options.api {
-            Some(api) => api.trim_end_matches('/').to_string(),
-            None => {
-                let host = std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| {
-                    KubeError::Config(
-                        "not in a pod (KUBERNETES_SERVICE_HOST unset): set --kube-api".into(),
-                    )
-                })?;
-                let port =
-                    std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
-                let host = if host.contains(':') {
-                    format!("[{host}]")
-                } else {
-                    host
-                };
-                format!("https://{host}:{port}")
-            }
-        };
-        let read = |path: &PathBuf, what: &str| {
-            std::fs::read(path).map_err(|e| {
-                KubeError::Config(format!("cannot read the {what} {}: {e}", path.display()))
+impl ContainerNames {
+    /// The service a container of `id` belongs to. `id` may be the full id
+    /// or a prefix of at least 12 characters (what cgroup patterns capture).
+    pub fn service_of(&self, id: &str) -> Option<&str> {
+        if id.len() < 12 {
+            return None;
+        }
+        self.0
+            .get(id)
+            .or_else(|| {
+                self.0
+                    .iter()
+                    .find(|(full, _)| full.starts_with(id))
+                    .map(|(_, s)| s)
             })
-        };
-        let token_file = options
-            .token_file
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(ACCOUNT).join("token"));
-        // Outside a pod (tests, a local API proxy) there may be no token.
-        let token = match read(&token_file, "token file") {
-            Ok(t) => Some(String::from_utf8_lossy(&t).trim().to_string()),
-            Err(e) if options.token_file.is_some() => return Err(e),
-            Err(_) => None,
-        };
-        let mut tls = ureq::tls::TlsConfig::builder();
-        if api.starts_with("https://") {
-            let ca_file = options
-                .ca_file
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(ACCOUNT).join("ca.crt"));
-            let pem = read(&ca_file, "CA file")?;
-            let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
-                .filter_map(|item| match item {
-                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                    _ => None,
-                })
-                .collect();
-            if certs.is_empty() {
-                return Err(KubeError::Config(format!(
-                    "no certificate in the CA file {}",
-                    ca_file.display()
-                )));
-            }
-            tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs)));
-        }
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .tls_config(tls.build())
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
-        let url = format!(
-            "{api}/api/v1/pods?fieldSelector=spec.nodeName%3D{}&labelSelector={}",
-            encode(&node),
-            encode(&options.label)
-        );
-        Ok(Self {
-            agent,
-            url,
-            token,
-            label: options.label.clone(),
-        })
+            .map(String::as_str)
     }
 
-    /// Service names by container id (the runtime's id without its
-    /// `containerd://` prefix), for this node's labelled, running pods.
-    pub fn names(&self) -> Result<HashMap<String, String>, KubeError> {
-        let fail = |reason: String| KubeError::Request {
-            url: self.url.clone(),
-            reason,
-        };
-        let mut request = self
-            .agent
-            .get(&self.url)
-            .header("accept", "application/json");
-        if let Some(token) = &self.token {
-            request = request.header("authorization", &format!("Bearer {token}"));
-        }
-        let mut response = request.call().map_err(|e| fail(e.to_string()))?;
-        let pods: PodList = response
-            .body_mut()
-            .with_config()
-            .limit(64 << 20)
-            .read_json()
-            .map_err(|e| fail(format!("unreadable pod list: {e}")))?;
-        Ok(service_names(&pods, &self.label))
+    /// How many containers are named.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no container is named.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
-/// Percent-encodes a query value.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+impl From<HashMap<String, String>> for ContainerNames {
+    fn from(names: HashMap<String, String>) -> Self {
+        Self(names)
+    }
 }
 
-/// The part of a `PodList` discovery reads.
-#[derive(Debug, Default, Deserialize)]
-pub struct PodList {
-    /// The pods.
-    #[serde(default)]
-    pub items: Vec<Pod>,
-}
-
-/// One pod.
-#[derive(Debug, Default, Deserialize)]
-pub struct Pod {
-    /// Name and labels.
-    #[serde(default)]
-    pub metadata: PodMeta,
-    /// Containers and their runtime ids.
-    #[serde(default)]
-    pub status: PodStatus,
-}
-
-/// A pod's metadata.
-#[derive(Debug, Default, Deserialize)]
-pub struct PodMeta {
-    /// The pod's name.
-    #[serde(default)]
-    pub name: String,
-    /// Its labels.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-}
-
-/// A pod's status.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PodStatus {
-    /// One entry per (non-init) container.
-    #[serde(default)]
-    pub container_statuses: Vec<ContainerStatus>,
-}
-
-/// One container's status.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ContainerStatus {
-    /// The container's name in the pod spec.
-    pub name: String,
-    /// `runtime://id`; absent until the container was created.
-    #[serde(rename = "containerID", default)]
-    pub container_id: Option<String>,
-}
-
-/// Service names by container id for the pods carrying `label`.
-pub fn service_names(pods: &PodList, label: &str) -> HashMap<String, String> {
+/// Service names by container id for the `pods` carrying `label`.
+pub fn service_names<'a>(pods: impl IntoIterator<Item = &'a Pod>, label: &str) -> ContainerNames {
     let mut names = HashMap::new();
-    for pod in &pods.items {
-        let Some(service) = pod.metadata.labels.get(label).filter(|v| !v.is_empty()) else {
+    for pod in pods {
+        let Some(service) = pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(label))
+            .filter(|v| !v.is_empty())
+        else {
             continue;
         };
-        let several = pod.status.container_statuses.len() > 1;
-        for c in &pod.status.container_statuses {
+        let statuses = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_deref())
+            .unwrap_or_default();
+        let several = statuses.len() > 1;
+        for c in statuses {
             let Some(id) = c
                 .container_id
                 .as_deref()
@@ -274,109 +145,270 @@ pub fn service_names(pods: &PodList, label: &str) -> HashMap<String, String> {
             names.insert(id.to_ascii_lowercase(), name);
         }
     }
-    names
+    ContainerNames(names)
 }
 
-/// The names last listed, shared between the refresher and discovery.
-/// `None` until the first successful listing: discovery then watches none.
-#[derive(Debug, Default)]
+/// Where the names come from.
+enum Source {
+    /// Given once (tests, static setups).
+    Fixed(ContainerNames),
+    /// The node's labelled pods as the watch last saw them.
+    Watched {
+        pods: reflector::Store<Pod>,
+        label: String,
+    },
+}
+
+/// The pods discovery reads at every rescan. Dropping the last reference
+/// ends the watch.
 pub struct KubeNames {
-    names: RwLock<Option<HashMap<String, String>>>,
+    source: Source,
+    /// Failed watch requests, and the last one's reason (no credentials:
+    /// the token travels in a header kube-rs never prints).
+    failures: AtomicU64,
+    last_failure: Mutex<Option<String>>,
+    _stop: Option<DropGuard>,
+}
+
+impl std::fmt::Debug for KubeNames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let source = match &self.source {
+            Source::Fixed(_) => "fixed",
+            Source::Watched { .. } => "watched",
+        };
+        f.debug_struct("KubeNames")
+            .field("source", &source)
+            .field("failures", &self.failures())
+            .finish_non_exhaustive()
+    }
 }
 
 impl KubeNames {
     /// Names fixed to `names` (tests, static setups).
-    pub fn fixed(names: HashMap<String, String>) -> Self {
+    pub fn fixed(names: impl Into<ContainerNames>) -> Self {
+        Self::from_source(Source::Fixed(names.into()), None)
+    }
+
+    fn from_source(source: Source, stop: Option<DropGuard>) -> Self {
         Self {
-            names: RwLock::new(Some(names)),
+            source,
+            failures: AtomicU64::new(0),
+            last_failure: Mutex::new(None),
+            _stop: stop,
         }
     }
 
-    /// Replaces the names.
-    pub fn set(&self, names: HashMap<String, String>) {
-        if let Ok(mut n) = self.names.write() {
-            *n = Some(names);
+    /// The names as of now: empty until the watch has listed the pods once;
+    /// after a failure, those of the last pods seen.
+    pub fn current(&self) -> ContainerNames {
+        match &self.source {
+            Source::Fixed(names) => names.clone(),
+            Source::Watched { pods, label } => {
+                service_names(pods.state().iter().map(|p| p.as_ref()), label)
+            }
         }
     }
 
-    /// The service a container of `id` belongs to. `id` may be the full id
-    /// or a prefix of at least 12 characters (what cgroup patterns capture).
-    pub fn service_of(&self, id: &str) -> Option<String> {
-        if id.len() < 12 {
-            return None;
+    /// How many watch requests failed since the start.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Why the last failed watch request failed.
+    pub fn last_failure(&self) -> Option<String> {
+        self.last_failure.lock().ok()?.clone()
+    }
+
+    fn failed(&self, error: &watcher::Error) {
+        let reason = error.to_string();
+        tracing::warn!(error = %reason, "kubernetes pod watch failed; keeping the last pods");
+        metrics::counter!("headroom_agent_kube_watch_failures_total").increment(1);
+        if let Ok(mut last) = self.last_failure.lock() {
+            *last = Some(reason);
         }
-        let names = self.names.read().ok()?;
-        let names = names.as_ref()?;
-        names.get(id).cloned().or_else(|| {
-            names
-                .iter()
-                .find(|(full, _)| full.starts_with(id))
-                .map(|(_, s)| s.clone())
-        })
+        self.failures.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// Lists the pods every `every` on a thread of its own, updating the names;
-/// a failed listing keeps the last names and is logged.
-pub fn spawn_refresher(client: KubeClient, every: Duration) -> Arc<KubeNames> {
-    let names = Arc::new(KubeNames::default());
-    let shared = names.clone();
-    std::thread::Builder::new()
-        .name("kube-discovery".into())
-        .spawn(move || {
-            loop {
-                match client.names() {
-                    Ok(n) => {
-                        tracing::debug!(containers = n.len(), "kubernetes pods listed");
-                        shared.set(n);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "kubernetes pods not listed; keeping the last names"),
-                }
-                // Discovery holds the only other reference: once it is gone,
-                // so is the need to list.
-                if Arc::strong_count(&shared) == 1 {
-                    return;
-                }
-                std::thread::sleep(every);
+/// The client configuration `options` describe. Without `--kube-api`, the
+/// in-cluster configuration (or a kubeconfig, outside a pod); the token and
+/// CA files are given to kube-rs as files, which it re-reads as they rotate.
+pub async fn client_config(options: &KubeOptions) -> Result<kube::Config, KubeError> {
+    let mut config = match &options.api {
+        Some(api) => {
+            let uri = api
+                .parse()
+                .map_err(|e| KubeError::Config(format!("API server URL {api:?}: {e}")))?;
+            let mut config = kube::Config::new(uri);
+            // Outside a pod (tests, a local API proxy) there may be no token.
+            let account_token = Path::new(ACCOUNT).join("token");
+            if options.token_file.is_none() && account_token.exists() {
+                config.auth_info.token_file = Some(account_token.to_string_lossy().into_owned());
             }
-        })
-        .expect("spawning the kubernetes discovery thread");
-    names
+            if api.starts_with("https://") && options.ca_file.is_none() {
+                set_ca(&mut config, &Path::new(ACCOUNT).join("ca.crt"))?;
+            }
+            config
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            KubeError::Config(format!(
+                "not in a pod and no kubeconfig ({e}): set --kube-api"
+            ))
+        })?,
+    };
+    if let Some(token_file) = &options.token_file {
+        let token = std::fs::read_to_string(token_file).map_err(|e| {
+            KubeError::Config(format!(
+                "cannot read the token file {}: {e}",
+                token_file.display()
+            ))
+        })?;
+        // kube-rs sends the file as it is: a trailing newline would make
+        // every request unauthorized, so it is refused here, by name.
+        if token.trim() != token || token.is_empty() {
+            return Err(KubeError::Config(format!(
+                "the token file {} is empty or has surrounding whitespace \
+                 (a trailing newline?): write the token alone",
+                token_file.display()
+            )));
+        }
+        config.auth_info.token = None;
+        config.auth_info.token_file = Some(token_file.to_string_lossy().into_owned());
+    }
+    if let Some(ca_file) = &options.ca_file {
+        set_ca(&mut config, ca_file)?;
+    }
+    Ok(config)
+}
+
+/// Trusts the certificates of `ca_file`, which kube-rs re-reads as it rotates.
+fn set_ca(config: &mut kube::Config, ca_file: &Path) -> Result<(), KubeError> {
+    let pem = std::fs::read(ca_file).map_err(|e| {
+        KubeError::Config(format!(
+            "cannot read the CA file {}: {e}",
+            ca_file.display()
+        ))
+    })?;
+    let certs: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(&pem)
+        .filter_map(Result::ok)
+        .map(|c| c.to_vec())
+        .collect();
+    if certs.is_empty() {
+        return Err(KubeError::Config(format!(
+            "no certificate in the CA file {}",
+            ca_file.display()
+        )));
+    }
+    config.root_cert = Some(certs);
+    config.root_cert_file = Some(ca_file.to_path_buf());
+    Ok(())
+}
+
+/// Starts watching this node's pods carrying the label, on a task of its
+/// own; the names follow every change the API server reports. A failing
+/// watch is retried with backoff and keeps the last pods seen.
+pub async fn watch_pods(options: &KubeOptions) -> Result<Arc<KubeNames>, KubeError> {
+    let node = options
+        .node
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            KubeError::Config("the node name is unknown: set --kube-node or NODE_NAME".into())
+        })?;
+    let config = client_config(options).await?;
+    tracing::info!(
+        api = %config.cluster_url,
+        node = %node,
+        label = %options.label,
+        "kubernetes discovery"
+    );
+    let client = Client::try_from(config)?;
+    let selection = watcher::Config::default()
+        .fields(&format!("spec.nodeName={node}"))
+        .labels(&options.label);
+    let (pods, writer) = reflector::store();
+    let stop = CancellationToken::new();
+    let names = Arc::new(KubeNames::from_source(
+        Source::Watched {
+            pods,
+            label: options.label.clone(),
+        },
+        Some(stop.clone().drop_guard()),
+    ));
+    // The task holds no strong reference: dropping discovery ends it.
+    let watched = Arc::downgrade(&names);
+    let events = watcher(Api::<Pod>::all(client), selection)
+        .default_backoff()
+        .reflect(writer);
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(events);
+        loop {
+            let event = tokio::select! {
+                _ = stop.cancelled() => return,
+                event = events.next() => event,
+            };
+            let Some(event) = event else { return };
+            let Some(names) = watched.upgrade() else {
+                return;
+            };
+            match event {
+                Ok(watcher::Event::InitDone) => {
+                    tracing::debug!(containers = names.current().len(), "kubernetes pods listed");
+                }
+                Ok(_) => {}
+                Err(e) => names.failed(&e),
+            }
+        }
+    });
+    Ok(names)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A pod list as a kubelet-managed node's API server returns it.
     const POD_LIST: &str = r#"{
-      "kind": "PodList", "apiVersion": "v1",
+      "kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "7"},
       "items": [
         {"metadata": {"name": "cruncher-7d9f", "labels": {"headroom.dev/service": "cruncher", "app": "x"}},
          "status": {"containerStatuses": [
-           {"name": "cruncher", "containerID": "containerd://4F1C2B3A9D8E7F6A5B4C3D2E1F0A9B8C7D6E5F4A3B2C1D0E9F8A7B6C5D4E3F2A"}]}},
+           {"name": "cruncher", "image": "c", "imageID": "", "ready": true, "restartCount": 0,
+            "containerID": "containerd://4F1C2B3A9D8E7F6A5B4C3D2E1F0A9B8C7D6E5F4A3B2C1D0E9F8A7B6C5D4E3F2A"}]}},
         {"metadata": {"name": "cache-1", "labels": {"headroom.dev/service": "cache"}},
          "status": {"containerStatuses": [
-           {"name": "cache", "containerID": "cri-o://aaaaaaaaaaaabbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"},
-           {"name": "proxy", "containerID": "cri-o://ccccccccccccdddddddddddddddddddddddddddddddddddddddddddddddddddd"}]}},
+           {"name": "cache", "image": "c", "imageID": "", "ready": true, "restartCount": 0,
+            "containerID": "cri-o://aaaaaaaaaaaabbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"},
+           {"name": "proxy", "image": "p", "imageID": "", "ready": true, "restartCount": 0,
+            "containerID": "cri-o://ccccccccccccdddddddddddddddddddddddddddddddddddddddddddddddddddd"}]}},
         {"metadata": {"name": "pending", "labels": {"headroom.dev/service": "late"}},
-         "status": {"containerStatuses": [{"name": "late"}]}},
+         "status": {"containerStatuses": [
+           {"name": "late", "image": "l", "imageID": "", "ready": false, "restartCount": 0}]}},
         {"metadata": {"name": "unlabelled"},
-         "status": {"containerStatuses": [{"name": "u", "containerID": "docker://eeeeeeeeeeee"}]}}
+         "status": {"containerStatuses": [
+           {"name": "u", "image": "u", "imageID": "", "ready": true, "restartCount": 0,
+            "containerID": "docker://eeeeeeeeeeee"}]}}
       ]}"#;
+
+    fn recorded_pods() -> Vec<Pod> {
+        serde_json::from_str::<k8s_openapi::List<Pod>>(POD_LIST)
+            .unwrap()
+            .items
+    }
 
     #[test]
     fn labelled_pods_name_their_containers() {
-        let pods: PodList = serde_json::from_str(POD_LIST).unwrap();
+        let pods = recorded_pods();
         let names = service_names(&pods, DEFAULT_LABEL);
         assert_eq!(names.len(), 3, "{names:?}");
         assert_eq!(
-            names["4f1c2b3a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a"],
-            "cruncher"
+            names.service_of("4f1c2b3a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a"),
+            Some("cruncher")
         );
-        let k = KubeNames::fixed(names);
-        assert_eq!(k.service_of("aaaaaaaaaaaa").as_deref(), Some("cache-cache"));
-        assert_eq!(k.service_of("cccccccccccc").as_deref(), Some("cache-proxy"));
-        assert_eq!(k.service_of("4f1c2b3a9d8e").as_deref(), Some("cruncher"));
+        let k = KubeNames::fixed(names).current();
+        assert_eq!(k.service_of("aaaaaaaaaaaa"), Some("cache-cache"));
+        assert_eq!(k.service_of("cccccccccccc"), Some("cache-proxy"));
+        assert_eq!(k.service_of("4f1c2b3a9d8e"), Some("cruncher"));
         assert_eq!(k.service_of("eeeeeeeeeeee"), None, "unlabelled");
         assert_eq!(k.service_of("4f1c"), None, "too short to be an id");
         assert!(service_names(&pods, "other/label").is_empty());
@@ -384,34 +416,75 @@ mod tests {
 
     #[test]
     fn nothing_is_known_before_the_first_listing() {
-        assert_eq!(KubeNames::default().service_of("aaaaaaaaaaaa"), None);
+        let (pods, _writer) = reflector::store();
+        let names = KubeNames::from_source(
+            Source::Watched {
+                pods,
+                label: DEFAULT_LABEL.into(),
+            },
+            None,
+        );
+        assert_eq!(names.current().service_of("aaaaaaaaaaaa"), None);
     }
 
-    #[test]
-    fn query_values_are_encoded() {
-        assert_eq!(encode("headroom.dev/service"), "headroom.dev%2Fservice");
-        assert_eq!(encode("node-1"), "node-1");
-    }
-
-    #[test]
-    fn the_client_needs_a_node_and_an_api_server() {
-        let options = KubeOptions {
+    fn options() -> KubeOptions {
+        KubeOptions {
             enabled: true,
             label: DEFAULT_LABEL.into(),
             node: None,
             api: Some("http://127.0.0.1:1".into()),
             token_file: None,
             ca_file: None,
-        };
-        let e = KubeClient::new(&options).unwrap_err();
+        }
+    }
+
+    #[tokio::test]
+    async fn the_watch_needs_a_node_and_a_readable_ca() {
+        let e = watch_pods(&options()).await.unwrap_err();
         assert!(e.to_string().contains("NODE_NAME"), "{e}");
-        let e = KubeClient::new(&KubeOptions {
+        let e = watch_pods(&KubeOptions {
             node: Some("n1".into()),
             api: Some("https://127.0.0.1:1".into()),
             ca_file: Some("/nonexistent/ca.crt".into()),
-            ..options
+            ..options()
         })
+        .await
         .unwrap_err();
         assert!(e.to_string().contains("cannot read the CA file"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_token_is_given_as_a_file_so_that_rotation_is_seen() {
+        let token = std::env::temp_dir().join(format!("headroom-token-{}", std::process::id()));
+        std::fs::write(&token, "s3cr3t").unwrap();
+        let config = client_config(&KubeOptions {
+            token_file: Some(token.clone()),
+            ..options()
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            config.auth_info.token_file.as_deref(),
+            Some(token.to_str().unwrap())
+        );
+        assert!(
+            config.auth_info.token.is_none(),
+            "read once, never reloaded"
+        );
+        assert!(!format!("{config:?}").contains("s3cr3t"));
+
+        std::fs::write(&token, "s3cr3t\n").unwrap();
+        let e = client_config(&KubeOptions {
+            token_file: Some(token.clone()),
+            ..options()
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+        std::fs::remove_file(&token).unwrap();
+        assert!(
+            e.contains("trailing newline") && !e.contains("s3cr3t"),
+            "{e}"
+        );
     }
 }
