@@ -22,6 +22,8 @@ async fn measured_usage_arrives_on_the_topic_with_the_task() -> anyhow::Result<(
     kit::init_logs();
     let (mut burner, d1) = spawn_named("hr-a-burner", BURN_HALF_A_CORE);
     let (mut holder, d2) = spawn_named("hr-a-holder", HOLD_200_MIB);
+    // Every sample of the task sees the 200 MiB held.
+    wait_ready(&mut holder);
     let topic = kit::fresh_topic("agent", 2).await?;
     let spool = std::env::temp_dir().join(kit::unique_name("agent_spool"));
     let config = AgentConfig {
@@ -74,7 +76,6 @@ async fn measured_usage_arrives_on_the_topic_with_the_task() -> anyhow::Result<(
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     let task = client
         .start_task(v1::StartTaskRequest {
             id: "load-test".into(),

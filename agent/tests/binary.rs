@@ -6,8 +6,9 @@
 
 use std::{
     collections::BTreeMap,
+    io::{BufRead, BufReader},
     path::Path,
-    process::{Child, Command},
+    process::{Child, Command, Stdio},
     time::Duration,
 };
 
@@ -33,8 +34,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A running agent binary, killed if the test fails before terminating it.
-struct Agent(Option<Child>);
+/// A running agent binary, killed if the test fails before terminating it,
+/// and its log lines.
+struct Agent(Option<Child>, tokio::sync::mpsc::UnboundedReceiver<String>);
 
 impl Drop for Agent {
     fn drop(&mut self) {
@@ -52,9 +54,35 @@ fn start_agent(config: &Path, port: u16, extra: &[&str]) -> Agent {
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(extra)
         .env_remove("HEADROOM_KAFKA_BROKERS")
+        .env("HEADROOM_LOG", "info")
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    Agent(Some(child))
+    let mut child = child;
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (lines, logs) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            let _ = lines.send(line);
+        }
+    });
+    Agent(Some(child), logs)
+}
+
+/// Waits for the agent to log a line containing `message`.
+async fn logged(agent: &mut Agent, message: &str) -> anyhow::Result<()> {
+    let wait = async {
+        while let Some(line) = agent.1.recv().await {
+            if line.contains(message) {
+                return Ok(());
+            }
+        }
+        anyhow::bail!("the agent exited without logging {message:?}")
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .map_err(|_| anyhow::anyhow!("no {message:?} logged within 30 s"))?
 }
 
 async fn connect(port: u16) -> anyhow::Result<AgentClient<tonic::transport::Channel>> {
@@ -146,7 +174,7 @@ pid = {pid}
 
     // Run 1: the broker is unreachable; everything waits in the agent.
     let port = free_port();
-    let agent = start_agent(&config, port, &[]);
+    let mut agent = start_agent(&config, port, &[]);
     let mut client = connect(port).await?;
     let discovered = kit::eventually(
         "the container discovered and sampled",
@@ -171,7 +199,28 @@ pid = {pid}
             .any(|m| m.resource == "memory" && m.value == 1_048_576.0),
         "{discovered:?}"
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Delivery was tried and failed: what follows is held, not unsent.
+    logged(&mut agent, "broker unreachable").await?;
+    // Eight ticks of the sleeper at least, the run's samples to deliver.
+    let first = kit::eventually("the sleeper sampled", Duration::from_secs(30), || {
+        let mut client = client.clone();
+        async move {
+            last_samples(&mut client)
+                .await
+                .ok()?
+                .get("sleeper")
+                .copied()
+        }
+    })
+    .await?;
+    kit::eventually("eight samples", Duration::from_secs(30), || {
+        let mut client = client.clone();
+        async move {
+            let last = *last_samples(&mut client).await.ok()?.get("sleeper")?;
+            (last - first >= 7 * 250).then_some(())
+        }
+    })
+    .await?;
     let status = client.status(v1::StatusRequest {}).await?.into_inner();
     assert_eq!(status.broker, v1::BrokerState::Down as i32);
     assert_eq!(status.tasks.len(), 1, "the task given at start runs");

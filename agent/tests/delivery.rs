@@ -299,7 +299,31 @@ async fn publishes_over_sasl_ssl_and_holds_records_a_wrong_password_cannot_send(
     for n in 0..10u64 {
         assert!(running.publisher.publish("svc", n.to_string().into_bytes()));
     }
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Delivery was tried and refused for the password before anything is
+    // checked: holding records proves nothing if none was sent.
+    kit::eventually(
+        "a delivery refused for the password",
+        Duration::from_secs(60),
+        || async {
+            (running
+                .publisher
+                .stats
+                .failed_attempts
+                .load(Ordering::Relaxed)
+                > 0)
+            .then_some(())
+        },
+    )
+    .await?;
+    let error = running
+        .publisher
+        .stats
+        .last_error
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or_default();
+    assert!(error.to_lowercase().contains("authentication"), "{error}");
     assert_eq!(running.publisher.stats.delivered.load(Ordering::Relaxed), 0);
     let (memory, spooled, _) = running.publisher.depth();
     assert_eq!(memory + spooled, 10, "records held while unauthenticated");

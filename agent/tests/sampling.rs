@@ -14,7 +14,7 @@ use headroom_agent::sampling::{Sampler, Selector, TargetError};
 fn measures_cpu_and_memory_of_processes_watched_by_name() {
     let (mut burner, d1) = spawn_named("hr-burner", BURN_HALF_A_CORE);
     let (mut holder, d2) = spawn_named("hr-holder", HOLD_200_MIB);
-    std::thread::sleep(Duration::from_millis(1500)); // the holder fills its pages
+    wait_ready(&mut holder);
 
     let burn = Selector::Name("hr-burner".into());
     let hold = Selector::Name("hr-holder".into());
@@ -22,10 +22,16 @@ fn measures_cpu_and_memory_of_processes_watched_by_name() {
     sampler.refresh();
     let first = sampler.measure("burner", &burn, 1.0).unwrap();
     assert_eq!(first.get("cpu"), None, "no rate before a second reading");
-    sampler.measure("holder", &hold, 1.0).unwrap();
+    // Memory needs no second reading: the first counts, taken at once.
+    let mut memory = vec![
+        sampler
+            .measure("holder", &hold, 1.0)
+            .unwrap()
+            .get("memory")
+            .unwrap(),
+    ];
 
     let mut cpu = Vec::new();
-    let mut memory = Vec::new();
     let mut last = std::time::Instant::now();
     for _ in 0..4 {
         std::thread::sleep(Duration::from_secs(1));

@@ -10,7 +10,7 @@
 
 use std::{
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -21,14 +21,30 @@ use rdkafka::{
     error::KafkaError,
     message::DeliveryResult,
     producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext},
+    types::RDKafkaErrorCode,
 };
 use tokio::sync::oneshot;
 
 /// The context that completes each record's delivery future.
 #[derive(Debug, Default)]
-pub(crate) struct Reports;
+pub(crate) struct Reports {
+    /// The client's last error (authentication, TLS, resolution): a
+    /// delivery report only says that a record timed out, this says why.
+    client_error: Mutex<Option<String>>,
+}
 
-impl ClientContext for Reports {}
+impl ClientContext for Reports {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::error!(%error, reason, "kafka client error");
+        // "All brokers down" follows every cause; keep the cause.
+        if matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)) {
+            return;
+        }
+        if let Ok(mut last) = self.client_error.lock() {
+            *last = Some(format!("{error}: {reason}"));
+        }
+    }
+}
 
 impl ProducerContext for Reports {
     type DeliveryOpaque = Box<oneshot::Sender<Result<(), KafkaError>>>;
@@ -53,7 +69,8 @@ impl std::fmt::Debug for Producer {
 impl Producer {
     /// Creates the producer and starts its polling thread.
     pub(crate) fn new(config: &ClientConfig) -> Result<Self, KafkaError> {
-        let inner: Arc<BaseProducer<Reports>> = Arc::new(config.create_with_context(Reports)?);
+        let inner: Arc<BaseProducer<Reports>> =
+            Arc::new(config.create_with_context(Reports::default())?);
         let stop = Arc::new(AtomicBool::new(false));
         let (producer, stopped) = (inner.clone(), stop.clone());
         std::thread::Builder::new()
@@ -81,6 +98,11 @@ impl Producer {
             .payload(payload);
         self.inner.send(record).map_err(|(e, _)| e)?;
         report.await.unwrap_or_else(|_| Err(KafkaError::Canceled))
+    }
+
+    /// The client's last error, if it reported one.
+    pub(crate) fn client_error(&self) -> Option<String> {
+        self.inner.context().client_error.lock().ok()?.clone()
     }
 
     /// Waits up to `timeout` for queued records to be delivered.

@@ -4,8 +4,9 @@
 //! spool has drained, so the order of the whole queue is the order of
 //! sampling. A delivery task sends the head of the queue in chunks and
 //! removes exactly the records whose delivery was confirmed; while the
-//! broker is down it retries with backoff. Drops happen only when the spool
-//! bound is hit, and are counted.
+//! broker is down it retries with jittered exponential backoff, without a
+//! bound (records wait, they are never given up). Drops happen only when
+//! the spool bound is hit, and are counted.
 
 use std::{
     collections::{HashSet, VecDeque},
@@ -17,6 +18,7 @@ use std::{
     time::Duration,
 };
 
+use backon::{BackoffBuilder as _, ExponentialBuilder};
 use rdkafka::{
     ClientConfig,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
@@ -82,6 +84,23 @@ pub struct DeliveryStats {
     pub dropped: AtomicU64,
     /// Whether the last delivery attempt succeeded.
     pub broker_up: AtomicBool,
+    /// Delivery attempts that failed (a chunk with at least one record the
+    /// broker did not confirm).
+    pub failed_attempts: AtomicU64,
+    /// Why the last failed attempt failed.
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// How long delivery waits after a failed attempt: 200 ms doubling up to
+/// 5 s, each wait stretched by up to its own length at random so agents
+/// that lost the same broker do not come back in step.
+fn retry_delays() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 #[derive(Debug)]
@@ -210,7 +229,7 @@ impl Publisher {
             config.set(k, v);
         }
         let mut producer = Producer::new(&config)?;
-        let mut backoff = Duration::from_millis(200);
+        let mut delays = retry_delays();
         let mut topic_ready = false;
         loop {
             if !topic_ready {
@@ -238,9 +257,12 @@ impl Publisher {
                 .filter(|(_, r)| r.is_ok())
                 .map(|((seq, _), _)| *seq)
                 .collect();
-            let failed = results
-                .iter()
-                .find_map(|r| r.as_ref().err().map(|e| e.to_string()));
+            let failed = results.iter().find_map(|r| {
+                r.as_ref().err().map(|e| match producer.client_error() {
+                    Some(cause) => format!("{e} (the client last reported {cause})"),
+                    None => e.to_string(),
+                })
+            });
             self.remove_delivered(&delivered, from_spool);
             metrics::counter!("headroom_agent_delivered_total").increment(delivered.len() as u64);
             self.stats
@@ -249,23 +271,29 @@ impl Publisher {
             match failed {
                 None => {
                     self.stats.broker_up.store(true, Ordering::Relaxed);
-                    backoff = Duration::from_millis(200);
+                    delays = retry_delays();
                 }
                 Some(error) => {
-                    if self.stats.broker_up.swap(false, Ordering::Relaxed) {
+                    let was_up = self.stats.broker_up.swap(false, Ordering::Relaxed);
+                    let first = self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed) == 0;
+                    metrics::counter!("headroom_agent_delivery_failures_total").increment(1);
+                    if was_up || first {
                         tracing::warn!(%error, "broker unreachable; samples are buffered and spooled");
                     } else {
                         tracing::debug!(%error, "delivery still failing");
+                    }
+                    if let Ok(mut last) = self.stats.last_error.lock() {
+                        *last = Some(error);
                     }
                     // A restarted broker does not know the idempotent
                     // producer's id; a fresh producer starts a new one.
                     producer = Producer::new(&config)?;
                     topic_ready = false;
+                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -390,5 +418,25 @@ impl Publisher {
                 .all(|r| matches!(r, Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)))),
             Err(_) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_with_jitter_up_to_a_bound_and_never_give_up() {
+        let runs: Vec<Vec<Duration>> = (0..2).map(|_| retry_delays().take(40).collect()).collect();
+        for delays in &runs {
+            assert_eq!(delays.len(), 40, "a delay for every retry");
+            assert!(
+                (Duration::from_millis(200)..Duration::from_millis(400)).contains(&delays[0]),
+                "{delays:?}"
+            );
+            assert!(delays[10..].iter().all(|d| *d >= Duration::from_secs(5)));
+            assert!(delays.iter().all(|d| *d < Duration::from_secs(10)));
+        }
+        assert_ne!(runs[0], runs[1], "two agents do not retry in step");
     }
 }

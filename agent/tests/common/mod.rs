@@ -1,10 +1,15 @@
 //! Child processes with known consumption, shared by the agent's tests.
 #![allow(dead_code, unreachable_pub)]
 
-use std::{path::PathBuf, process::Child};
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Stdio},
+};
 
 /// Runs `python3 -c code` under the process name `name` (a symlink to the
-/// interpreter: the kernel names a process after the file it executed).
+/// interpreter: the kernel names a process after the file it executed),
+/// its stdout piped for [`wait_ready`].
 pub fn spawn_named(name: &str, code: &str) -> (Child, PathBuf) {
     let python = which("python3");
     let dir =
@@ -16,9 +21,19 @@ pub fn spawn_named(name: &str, code: &str) -> (Child, PathBuf) {
     let child = std::process::Command::new(&link)
         .arg("-c")
         .arg(code)
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     (child, dir)
+}
+
+/// Waits until `child` prints `ready` (the code says when it has done
+/// what it was started for).
+pub fn wait_ready(child: &mut Child) {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "the child exited before it was ready");
 }
 
 /// The real interpreter behind `program` (PATH may hold a shim).
@@ -36,7 +51,8 @@ pub fn which(program: &str) -> PathBuf {
 /// Keeps its own CPU time at half its wall time (catching up after being
 /// preempted), so it averages half a core on a busy machine too.
 pub const BURN_HALF_A_CORE: &str = "import time\nstart = time.monotonic()\nbase = time.process_time()\nwhile True:\n    if time.process_time() - base < 0.5 * (time.monotonic() - start):\n        pass\n    else:\n        time.sleep(0.005)\n";
-pub const HOLD_200_MIB: &str = "import time\nx = bytearray(200 * 1024 * 1024)\nx[::4096] = b'\\x01' * (len(x) // 4096)\ntime.sleep(120)\n";
+/// Touches every page of 200 MiB, says `ready`, then holds them.
+pub const HOLD_200_MIB: &str = "import time\nx = bytearray(200 * 1024 * 1024)\nx[::4096] = b'\\x01' * (len(x) // 4096)\nprint('ready', flush=True)\ntime.sleep(120)\n";
 
 /// Checks readings of the two children against what they consume: the
 /// burner's CPU ticks average 0.5 ± 0.15 cores, every memory reading of the
