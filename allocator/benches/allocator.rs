@@ -19,8 +19,8 @@ use headroom_allocator::ServiceOptions;
 use headroom_proto::v1::{
     self, allocator_client::AllocatorClient, collector_client::CollectorClient,
 };
+use headroom_simulator::{SimOptions, Workload};
 use headroom_testkit as kit;
-use headroom_training::simulate::{SimOptions, Workload};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -82,19 +82,21 @@ async fn main() -> anyhow::Result<()> {
         "history: {stored} samples of 1,100 services written in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let data = wide.dataset()?;
-    let mut seen = vec![false; data.services.len()];
-    for r in &data.rows {
-        seen[r.service as usize] = true;
+    let mut seen = vec![false; wide.services.len()];
+    for t in &wide.tasks {
+        for s in &t.services {
+            seen[*s] = true;
+        }
     }
-    let services: Vec<String> = data
+    let mut services: Vec<String> = wide
         .services
         .iter()
         .zip(&seen)
         .filter(|(_, s)| **s)
-        .map(|(n, _)| n.clone())
-        .take(1000)
+        .map(|(x, _)| x.name.clone())
         .collect();
+    services.sort();
+    services.truncate(1000);
     anyhow::ensure!(
         services.len() == 1000,
         "only {} services have history",

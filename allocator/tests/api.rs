@@ -7,15 +7,15 @@ mod support;
 use anyhow::Context as _;
 use headroom_allocator::ServiceOptions;
 use headroom_proto::v1::{self, allocator_client::AllocatorClient};
+use headroom_simulator::{SimOptions, Workload};
 use headroom_testkit as kit;
-use headroom_training::simulate::{SimOptions, Workload};
 use tonic::Code;
 
 struct Stack {
     collector: kit::TestServer,
     predictor: kit::TestServer,
     allocator: kit::TestServer,
-    data: headroom_training::Dataset,
+    workload: Workload,
     _db: kit::TestDb,
     _dir: tempfile::TempDir,
 }
@@ -36,7 +36,6 @@ impl Stack {
             ..SimOptions::default()
         })?;
         workload.write_postgres(&db.pool).await?;
-        let data = workload.dataset()?;
         let dir = tempfile::tempdir()?;
         let model = support::model_before(&db, None, "alloc-test", dir.path()).await?;
         let collector = support::collector(&db).await?;
@@ -47,7 +46,7 @@ impl Stack {
             collector,
             predictor,
             allocator,
-            data,
+            workload,
             _db: db,
             _dir: dir,
         })
@@ -59,27 +58,7 @@ impl Stack {
 
     /// Observed values of one series in the simulated history.
     fn observed(&self, service: &str, resource: &str) -> Vec<f64> {
-        let s = self
-            .data
-            .services
-            .iter()
-            .position(|x| x == service)
-            .unwrap();
-        let r = self
-            .data
-            .resources
-            .iter()
-            .position(|x| x == resource)
-            .unwrap();
-        let mut v: Vec<f64> = self
-            .data
-            .rows
-            .iter()
-            .filter(|row| row.service as usize == s && row.resource as usize == r)
-            .map(|row| row.value as f64)
-            .collect();
-        v.sort_by(f64::total_cmp);
-        v
+        self.workload.sorted_values(service, resource)
     }
 
     async fn stop(self) -> anyhow::Result<()> {
@@ -100,7 +79,7 @@ fn workload(services: &[String]) -> Option<v1::Workload> {
 async fn recommends_plans_and_places_from_history_and_the_model() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let mut client = stack.client().await?;
-    let mix: Vec<String> = stack.data.services[..2].to_vec();
+    let mix: Vec<String> = stack.workload.service_names()[..2].to_vec();
 
     let mut risks = std::collections::HashMap::new();
     for strategy in ["max", "percentile", "predictive", "plan"] {
@@ -272,7 +251,7 @@ async fn recommends_plans_and_places_from_history_and_the_model() -> anyhow::Res
     for mode in [v1::PlacementMode::Static, v1::PlacementMode::Planned] {
         let placed = client
             .place(v1::PlaceRequest {
-                workload: workload(&stack.data.services),
+                workload: workload(&stack.workload.service_names()),
                 nodes: vec![
                     node("a", 16.0, 64.0),
                     node("b", 16.0, 64.0),
@@ -291,7 +270,7 @@ async fn recommends_plans_and_places_from_history_and_the_model() -> anyhow::Res
         assert_eq!(placed.solver, "exact");
         assert_eq!(
             placed.assignments.len() + placed.unplaced.len(),
-            stack.data.services.len()
+            stack.workload.service_names().len()
         );
         assert!(placed.assignments.iter().all(|a| a.node != "tiny"));
         assert!(placed.nodes_used >= 1 && placed.nodes_used <= 2);
@@ -312,7 +291,7 @@ async fn recommends_plans_and_places_from_history_and_the_model() -> anyhow::Res
 async fn bad_input_is_refused_naming_the_problem() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let mut client = stack.client().await?;
-    let mix: Vec<String> = stack.data.services[..2].to_vec();
+    let mix: Vec<String> = stack.workload.service_names()[..2].to_vec();
     let refused = |r: Result<tonic::Response<v1::RecommendResponse>, tonic::Status>,
                    needle: &str| {
         let e = r.expect_err("refused");
@@ -418,7 +397,7 @@ async fn backtests_every_strategy_on_held_out_tasks() -> anyhow::Result<()> {
         ..SimOptions::default()
     })?;
     workload.write_postgres(&db.pool).await?;
-    let all = workload.dataset()?;
+    let names = workload.service_names();
     // Tasks run one after another: the last 12 are held out.
     let starts: Vec<_> = workload.tasks.iter().map(|t| t.start).collect();
     let split = starts[starts.len() - 12];
@@ -433,7 +412,7 @@ async fn backtests_every_strategy_on_held_out_tasks() -> anyhow::Result<()> {
         seconds: split.timestamp(),
         nanos: 0,
     };
-    let traced = all.services[0].clone();
+    let traced = names[0].clone();
     let answer = client
         .backtest(v1::BacktestRequest {
             split: Some(split_ts),
@@ -443,15 +422,13 @@ async fn backtests_every_strategy_on_held_out_tasks() -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert_eq!(answer.task_ids.len(), 12);
-    let held_rows = all
-        .rows
-        .iter()
-        .filter(|r| {
-            all.tasks[r.task as usize].id >= workload.tasks[starts.len() - 12].id
-                && (all.resources[r.resource as usize] == "cpu"
-                    || all.resources[r.resource as usize] == "memory")
-        })
-        .count() as u64;
+    let mut held_rows = 0u64;
+    workload.for_each_sample(|s| {
+        if s.task >= starts.len() - 12 && (s.resource == "cpu" || s.resource == "memory") {
+            held_rows += 1;
+        }
+        Ok::<(), std::convert::Infallible>(())
+    })?;
     println!("strategy     resource  rel.slack  abs.slack  violations  oom  changes  samples");
     let mut by = std::collections::HashMap::new();
     for row in &answer.rows {
@@ -566,7 +543,7 @@ async fn backtests_every_strategy_on_held_out_tasks() -> anyhow::Result<()> {
         "--allocator".into(),
         url.clone(),
         "--services".into(),
-        all.services[..2].join(","),
+        names[..2].join(","),
         "--output".into(),
         "k8s".into(),
     ]);
@@ -579,7 +556,7 @@ async fn backtests_every_strategy_on_held_out_tasks() -> anyhow::Result<()> {
         "--allocator".into(),
         url,
         "--services".into(),
-        all.services[..2].join(","),
+        names[..2].join(","),
         "--output".into(),
         "k8s".into(),
     ]);
@@ -757,6 +734,12 @@ async fn the_allocator_serves_tls_and_reaches_the_collector_over_mutual_tls() ->
         .await
         .expect_err("collector untrusted");
     assert_eq!(e.code(), Code::Unavailable, "{}", e.message());
+    // Unavailable for the right reason: the certificate, not an outage.
+    assert!(
+        e.message().contains("certificate") || e.message().contains("UnknownIssuer"),
+        "the refusal names the untrusted certificate: {}",
+        e.message()
+    );
     trusted.stop().await?;
     untrusted.stop().await?;
     collector.stop().await

@@ -18,7 +18,7 @@ struct Cli {
         long,
         global = true,
         env = "HEADROOM_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/headroom"
+        default_value = store::DEFAULT_DATABASE_URL
     )]
     database_url: String,
     /// Log format.

@@ -160,30 +160,40 @@ async fn a_mixed_batch_stores_the_valid_records_and_dead_letters_the_rest() -> a
     server.stop().await
 }
 
-/// The collector binary as a child process, its Prometheus metrics on
-/// `metrics`.
+/// The collector binary, configured for a test topic and group, its
+/// Prometheus metrics on `metrics`; callers add settings and spawn it.
+fn collector_command(
+    db_url: &str,
+    topic: &str,
+    group: &str,
+    metrics: std::net::SocketAddr,
+) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_headroom-collector"));
+    command
+        .env("HEADROOM_METRICS_LISTEN", metrics.to_string())
+        .env("HEADROOM_DATABASE_URL", db_url)
+        .env("HEADROOM_KAFKA_BROKERS", kit::kafka_brokers())
+        .env("HEADROOM_TOPIC", topic)
+        .env("HEADROOM_GROUP", group)
+        .env("HEADROOM_TOPIC_PARTITIONS", "3")
+        .env("HEADROOM_SESSION_TIMEOUT", "6s")
+        .env("HEADROOM_LISTEN", "127.0.0.1:0")
+        .env("HEADROOM_LOG", "warn")
+        .stdout(Stdio::null());
+    command
+}
+
+/// [`collector_command`] with small batches, spawned.
 fn spawn_collector_process(
     db_url: &str,
     topic: &str,
     group: &str,
     metrics: std::net::SocketAddr,
 ) -> anyhow::Result<std::process::Child> {
-    Ok(
-        std::process::Command::new(env!("CARGO_BIN_EXE_headroom-collector"))
-            .env("HEADROOM_METRICS_LISTEN", metrics.to_string())
-            .env("HEADROOM_DATABASE_URL", db_url)
-            .env("HEADROOM_KAFKA_BROKERS", kit::kafka_brokers())
-            .env("HEADROOM_TOPIC", topic)
-            .env("HEADROOM_GROUP", group)
-            .env("HEADROOM_TOPIC_PARTITIONS", "3")
-            .env("HEADROOM_SESSION_TIMEOUT", "6s")
-            .env("HEADROOM_BATCH_RECORDS", "50")
-            .env("HEADROOM_BATCH_WAIT", "20ms")
-            .env("HEADROOM_LISTEN", "127.0.0.1:0")
-            .env("HEADROOM_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()?,
-    )
+    Ok(collector_command(db_url, topic, group, metrics)
+        .env("HEADROOM_BATCH_RECORDS", "50")
+        .env("HEADROOM_BATCH_WAIT", "20ms")
+        .spawn()?)
 }
 
 #[tokio::test]
@@ -502,17 +512,8 @@ async fn a_record_the_database_refuses_is_moved_aside_and_ingest_goes_on() -> an
         .collect();
     produce(&topic, &records, Some(0)).await?;
     let metrics = kit::free_address()?;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_headroom-collector"))
-        .env("HEADROOM_METRICS_LISTEN", metrics.to_string())
-        .env("HEADROOM_DATABASE_URL", &db.url)
-        .env("HEADROOM_KAFKA_BROKERS", kit::kafka_brokers())
-        .env("HEADROOM_TOPIC", &topic)
+    let mut child = collector_command(&db.url, &topic, &kit::unique_name("collector"), metrics)
         .env("HEADROOM_DLQ_TOPIC", &dlq)
-        .env("HEADROOM_GROUP", kit::unique_name("collector"))
-        .env("HEADROOM_SESSION_TIMEOUT", "6s")
-        .env("HEADROOM_LISTEN", "127.0.0.1:0")
-        .env("HEADROOM_LOG", "warn")
-        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
     // Every other record of the batch is stored…

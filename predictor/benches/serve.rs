@@ -40,18 +40,7 @@ async fn main() -> anyhow::Result<()> {
     let csv = dir.path().join("history.csv");
     headroom_simulator::write_csv_file(&workload, &csv)?;
     let path = dir.path().join("model.onnx");
-    let (csv_arg, out) = (csv.display().to_string(), path.display().to_string());
-    kit::train_model(&[
-        "--csv",
-        &csv_arg,
-        "--out",
-        &out,
-        "--model-version",
-        "bench",
-        "--epochs",
-        "1",
-    ])
-    .await?;
+    kit::train_from_csv(&csv, &path, "bench", 1).await?;
     let spec = headroom_predictor::LoadedModel::load(&path, &InferenceOptions::default())?.spec;
 
     let mix = spec.services[..3].to_vec();

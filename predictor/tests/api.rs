@@ -38,18 +38,7 @@ async fn trained_model(
     let csv = dir.join(format!("{name}.csv"));
     headroom_simulator::write_csv_file(&workload, &csv)?;
     let path = dir.join(name);
-    let (csv_arg, out) = (csv.display().to_string(), path.display().to_string());
-    kit::train_model(&[
-        "--csv",
-        &csv_arg,
-        "--out",
-        &out,
-        "--model-version",
-        version,
-        "--epochs",
-        "2",
-    ])
-    .await?;
+    kit::train_from_csv(&csv, &path, version, 2).await?;
     let spec = headroom_predictor::LoadedModel::load(&path, &InferenceOptions::default())?.spec;
     Ok((path, spec))
 }

@@ -29,10 +29,11 @@ impl RetryPolicy {
         max_attempts: 5,
     };
 
-    /// The delays, with jitter: every delay is drawn between the
+    /// The delays, endless, with jitter: every delay is drawn between the
     /// exponential step and twice it (backon's jitter), so replicas that
-    /// failed together do not retry together.
-    fn delays(&self) -> impl Iterator<Item = Duration> {
+    /// failed together do not retry together. For loops that cannot be one
+    /// [`retry`] call (they change what they retry between attempts).
+    pub fn delays(&self) -> impl Iterator<Item = Duration> + Send + use<> {
         ExponentialBuilder::default()
             .with_min_delay(self.min_delay)
             .with_max_delay(self.max_delay)

@@ -29,6 +29,10 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::RwLock;
 
+/// Where the store is unless `--database-url` / `HEADROOM_DATABASE_URL`
+/// says otherwise: the local stack's `headroom` database.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/headroom";
+
 /// The embedded migrations (`store/migrations`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

@@ -556,3 +556,30 @@ pub async fn scrape_metric(addr: SocketAddr, name: &str) -> anyhow::Result<Optio
     }
     Ok(total)
 }
+
+/// Trains a model on a CSV dump (the collector's dump format, as
+/// `headroom-train simulate --csv` writes it) with `headroom-train`, for
+/// `epochs` epochs, versioned `version`, written to `model`.
+pub async fn train_from_csv(
+    csv: &std::path::Path,
+    model: &std::path::Path,
+    version: &str,
+    epochs: u32,
+) -> anyhow::Result<()> {
+    let (csv, model, epochs) = (
+        csv.display().to_string(),
+        model.display().to_string(),
+        epochs.to_string(),
+    );
+    train_model(&[
+        "--csv",
+        &csv,
+        "--out",
+        &model,
+        "--model-version",
+        version,
+        "--epochs",
+        &epochs,
+    ])
+    .await
+}

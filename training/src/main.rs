@@ -16,7 +16,7 @@ struct Cli {
         long,
         global = true,
         env = "HEADROOM_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/headroom"
+        default_value = headroom_store::DEFAULT_DATABASE_URL
     )]
     database_url: String,
     /// Log line format (`HEADROOM_LOG` sets the filter; default `warn`).

@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use backon::{BackoffBuilder as _, ExponentialBuilder};
+use headroom_serving::retry::RetryPolicy;
 use rdkafka::{
     ClientConfig,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
@@ -95,12 +95,11 @@ pub struct DeliveryStats {
 /// 5 s, each wait stretched by up to its own length at random so agents
 /// that lost the same broker do not come back in step.
 fn retry_delays() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times()
-        .build()
+    RetryPolicy {
+        min_delay: Duration::from_millis(200),
+        ..RetryPolicy::DEFAULT
+    }
+    .delays()
 }
 
 #[derive(Debug)]

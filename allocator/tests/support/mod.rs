@@ -1,6 +1,6 @@
 //! What the allocator's tests and benchmark start: a real collector on a
-//! test database, a real predictor over a model trained here, and the
-//! allocator in front of them.
+//! test database, a real predictor over a model the real `headroom-train`
+//! binary trained, and the allocator in front of them.
 #![allow(dead_code, unreachable_pub)]
 
 use std::path::{Path, PathBuf};
@@ -12,12 +12,6 @@ use headroom_collector::CollectorConfig;
 use headroom_predictor::{InferenceOptions, PredictorConfig};
 use headroom_serving::grpc::GrpcOptions;
 use headroom_testkit as kit;
-use headroom_training::{
-    Dataset, TrainOptions,
-    dataset::Window,
-    export,
-    train::{self, Checkpointing},
-};
 
 /// Loads ONNX Runtime from `ORT_DYLIB_PATH`.
 pub fn init_ort() -> anyhow::Result<()> {
@@ -82,29 +76,27 @@ pub async fn allocator(
 }
 
 /// Trains the usage model on `db`'s history before `split` (all of it when
-/// `None`) and writes `dir/model.onnx`.
+/// `None`) with `headroom-train` and writes `dir/model.onnx`.
 pub async fn model_before(
     db: &kit::TestDb,
     split: Option<DateTime<Utc>>,
     version: &str,
     dir: &Path,
 ) -> anyhow::Result<PathBuf> {
-    let data = Dataset::from_postgres(
-        &db.pool,
-        &Window {
-            start: None,
-            end: split,
-        },
-    )
-    .await?;
-    let trained = train::train(
-        &data,
-        &TrainOptions::default(),
-        Checkpointing::default(),
-        version,
-        false,
-    )?;
     let model = dir.join("model.onnx");
-    export::write_model(&model, &trained.net, &trained.spec)?;
+    let out = model.display().to_string();
+    let mut args = vec![
+        "--database-url",
+        &db.url,
+        "--out",
+        &out,
+        "--model-version",
+        version,
+    ];
+    let end = split.map(|t| t.to_rfc3339());
+    if let Some(end) = &end {
+        args.extend(["--end", end.as_str()]);
+    }
+    kit::train_model(&args).await?;
     Ok(model)
 }
