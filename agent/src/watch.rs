@@ -311,6 +311,9 @@ fn tick(state: &Mutex<State>, sampler: &Mutex<Sampler>, ts_ms: i64) -> Vec<(Stri
                     interval_seconds: elapsed,
                     sequence: w.sequence,
                     task_services: task.services.clone(),
+                    // The host: this agent's only instance of the service
+                    // until discovery names replicas.
+                    instance: String::new(),
                 };
                 let payload = v1::UsageMessage {
                     body: Some(Body::Usage(usage)),

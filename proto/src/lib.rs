@@ -32,17 +32,54 @@ pub mod resource {
     /// Network bytes sent per second.
     pub const NET_TX: &str = "net_tx";
 
-    /// Every resource, in their canonical order.
+    /// OOM kills in the sampling interval (a count): cgroup v2
+    /// `memory.events` `oom_kill`, v1 `memory.oom_control` `oom_kill`.
+    pub const OOM_KILLS: &str = "oom_kills";
+    /// CPU throttling: seconds throttled per second of the interval
+    /// (cgroup v2 `cpu.stat` `throttled_usec`, v1 `throttled_time` in ns).
+    pub const CPU_THROTTLED: &str = "cpu_throttled";
+    /// The memory limit in force, in bytes (v2 `memory.max`, v1
+    /// `memory.limit_in_bytes`); absent when unlimited.
+    pub const MEMORY_LIMIT: &str = "memory_limit";
+    /// The CPU limit in force, in cores (v2 `cpu.max`, v1
+    /// `cpu.cfs_quota_us / cpu.cfs_period_us`); absent when unlimited.
+    pub const CPU_LIMIT: &str = "cpu_limit";
+
+    /// Every usage resource, in their canonical order: what the model
+    /// predicts and the allocator allocates.
     pub const ALL: [&str; 6] = [CPU, MEMORY, DISK_READ, DISK_WRITE, NET_RX, NET_TX];
+    /// Pressure and limits: what the allocator learns from (OOM kills,
+    /// throttling, the limits it gave), never allocated themselves.
+    pub const PRESSURE: [&str; 4] = [OOM_KILLS, CPU_THROTTLED, MEMORY_LIMIT, CPU_LIMIT];
+    /// Every resource a sample may carry: usage, then pressure.
+    pub const KNOWN: [&str; 10] = [
+        CPU,
+        MEMORY,
+        DISK_READ,
+        DISK_WRITE,
+        NET_RX,
+        NET_TX,
+        OOM_KILLS,
+        CPU_THROTTLED,
+        MEMORY_LIMIT,
+        CPU_LIMIT,
+    ];
 
     /// The unit of a resource's values, or `None` for an unknown name.
     pub fn unit(name: &str) -> Option<&'static str> {
         match name {
-            CPU => Some("cores"),
-            MEMORY => Some("bytes"),
+            CPU | CPU_LIMIT => Some("cores"),
+            MEMORY | MEMORY_LIMIT => Some("bytes"),
             DISK_READ | DISK_WRITE | NET_RX | NET_TX => Some("bytes/s"),
+            OOM_KILLS => Some("kills"),
+            CPU_THROTTLED => Some("seconds/s"),
             _ => None,
         }
+    }
+
+    /// Whether `name` is a usage resource (one of [`ALL`]).
+    pub fn is_usage(name: &str) -> bool {
+        ALL.contains(&name)
     }
 
     /// Whether `name` is a known resource.
