@@ -1,6 +1,8 @@
 //! `headroom-agent`: samples each watched service's own CPU, memory, disk
 //! and network IO (process trees through sysinfo, containers through cgroup
-//! v2) and publishes protobuf samples to Kafka, through outages.
+//! v1 or v2, with OOM kills, CPU throttling and limits) and publishes
+//! protobuf samples to Kafka, one series per service instance, through
+//! outages.
 
 pub mod config;
 pub mod delivery;
@@ -22,6 +24,7 @@ use tonic::service::Routes;
 pub use delivery::{PublishError, Publisher, PublisherOptions};
 pub use sampling::{Discovery, DiscoveryError};
 pub use targets::{SpecError, TargetSpec};
+pub use watch::LAYOUT_HEADER;
 
 /// The gRPC service name, as health reports it.
 pub const SERVICE_NAME: &str = "headroom.v1.Agent";
@@ -68,6 +71,8 @@ pub async fn run(
     config: AgentConfig,
 ) -> Result<(), Error> {
     let publisher = Publisher::new(config.publisher.clone())?;
+    let layout = sampling::cgroup::Layout::host();
+    tracing::info!(cgroup = layout.name(), layout = ?layout, "cgroup layout detected");
     let mut state = watch::State::new(
         config.host.clone(),
         config.interval,

@@ -1,5 +1,6 @@
 //! Target specifications as users write them (`web=pid:4242`,
-//! `db=name:postgres`, `api=cmd:java.*billing`, `box=cgroup:/sys/fs/…`) and
+//! `db=name:postgres`, `api=cmd:java.*billing`, `box=cgroup:system.slice/x.scope`
+//! or a full path, on cgroup v1 or v2) and
 //! their validation, which names the target in every error.
 
 use std::path::PathBuf;
@@ -7,7 +8,10 @@ use std::path::PathBuf;
 use headroom_proto::v1::{Target, target::Selector as ProtoSelector};
 use regex::Regex;
 
-use crate::sampling::Selector;
+use crate::sampling::{
+    Selector,
+    cgroup::{self, Layout},
+};
 
 /// A validated target.
 #[derive(Debug, Clone)]
@@ -103,13 +107,9 @@ impl TargetSpec {
                 Regex::new(p).map_err(|e| err(service, format!("bad pattern {p:?}: {e}")))?,
             ),
             Some(ProtoSelector::CgroupPath(path)) => {
+                // Kept as given: the host's layout says where it leads.
                 let dir = PathBuf::from(path);
-                let dir = if dir.is_absolute() {
-                    dir
-                } else {
-                    PathBuf::from("/sys/fs/cgroup").join(dir)
-                };
-                if let Err(e) = std::fs::read_to_string(dir.join("cpu.stat")) {
+                if let Err(e) = cgroup::check(&Layout::host().resolve(&dir)) {
                     return Err(err(
                         service,
                         format!("cgroup {} is not readable: {e}", dir.display()),

@@ -1,6 +1,12 @@
 //! The agent's running state and its two faces: the sampling loop (one tick
 //! per interval, aligned to the wall clock) and the `headroom.v1.Agent`
 //! gRPC service that changes and reports that state.
+//!
+//! A watched target is one instance of a service: every discovered
+//! container or pod is its own (named as [`Discovery`] says); a configured
+//! or API target is the service's one instance on this host, published
+//! with an empty instance, which means the host. Records are keyed by
+//! service, so one service's series keep their order in one partition.
 
 use std::{
     collections::BTreeMap,
@@ -18,14 +24,19 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     delivery::Publisher,
-    sampling::{Discovery, Sampler, Selector},
+    sampling::{Discovery, Sampler, Selector, cgroup::Layout},
     targets::TargetSpec,
 };
+
+/// (service, instance): what a watched target is known by.
+type Key = (String, String);
 
 /// A watched target and what it last measured.
 #[derive(Debug)]
 struct Watched {
     spec: TargetSpec,
+    /// The replica its samples carry; empty for the host.
+    instance: String,
     source: v1::TargetSource,
     last_at_ms: Option<i64>,
     last: Vec<(&'static str, f64)>,
@@ -41,15 +52,17 @@ pub(crate) struct State {
     host: String,
     interval: Duration,
     topic: String,
-    targets: BTreeMap<String, Watched>,
+    targets: BTreeMap<Key, Watched>,
     tasks: BTreeMap<String, v1::Task>,
     /// The task of services outside any started task: this agent run.
     idle_task: v1::Task,
     /// Container discovery and how often it runs.
     discovery: Option<(Discovery, Duration)>,
     last_discovery: Option<Instant>,
-    /// Services removed since the last tick, whose counters go too.
-    forgotten: Vec<String>,
+    /// Targets removed since the last tick, whose counters go too.
+    forgotten: Vec<Key>,
+    /// The host's cgroup hierarchy, as `Status` reports it.
+    layout: &'static str,
 }
 
 impl State {
@@ -78,17 +91,19 @@ impl State {
             discovery,
             last_discovery: None,
             forgotten: Vec::new(),
+            layout: Layout::host().name(),
         };
         for spec in targets {
-            state.insert(spec, v1::TargetSource::Config);
+            // One target per service: the host's instance.
+            state.insert(spec, String::new(), v1::TargetSource::Config);
         }
         state.discover();
         state
     }
 
     /// Rescans the cgroup root when discovery is due: new containers are
-    /// watched, vanished ones dropped. Configured and API targets win over a
-    /// discovered container of the same name.
+    /// watched, vanished ones dropped, each its own instance. Configured
+    /// and API targets win over discovered containers of the same service.
     fn discover(&mut self) {
         let Some((discovery, every)) = &self.discovery else {
             return;
@@ -98,36 +113,65 @@ impl State {
         }
         self.last_discovery = Some(Instant::now());
         let found = discovery.scan();
-        let gone: Vec<String> = self
+        let gone: Vec<Key> = self
             .targets
             .iter()
-            .filter(|(service, w)| {
+            .filter(|(key, w)| {
                 w.source == v1::TargetSource::Discovered
                     && !matches!(
-                        (&w.spec.selector, found.get(*service)),
+                        (&w.spec.selector, found.get(*key)),
                         (Selector::Cgroup(dir), Some(now)) if dir == now
                     )
             })
-            .map(|(service, _)| service.clone())
+            .map(|(key, _)| key.clone())
             .collect();
-        for service in gone {
-            tracing::info!(service, "discovered container gone");
-            self.targets.remove(&service);
-            self.forgotten.push(service);
+        for key in gone {
+            tracing::info!(service = %key.0, instance = %key.1, "discovered container gone");
+            self.targets.remove(&key);
+            self.forgotten.push(key);
         }
-        for (service, dir) in found {
-            if self.targets.contains_key(&service) {
+        for ((service, instance), dir) in found {
+            let key = (service, instance);
+            let configured = self
+                .instances(&key.0)
+                .any(|(_, w)| w.source != v1::TargetSource::Discovered);
+            if configured || self.targets.contains_key(&key) {
                 continue;
             }
-            tracing::info!(service, cgroup = %dir.display(), "container discovered");
+            let (service, instance) = key;
+            tracing::info!(
+                service,
+                instance,
+                cgroup = %dir.display(),
+                "container discovered"
+            );
             self.insert(
                 TargetSpec {
                     service,
                     selector: Selector::Cgroup(dir),
                 },
+                instance,
                 v1::TargetSource::Discovered,
             );
         }
+    }
+
+    /// The watched instances of `service`.
+    fn instances<'a>(&'a self, service: &'a str) -> impl Iterator<Item = (&'a Key, &'a Watched)> {
+        self.targets
+            .range((service.to_string(), String::new())..)
+            .take_while(move |((s, _), _)| s == service)
+    }
+
+    /// Stops watching every instance of `service`; false when none was.
+    fn remove_service(&mut self, service: &str) -> bool {
+        let keys: Vec<Key> = self.instances(service).map(|(k, _)| k.clone()).collect();
+        for key in &keys {
+            self.targets.remove(key);
+        }
+        let any = !keys.is_empty();
+        self.forgotten.extend(keys);
+        any
     }
 
     /// Starts a task over watched services (from the API or the flags).
@@ -144,7 +188,7 @@ impl State {
         }
         let unknown: Vec<&String> = services
             .iter()
-            .filter(|s| !self.targets.contains_key(*s))
+            .filter(|s| self.instances(s).next().is_none())
             .collect();
         if !unknown.is_empty() {
             return Err(Status::invalid_argument(format!(
@@ -195,11 +239,12 @@ impl State {
         (task.id.clone(), payload)
     }
 
-    fn insert(&mut self, spec: TargetSpec, source: v1::TargetSource) {
+    fn insert(&mut self, spec: TargetSpec, instance: String, source: v1::TargetSource) {
         self.targets.insert(
-            spec.service.clone(),
+            (spec.service.clone(), instance.clone()),
             Watched {
                 spec,
+                instance,
                 source,
                 last_at_ms: None,
                 last: Vec::new(),
@@ -276,25 +321,26 @@ fn tick(state: &Mutex<State>, sampler: &Mutex<Sampler>, ts_ms: i64) -> Vec<(Stri
     {
         sampler.refresh();
     }
-    for service in std::mem::take(&mut state.forgotten) {
-        sampler.forget(&service);
+    for key in std::mem::take(&mut state.forgotten) {
+        sampler.forget(&counter_key(&key));
     }
     let host = state.host.clone();
-    let services: Vec<String> = state.targets.keys().cloned().collect();
+    let keys: Vec<Key> = state.targets.keys().cloned().collect();
     let mut records = Vec::new();
-    for service in services {
-        let task = state.task_of(&service).clone();
-        let Some(w) = state.targets.get_mut(&service) else {
+    for key in keys {
+        let service = &key.0;
+        let task = state.task_of(service).clone();
+        let Some(w) = state.targets.get_mut(&key) else {
             continue;
         };
         let now = Instant::now();
         let elapsed = w
             .last_tick
             .map_or(0.0, |t| now.duration_since(t).as_secs_f64());
-        match sampler.measure(&service, &w.spec.selector, elapsed) {
+        match sampler.measure(&counter_key(&key), &w.spec.selector, elapsed) {
             Ok(m) => {
                 if w.error.take().is_some() {
-                    tracing::info!(service, "target sampled again");
+                    tracing::info!(service, instance = %w.instance, "target sampled again");
                 }
                 w.last_tick = Some(now);
                 w.last_at_ms = Some(ts_ms);
@@ -311,20 +357,25 @@ fn tick(state: &Mutex<State>, sampler: &Mutex<Sampler>, ts_ms: i64) -> Vec<(Stri
                     interval_seconds: elapsed,
                     sequence: w.sequence,
                     task_services: task.services.clone(),
-                    // The host: this agent's only instance of the service
-                    // until discovery names replicas.
-                    instance: String::new(),
+                    instance: w.instance.clone(),
                 };
                 let payload = v1::UsageMessage {
                     body: Some(Body::Usage(usage)),
                 }
                 .encode_to_vec();
+                // By service: a series (service, instance) stays in one
+                // partition, in order, and so does the whole service.
                 records.push((service.clone(), payload));
             }
             Err(e) => {
                 let message = e.to_string();
                 if w.error.as_deref() != Some(message.as_str()) {
-                    tracing::warn!(service, error = %message, "target not sampled");
+                    tracing::warn!(
+                        service,
+                        instance = %w.instance,
+                        error = %message,
+                        "target not sampled"
+                    );
                 }
                 w.error = Some(message);
                 w.last_tick = None;
@@ -333,6 +384,10 @@ fn tick(state: &Mutex<State>, sampler: &Mutex<Sampler>, ts_ms: i64) -> Vec<(Stri
     }
     records
 }
+
+/// The `Status` response header naming the host's cgroup layout (`v1`,
+/// `v2` or `none`).
+pub const LAYOUT_HEADER: &str = "headroom-cgroup-layout";
 
 /// The `headroom.v1.Agent` service.
 #[derive(Debug, Clone)]
@@ -351,6 +406,12 @@ impl AgentApi {
         let (key, payload) = record;
         self.publisher.publish(&key, payload);
     }
+}
+
+/// What the sampler keeps a target's counters under: one per instance
+/// (service names hold no control characters).
+fn counter_key((service, instance): &Key) -> String {
+    format!("{service}\n{instance}")
 }
 
 /// (resource, value) pairs as the wire carries them.
@@ -395,7 +456,7 @@ impl Agent for AgentApi {
         } else {
             v1::BrokerState::Down
         };
-        Ok(Response::new(v1::StatusResponse {
+        let mut response = Response::new(v1::StatusResponse {
             host: state.host.clone(),
             targets,
             tasks: state.tasks.values().cloned().collect(),
@@ -407,7 +468,13 @@ impl Agent for AgentApi {
             broker: broker as i32,
             interval_seconds: state.interval.as_secs_f64(),
             topic: state.topic.clone(),
-        }))
+        });
+        // StatusResponse has no field for it yet: a response header.
+        response.metadata_mut().insert(
+            LAYOUT_HEADER,
+            tonic::metadata::MetadataValue::from_static(state.layout),
+        );
+        Ok(response)
     }
 
     async fn watch(
@@ -422,11 +489,14 @@ impl Agent for AgentApi {
             TargetSpec::from_proto(&target).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mut state = self.state.lock().expect("state lock");
         let service = spec.service.clone();
-        state.insert(spec, v1::TargetSource::Api);
+        // The API's target replaces every instance of the service.
+        state.remove_service(&service);
+        state.insert(spec, String::new(), v1::TargetSource::Api);
         tracing::info!(service, "target watched");
         let task = state.task_of(&service).id.clone();
+        let key = (service, String::new());
         Ok(Response::new(v1::WatchResponse {
-            status: state.targets.get(&service).map(|w| status_of(w, &task)),
+            status: state.targets.get(&key).map(|w| status_of(w, &task)),
         }))
     }
 
@@ -436,12 +506,11 @@ impl Agent for AgentApi {
     ) -> Result<Response<v1::UnwatchResponse>, Status> {
         let service = request.into_inner().service;
         let mut state = self.state.lock().expect("state lock");
-        if state.targets.remove(&service).is_none() {
+        if !state.remove_service(&service) {
             return Err(Status::not_found(format!(
                 "no target for service {service:?}"
             )));
         }
-        state.forgotten.push(service.clone());
         tracing::info!(service, "target unwatched");
         Ok(Response::new(v1::UnwatchResponse {}))
     }

@@ -208,7 +208,8 @@ async fn labelled_pods_on_this_node_become_services_and_survive_a_failing_watch(
         .with_kubernetes(names.clone())
         .scan();
     assert_eq!(found.len(), 1, "{found:?}");
-    assert_eq!(found["cruncher"], container);
+    let key = ("cruncher".to_string(), "cruncher-1".to_string());
+    assert_eq!(found[&key], container, "the pod names the instance");
 
     // The API server now refuses: the watch fails, the pods stay.
     assert_eq!(names.failures(), 0);

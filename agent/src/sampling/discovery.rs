@@ -1,9 +1,16 @@
-//! Container discovery: walks a cgroup v2 tree and turns every directory
-//! whose path (relative to the root) matches a pattern into a watched
-//! service. The service name is the pattern's `service` capture, so the
-//! same code finds Docker's `docker-<id>.scope`, cgroupfs-driver
-//! `docker/<id>` and Kubernetes `kubepods…/cri-containerd-<id>.scope`
-//! directories, and users name their own layouts with their own patterns.
+//! Container discovery: walks a cgroup tree (v2, or v1's memory controller
+//! tree) and turns every directory whose path (relative to the root)
+//! matches a pattern into a watched instance of a service. The service
+//! name is the pattern's `service` capture, so the same code finds Docker's
+//! `docker-<id>.scope`, cgroupfs-driver `docker/<id>` and Kubernetes
+//! `kubepods…/cri-containerd-<id>.scope` directories, and users name their
+//! own layouts with their own patterns.
+//!
+//! Every matching directory is its own instance (replica), named by, in
+//! order: the Kubernetes pod name (with Kubernetes discovery); the
+//! pattern's `instance` capture (the default patterns capture the first 12
+//! hex digits of the container id, as `docker ps` shows it); else the
+//! directory's path relative to the root.
 
 use std::{
     collections::BTreeMap,
@@ -11,18 +18,22 @@ use std::{
     sync::Arc,
 };
 
-use super::kubernetes::{ContainerNames, KubeNames};
+use super::{
+    cgroup::Layout,
+    kubernetes::{ContainerNames, KubeNames},
+};
 
 use regex::Regex;
 
 /// Patterns used when none are configured: Docker with the systemd and the
 /// cgroupfs driver, and Kubernetes containers (containerd, CRI-O, Docker)
 /// under `kubepods` slices. Each names the service after the first 12 hex
-/// digits of the container id, as `docker ps` does.
+/// digits of the container id, as `docker ps` does, and captures those
+/// digits as the instance.
 pub const DEFAULT_PATTERNS: &[&str] = &[
-    r"(?:^|/)(?P<service>docker-[0-9a-f]{12})[0-9a-f]{52}\.scope$",
-    r"(?:^|/)docker/(?P<service>[0-9a-f]{12})[0-9a-f]{52}$",
-    r"(?:^|/)kubepods[^/]*(?:/[^/]+)*/(?:cri-containerd-|crio-|docker-)?(?P<service>[0-9a-f]{12})[0-9a-f]{52}(?:\.scope)?$",
+    r"(?:^|/)(?P<service>docker-(?P<instance>[0-9a-f]{12}))[0-9a-f]{52}\.scope$",
+    r"(?:^|/)docker/(?P<service>(?P<instance>[0-9a-f]{12}))[0-9a-f]{52}$",
+    r"(?:^|/)kubepods[^/]*(?:/[^/]+)*/(?:cri-containerd-|crio-|docker-)?(?P<service>(?P<instance>[0-9a-f]{12}))[0-9a-f]{52}(?:\.scope)?$",
 ];
 
 /// How deep below the root directories are examined; Kubernetes nests
@@ -45,9 +56,14 @@ pub enum DiscoveryError {
     NoServiceGroup(String),
 }
 
+/// Discovered instances: (service, instance) → cgroup directory.
+pub type Found = BTreeMap<(String, String), PathBuf>;
+
 /// Finds containers under one cgroup root.
 #[derive(Debug, Clone)]
 pub struct Discovery {
+    /// The tree walked (on cgroup v1, the memory controller's tree when the
+    /// cgroup root was given).
     root: PathBuf,
     patterns: Vec<Regex>,
     /// With Kubernetes discovery: only containers of labelled pods, named
@@ -56,7 +72,9 @@ pub struct Discovery {
 }
 
 impl Discovery {
-    /// Discovery under `root` with `patterns` (the defaults when empty).
+    /// Discovery under `root` with `patterns` (the defaults when empty). On
+    /// a cgroup v1 host, the cgroup root is walked through its memory
+    /// controller's tree (see [`Layout::discovery_root`]).
     pub fn new(root: impl Into<PathBuf>, patterns: &[String]) -> Result<Self, DiscoveryError> {
         let texts: Vec<&str> = if patterns.is_empty() {
             DEFAULT_PATTERNS.to_vec()
@@ -77,7 +95,7 @@ impl Discovery {
             })
             .collect::<Result<_, _>>()?;
         Ok(Self {
-            root: root.into(),
+            root: Layout::host().discovery_root(&root.into()),
             patterns,
             kube: None,
         })
@@ -98,31 +116,40 @@ impl Discovery {
     /// The service name a cgroup path (relative to the root) gets, if any
     /// pattern matches it.
     pub fn name_of(&self, relative: &str) -> Option<String> {
+        self.names_of(relative).map(|(service, _)| service)
+    }
+
+    /// The service and instance a cgroup path (relative to the root) gets,
+    /// if any pattern matches it: the `instance` capture, else the path.
+    pub fn names_of(&self, relative: &str) -> Option<(String, String)> {
         self.patterns.iter().find_map(|re| {
-            re.captures(relative)
-                .and_then(|c| c.name("service"))
+            let captures = re.captures(relative)?;
+            let service = captures
+                .name("service")
                 .map(|m| m.as_str().to_string())
-                .filter(|s| !s.is_empty())
+                .filter(|s| !s.is_empty())?;
+            let instance = captures
+                .name("instance")
+                .map(|m| m.as_str())
+                .filter(|i| !i.is_empty())
+                .unwrap_or(relative);
+            Some((service, instance.to_string()))
         })
     }
 
-    /// Every matching cgroup directory, by service name. A matched directory
-    /// is not descended into (a container's own sub-cgroups belong to it).
-    /// Unreadable directories are skipped: discovery sees what it can.
-    pub fn scan(&self) -> BTreeMap<String, PathBuf> {
+    /// Every matching cgroup directory, by (service, instance): every
+    /// container of a service is found, each its own instance. A matched
+    /// directory is not descended into (a container's own sub-cgroups
+    /// belong to it). Unreadable directories are skipped: discovery sees
+    /// what it can.
+    pub fn scan(&self) -> Found {
         let mut found = BTreeMap::new();
         let kube = self.kube.as_ref().map(|k| k.current());
         self.walk(&self.root, 0, kube.as_ref(), &mut found);
         found
     }
 
-    fn walk(
-        &self,
-        dir: &Path,
-        depth: usize,
-        kube: Option<&ContainerNames>,
-        found: &mut BTreeMap<String, PathBuf>,
-    ) {
+    fn walk(&self, dir: &Path, depth: usize, kube: Option<&ContainerNames>, found: &mut Found) {
         if depth >= MAX_DEPTH {
             return;
         }
@@ -139,17 +166,31 @@ impl Discovery {
             let Ok(relative) = path.strip_prefix(&self.root) else {
                 continue;
             };
-            match self.name_of(&relative.to_string_lossy()) {
-                Some(captured) => {
-                    let service = match kube {
+            match self.names_of(&relative.to_string_lossy()) {
+                Some((captured, instance)) => {
+                    let names = match kube {
                         // The pattern captured the container id.
-                        Some(kube) => kube
-                            .service_of(captured.trim_start_matches("docker-"))
-                            .map(str::to_string),
-                        None => Some(captured),
+                        Some(kube) => {
+                            let id = captured.trim_start_matches("docker-");
+                            kube.service_of(id).map(|service| {
+                                let pod = kube.pod_of(id).map_or(instance, str::to_string);
+                                (service.to_string(), pod)
+                            })
+                        }
+                        None => Some((captured, instance)),
                     };
-                    if let Some(service) = service {
-                        found.entry(service).or_insert(path);
+                    if let Some(key) = names {
+                        if let Some(first) = found.get(&key) {
+                            tracing::debug!(
+                                service = %key.0,
+                                instance = %key.1,
+                                kept = %first.display(),
+                                skipped = %path.display(),
+                                "two cgroups name the same instance"
+                            );
+                        } else {
+                            found.insert(key, path);
+                        }
                     }
                 }
                 None => self.walk(&path, depth + 1, kube, found),
@@ -163,6 +204,53 @@ mod tests {
     use super::*;
 
     const ID: &str = "4f1c2b3a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a";
+
+    fn key(service: &str, instance: &str) -> (String, String) {
+        (service.to_string(), instance.to_string())
+    }
+
+    #[test]
+    fn every_replica_of_a_service_is_its_own_instance() {
+        let root = std::env::temp_dir().join(format!("headroom-replicas-{}", std::process::id()));
+        let dirs = [
+            "apps/billing-1.scope",
+            "apps/billing-2.scope",
+            "apps/web.scope",
+        ];
+        for d in dirs {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        let named = Discovery::new(
+            &root,
+            &[r"^apps/(?P<service>[a-z]+)(?:-(?P<instance>\d+))?\.scope$".into()],
+        )
+        .unwrap()
+        .scan();
+        let unnamed = Discovery::new(&root, &[r"^apps/(?P<service>[a-z]+)[^/]*\.scope$".into()])
+            .unwrap()
+            .scan();
+        std::fs::remove_dir_all(&root).unwrap();
+        let keys: Vec<_> = named.keys().cloned().collect();
+        assert_eq!(
+            keys,
+            [
+                key("billing", "1"),
+                key("billing", "2"),
+                key("web", "apps/web.scope")
+            ]
+        );
+        assert_eq!(named[&key("billing", "2")], root.join(dirs[1]));
+        let keys: Vec<_> = unnamed.keys().cloned().collect();
+        assert_eq!(
+            keys,
+            [
+                key("billing", dirs[0]),
+                key("billing", dirs[1]),
+                key("web", dirs[2])
+            ],
+            "without an instance group, the path names the instance"
+        );
+    }
 
     #[test]
     fn default_patterns_name_docker_and_kubernetes_containers() {
@@ -219,8 +307,8 @@ mod tests {
         let found = Discovery::new(&root, &[]).unwrap().scan();
         std::fs::remove_dir_all(&root).unwrap();
         assert_eq!(found.len(), 2, "{found:?}");
-        assert_eq!(found["docker-4f1c2b3a9d8e"], docker);
-        assert_eq!(found["7f1c2b3a9d8e"], pod);
+        assert_eq!(found[&key("docker-4f1c2b3a9d8e", "4f1c2b3a9d8e")], docker);
+        assert_eq!(found[&key("7f1c2b3a9d8e", "7f1c2b3a9d8e")], pod);
     }
 
     #[test]
@@ -236,7 +324,7 @@ mod tests {
         }
         let names = Arc::new(KubeNames::fixed(std::collections::HashMap::from([(
             ID.to_string(),
-            "cruncher".to_string(),
+            ("cruncher".to_string(), "cruncher-7d9f".to_string()),
         )])));
         let found = Discovery::new(&root, &[])
             .unwrap()
@@ -248,7 +336,7 @@ mod tests {
             .scan();
         std::fs::remove_dir_all(&root).unwrap();
         assert_eq!(found.len(), 1, "{found:?}");
-        assert_eq!(found["cruncher"], labelled);
+        assert_eq!(found[&key("cruncher", "cruncher-7d9f")], labelled);
         assert!(before_listing.is_empty(), "{before_listing:?}");
     }
 }

@@ -6,7 +6,8 @@
 //! keeping only the cgroups of their containers, named after the label.
 //!
 //! A pod with one container records it as the label's value; a pod with
-//! several records each as `value-container`, so sidecars stay apart.
+//! several records each as `value-container`, so sidecars stay apart. The
+//! pod's name is the instance: each replica of a service is its own.
 
 use std::{
     collections::HashMap,
@@ -69,27 +70,36 @@ pub enum KubeError {
     Client(#[from] kube::Error),
 }
 
-/// Service names by container id (the runtime's id without its
+/// Service and pod names by container id (the runtime's id without its
 /// `containerd://` prefix, lower case), from one reading of the pods.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ContainerNames(HashMap<String, String>);
+pub struct ContainerNames(HashMap<String, (String, String)>);
 
 impl ContainerNames {
-    /// The service a container of `id` belongs to. `id` may be the full id
-    /// or a prefix of at least 12 characters (what cgroup patterns capture).
-    pub fn service_of(&self, id: &str) -> Option<&str> {
+    fn get(&self, id: &str) -> Option<&(String, String)> {
         if id.len() < 12 {
             return None;
         }
-        self.0
-            .get(id)
-            .or_else(|| {
-                self.0
-                    .iter()
-                    .find(|(full, _)| full.starts_with(id))
-                    .map(|(_, s)| s)
-            })
-            .map(String::as_str)
+        self.0.get(id).or_else(|| {
+            self.0
+                .iter()
+                .find(|(full, _)| full.starts_with(id))
+                .map(|(_, names)| names)
+        })
+    }
+
+    /// The service a container of `id` belongs to. `id` may be the full id
+    /// or a prefix of at least 12 characters (what cgroup patterns capture).
+    pub fn service_of(&self, id: &str) -> Option<&str> {
+        self.get(id).map(|(service, _)| service.as_str())
+    }
+
+    /// The name of the pod a container of `id` runs in (the instance);
+    /// `None` when unknown or not named.
+    pub fn pod_of(&self, id: &str) -> Option<&str> {
+        self.get(id)
+            .map(|(_, pod)| pod.as_str())
+            .filter(|p| !p.is_empty())
     }
 
     /// How many containers are named.
@@ -103,8 +113,21 @@ impl ContainerNames {
     }
 }
 
+/// Service names by container id, pods unnamed.
 impl From<HashMap<String, String>> for ContainerNames {
     fn from(names: HashMap<String, String>) -> Self {
+        Self(
+            names
+                .into_iter()
+                .map(|(id, service)| (id, (service, String::new())))
+                .collect(),
+        )
+    }
+}
+
+/// (service, pod) names by container id.
+impl From<HashMap<String, (String, String)>> for ContainerNames {
+    fn from(names: HashMap<String, (String, String)>) -> Self {
         Self(names)
     }
 }
@@ -128,6 +151,7 @@ pub fn service_names<'a>(pods: impl IntoIterator<Item = &'a Pod>, label: &str) -
             .and_then(|s| s.container_statuses.as_deref())
             .unwrap_or_default();
         let several = statuses.len() > 1;
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
         for c in statuses {
             let Some(id) = c
                 .container_id
@@ -142,7 +166,7 @@ pub fn service_names<'a>(pods: impl IntoIterator<Item = &'a Pod>, label: &str) -
             } else {
                 service.clone()
             };
-            names.insert(id.to_ascii_lowercase(), name);
+            names.insert(id.to_ascii_lowercase(), (name, pod_name.clone()));
         }
     }
     ContainerNames(names)
@@ -409,6 +433,12 @@ mod tests {
         assert_eq!(k.service_of("aaaaaaaaaaaa"), Some("cache-cache"));
         assert_eq!(k.service_of("cccccccccccc"), Some("cache-proxy"));
         assert_eq!(k.service_of("4f1c2b3a9d8e"), Some("cruncher"));
+        assert_eq!(k.pod_of("4f1c2b3a9d8e"), Some("cruncher-7d9f"));
+        assert_eq!(
+            k.pod_of("cccccccccccc"),
+            Some("cache-1"),
+            "the pod is the instance"
+        );
         assert_eq!(k.service_of("eeeeeeeeeeee"), None, "unlabelled");
         assert_eq!(k.service_of("4f1c"), None, "too short to be an id");
         assert!(service_names(&pods, "other/label").is_empty());

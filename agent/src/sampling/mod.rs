@@ -1,4 +1,5 @@
-//! Measuring one target: counters turned into rates, cgroup v2 accounting,
+//! Measuring one target: counters turned into rates, cgroup v1 and v2
+//! accounting,
 //! and discovery of containers under a cgroup root.
 
 pub mod cgroup;

@@ -21,7 +21,8 @@ pub enum Selector {
     Name(String),
     /// Every process whose command line matches, and their descendants.
     Cmdline(Regex),
-    /// A cgroup v2 directory (a container).
+    /// A cgroup (a container): its path relative to the cgroup root, or a
+    /// full path, on either hierarchy (see [`cgroup::Layout::resolve`]).
     Cgroup(PathBuf),
 }
 
@@ -67,6 +68,8 @@ struct TargetCounters {
     write: CounterSet<(u32, u64)>,
     /// Previous cgroup counter values, by resource name.
     cgroup: HashMap<&'static str, u64>,
+    /// Previous OOM kill count of the cgroup.
+    oom_kills: Option<u64>,
     primed: bool,
 }
 
@@ -76,6 +79,8 @@ pub struct Sampler {
     system: System,
     counters: HashMap<String, TargetCounters>,
     own_netns: Option<String>,
+    /// Where cgroup paths lead: the host's hierarchy.
+    layout: cgroup::Layout,
     /// Wall-clock seconds of the previous refresh, to tell processes born
     /// since then (all their counters count) from ones first seen now.
     previous_refresh_secs: u64,
@@ -88,12 +93,14 @@ impl Default for Sampler {
 }
 
 impl Sampler {
-    /// A sampler with an empty process table.
+    /// A sampler with an empty process table, reading cgroups on the
+    /// host's layout.
     pub fn new() -> Self {
         Self {
             system: System::new(),
             counters: HashMap::new(),
             own_netns: cgroup::own_netns(),
+            layout: cgroup::Layout::host().clone(),
             previous_refresh_secs: u64::MAX,
         }
     }
@@ -120,22 +127,27 @@ impl Sampler {
     }
 
     /// Forgets a target's counters (after Unwatch).
-    pub fn forget(&mut self, service: &str) {
-        self.counters.remove(service);
+    pub fn forget(&mut self, key: &str) {
+        self.counters.remove(key);
     }
 
-    /// Measures one target over `elapsed_secs` since its previous tick.
+    /// Measures one target over `elapsed_secs` since its previous tick;
+    /// `key` names the target's counters between ticks (one per watched
+    /// instance).
     pub fn measure(
         &mut self,
-        service: &str,
+        key: &str,
         selector: &Selector,
         elapsed_secs: f64,
     ) -> Result<Measured, TargetError> {
-        let counters = self.counters.entry(service.to_string()).or_default();
+        let counters = self.counters.entry(key.to_string()).or_default();
         let measured = match selector {
-            Selector::Cgroup(dir) => {
-                measure_cgroup(counters, dir, self.own_netns.as_deref(), elapsed_secs)
-            }
+            Selector::Cgroup(path) => measure_cgroup(
+                counters,
+                &self.layout.resolve(path),
+                self.own_netns.as_deref(),
+                elapsed_secs,
+            ),
             other => {
                 let pids = select(&self.system, other)?;
                 Ok(measure_processes(
@@ -149,7 +161,7 @@ impl Sampler {
         };
         if measured.is_err() {
             // Whatever comes back later starts a fresh history.
-            self.counters.remove(service);
+            self.counters.remove(key);
         }
         measured
     }
@@ -267,29 +279,50 @@ fn measure_processes(
     }
 }
 
+/// Memory as the working set; CPU, IO and network as rates; throttling as
+/// seconds per second; OOM kills as a count per interval (a counter's
+/// first reading has no interval: absent); limits as they stand.
 fn measure_cgroup(
     counters: &mut TargetCounters,
-    dir: &std::path::Path,
+    dirs: &cgroup::CgroupDirs,
     own_netns: Option<&str>,
     elapsed_secs: f64,
 ) -> Result<Measured, TargetError> {
-    let r = cgroup::read(dir, own_netns).map_err(|e| TargetError::Cgroup(e.to_string()))?;
+    let r = cgroup::read(dirs, own_netns).map_err(|e| TargetError::Cgroup(e.to_string()))?;
     let mut values = Vec::new();
     if let Some(m) = r.memory_bytes {
         values.push((resource::MEMORY, m as f64));
     }
-    let mut readings = vec![(resource::CPU, r.cpu_usec)];
-    for (name, v) in [
-        (resource::DISK_READ, r.read_bytes),
-        (resource::DISK_WRITE, r.write_bytes),
-        (resource::NET_RX, r.net_rx_bytes),
-        (resource::NET_TX, r.net_tx_bytes),
-    ] {
-        if let Some(v) = v {
-            readings.push((name, v));
+    if let Some(limit) = r.memory_limit_bytes {
+        values.push((resource::MEMORY_LIMIT, limit as f64));
+    }
+    if let Some(cores) = r.cpu_limit_cores {
+        values.push((resource::CPU_LIMIT, cores));
+    }
+    if let Some(kills) = r.oom_kills {
+        if let Some(previous) = counters.oom_kills.replace(kills) {
+            let increase = if kills >= previous {
+                kills - previous
+            } else {
+                kills
+            };
+            values.push((resource::OOM_KILLS, increase as f64));
         }
     }
-    for (name, value) in readings {
+    // Nanosecond counters become seconds per second.
+    let mut readings = vec![(resource::CPU, r.cpu_ns, 1e9)];
+    for (name, v, scale) in [
+        (resource::CPU_THROTTLED, r.throttled_ns, 1e9),
+        (resource::DISK_READ, r.read_bytes, 1.0),
+        (resource::DISK_WRITE, r.write_bytes, 1.0),
+        (resource::NET_RX, r.net_rx_bytes, 1.0),
+        (resource::NET_TX, r.net_tx_bytes, 1.0),
+    ] {
+        if let Some(v) = v {
+            readings.push((name, v, scale));
+        }
+    }
+    for (name, value, scale) in readings {
         let previous = counters.cgroup.insert(name, value);
         let Some(previous) = previous else { continue };
         // A counter that went backwards was reset: count from zero.
@@ -299,14 +332,7 @@ fn measure_cgroup(
             value
         };
         if let Some(rate) = per_second(increase, elapsed_secs) {
-            values.push((
-                name,
-                if name == resource::CPU {
-                    rate / 1e6
-                } else {
-                    rate
-                },
-            ));
+            values.push((name, rate / scale));
         }
     }
     counters.primed = true;
