@@ -111,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
                     interval_seconds: 1.0,
                     sequence: tick as u64,
                     task_services: Vec::new(),
+                    instance: String::new(),
                 })),
             }
             .encode_to_vec();

@@ -93,7 +93,8 @@ async fn resolve(shared: &Shared, filter: Option<&v1::UsageFilter>) -> Result<st
     check_names("service", &f.services)?;
     check_names("resource", &f.resources)?;
     check_names("task id", &f.task_ids)?;
-    Ok(store::resolve_filter(
+    check_names("instance", &f.instances)?;
+    let filter = store::resolve_filter(
         &shared.pool,
         &f.services,
         &f.resources,
@@ -101,7 +102,8 @@ async fn resolve(shared: &Shared, filter: Option<&v1::UsageFilter>) -> Result<st
         ts(&f.start),
         ts(&f.end),
     )
-    .await?)
+    .await?;
+    Ok(store::with_instances(&shared.pool, filter, &f.instances).await?)
 }
 
 /// Series page token: "task_id\u{1f}service_id\u{1f}resource_id".
@@ -132,6 +134,7 @@ impl Collector for CollectorApi {
             .map(|r| v1::ServiceInfo {
                 id: r.id,
                 name: r.name,
+                instances: u32::try_from(r.instances).unwrap_or(u32::MAX),
             })
             .collect();
         Ok(Response::new(v1::ListServicesResponse { services }))
@@ -261,7 +264,10 @@ impl Collector for CollectorApi {
             String::new()
         };
         // Steps the rollup buckets tile are read from the rollups.
-        let resolution = step_us.and_then(store::rollup::for_step);
+        // Rollups pool instances: a filter naming some reads raw samples.
+        let resolution = step_us
+            .filter(|_| filter.instance_ids.is_none())
+            .and_then(store::rollup::for_step);
         let mut series = Vec::with_capacity(keys.len());
         for key in keys {
             let mut points = match (resolution, step_us) {
@@ -366,10 +372,11 @@ impl Collector for CollectorApi {
         if let Some(bad) = r.resources.iter().find(|n| !resource::is_known(n)) {
             return Err(Error::NotFound(format!(
                 "unknown resource {bad:?} (known: {})",
-                resource::ALL.join(", ")
+                resource::KNOWN.join(", ")
             ))
             .into());
         }
+        let instances: HashSet<String> = r.instances.into_iter().collect();
         let services: HashSet<String> = r.services.into_iter().collect();
         let resources: HashSet<String> = r.resources.into_iter().collect();
         let tasks: HashSet<String> = r.task_ids.into_iter().collect();
@@ -401,6 +408,7 @@ impl Collector for CollectorApi {
                     if (!services.is_empty() && !services.contains(&row.service))
                         || (!resources.is_empty() && !resources.contains(row.resource))
                         || (!tasks.is_empty() && !tasks.contains(&row.task_id))
+                        || (!instances.is_empty() && !instances.contains(&row.instance))
                     {
                         continue;
                     }
@@ -410,6 +418,7 @@ impl Collector for CollectorApi {
                         resource: row.resource.to_string(),
                         value: row.value,
                         ts: Some(from_unix_ms(row.ts_us / 1000)),
+                        instance: row.instance.clone(),
                     };
                     if tx.send(Ok(sample)).await.is_err() {
                         return; // client hung up
@@ -430,6 +439,9 @@ impl Collector for CollectorApi {
         let chunk = page_size(r.chunk_size, DEFAULT_CHUNK, MAX_CHUNK, "chunk_size")? as usize;
         let filter = resolve(&self.shared, r.filter.as_ref()).await?;
         let (services, resources) = store::names(&self.shared.pool).await.map_err(Error::from)?;
+        let instances = store::instance_names(&self.shared.pool)
+            .await
+            .map_err(Error::from)?;
         // Old tasks whose raw samples are gone are exported per minute;
         // imported allocations are kept as they are.
         let rollup = if r.provisioned {
@@ -482,6 +494,7 @@ impl Collector for CollectorApi {
                             resource: resources.get(&r.resource_id).cloned().unwrap_or_default(),
                             value: r.value,
                             ts: Some(to_proto_ts(r.ts)),
+                            instance: instances.get(&r.instance_id).cloned().unwrap_or_default(),
                         })
                         .collect();
                     Ok::<_, Error>(v1::ExportSamplesResponse {

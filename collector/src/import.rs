@@ -154,6 +154,10 @@ impl Gathered {
                     .map(|((task, service, r, ts), v)| Row {
                         task_id: task.clone(),
                         service: service.clone(),
+                        // One instance per imported unit: an Alibaba app
+                        // unit's containers on a machine are summed, a
+                        // Bitbrains VM is one machine.
+                        instance: crate::ingest::decode::DEFAULT_INSTANCE.to_string(),
                         resource: r,
                         value: *v,
                         ts_us: *ts,

@@ -72,6 +72,8 @@ pub struct Shared {
     /// Most raw samples a statistics query sorts (see
     /// [`store::lifecycle::LifecycleOptions::raw_stats_limit`]).
     pub raw_stats_limit: u64,
+    /// Rate-limited warnings about conflicting samples.
+    pub conflict_log: ingest::ConflictLog,
     health: HealthReporter,
 }
 
@@ -101,6 +103,7 @@ pub async fn run(
         live,
         shutdown: shutdown.clone(),
         raw_stats_limit: config.lifecycle.raw_stats_limit,
+        conflict_log: Default::default(),
         health,
     });
     shared.set_ready(false).await;

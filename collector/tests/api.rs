@@ -99,7 +99,13 @@ async fn the_query_api_answers_from_stored_samples_and_refuses_bad_input() -> an
         .await?
         .into_inner()
         .resources;
-    assert_eq!(resources.len(), 6);
+    // Usage, then pressure and limits.
+    assert_eq!(resources.len(), headroom_proto::resource::KNOWN.len());
+    assert!(
+        resources
+            .iter()
+            .any(|r| r.name == "oom_kills" && r.unit == "kills")
+    );
     assert!(
         resources
             .iter()
@@ -363,6 +369,7 @@ async fn the_query_api_answers_from_stored_samples_and_refuses_bad_input() -> an
             services: vec!["live".into()],
             resources: vec!["cpu".into()],
             task_ids: vec![],
+            instances: vec![],
         })
         .await?
         .into_inner();

@@ -574,3 +574,89 @@ async fn a_record_the_database_refuses_is_moved_aside_and_ingest_goes_on() -> an
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn replicas_on_two_hosts_are_all_stored_and_a_real_conflict_is_counted() -> anyhow::Result<()>
+{
+    kit::init_logs();
+    let db = kit::TestDb::new().await?;
+    let topic = kit::fresh_topic("replicas", 3).await?;
+    let mib = 1024.0 * 1024.0;
+    // Two agents publish one service in one task at the same 60 ticks, one
+    // replica at 100 MiB and one at 600 MiB, records interleaved.
+    let base = chrono::Utc::now().timestamp_millis() - 3_600_000;
+    let mut records: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..60 {
+        for (host, memory) in [("host-a", 100.0 * mib), ("host-b", 600.0 * mib)] {
+            records.push((
+                "api".into(),
+                usage_from(
+                    host,
+                    "t-replicas",
+                    "api",
+                    base + i * 10_000,
+                    &[("memory", memory)],
+                ),
+            ));
+        }
+    }
+    produce(&topic, &records, None).await?;
+    let metrics = kit::free_address()?;
+    let mut child =
+        spawn_collector_process(&db.url, &topic, &kit::unique_name("collector"), metrics)?;
+    let stored = wait_for_rows(&db.pool, "t-replicas", 120, Duration::from_secs(60)).await;
+    let replica_conflicts = metric(metrics, "headroom_collector_conflicts_total").await;
+    // A real conflict: host-a claims another value for a tick it reported.
+    produce(
+        &topic,
+        &[(
+            "api".into(),
+            usage_from(
+                "host-a",
+                "t-replicas",
+                "api",
+                base + 5 * 10_000,
+                &[("memory", 1.0)],
+            ),
+        )],
+        None,
+    )
+    .await?;
+    let conflicts = kit::eventually("the conflict counted", Duration::from_secs(30), || async {
+        let n = metric(metrics, "headroom_collector_conflicts_total").await;
+        (n >= 1.0).then_some(n)
+    })
+    .await;
+    let duplicates = metric(metrics, "headroom_collector_duplicates_total").await;
+    child.kill()?;
+    child.wait()?;
+    stored?;
+    assert_eq!(replica_conflicts, 0.0, "replicas are not conflicts");
+    assert_eq!(conflicts?, 1.0);
+    assert_eq!(duplicates, 0.0, "a conflict is not a duplicate");
+    assert_eq!(count_samples(&db.pool, "t-replicas").await, 120);
+    let filter = headroom_store::resolve_filter(
+        &db.pool,
+        &["api".into()],
+        &["memory".into()],
+        &["t-replicas".into()],
+        None,
+        None,
+    )
+    .await?;
+    let stats = headroom_store::usage_stats(&db.pool, &filter).await?;
+    assert_eq!(
+        stats[0].max,
+        600.0 * mib,
+        "the 600 MiB replica is kept, not merged"
+    );
+    let services = headroom_store::list_services(&db.pool).await?;
+    assert_eq!(
+        services
+            .iter()
+            .find(|s| s.name == "api")
+            .map(|s| s.instances),
+        Some(2)
+    );
+    Ok(())
+}

@@ -42,6 +42,10 @@ pub enum Error {
 /// Result with the simulator's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The instance every simulated sample is stored under: one replica per
+/// service.
+pub const SIMULATED_INSTANCE: &str = "sim";
+
 /// Names given to simulated services, in order; more get a numeric suffix.
 const NAMES: [&str; 12] = [
     "gateway",
@@ -500,6 +504,7 @@ impl Workload {
                 batch.rows.push(StoreRow {
                     task_id: self.tasks[s.task].id.clone(),
                     service: self.services[s.service].name.clone(),
+                    instance: SIMULATED_INSTANCE.to_string(),
                     resource: s.resource,
                     value: s.value,
                     ts_us: s.ts.timestamp_micros(),

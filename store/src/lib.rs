@@ -19,7 +19,7 @@ mod write;
 pub use error::{Error, Result};
 pub use query::*;
 pub use rows::{Row, TaskSeen};
-pub use write::{Batch, WritePath, WriteReport, write_batch, write_provisioned};
+pub use write::{Batch, Conflict, WritePath, WriteReport, write_batch, write_provisioned};
 
 /// A pool of PostgreSQL connections, as every store function takes it.
 pub use sqlx::PgPool;
@@ -55,6 +55,23 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
         .await?)
 }
 
+/// Applies the embedded migrations up to `version` only: a store as an
+/// older release left it, for upgrade tests.
+pub async fn migrate_up_to(pool: &PgPool, version: i64) -> Result<()> {
+    let older = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(
+            MIGRATOR
+                .iter()
+                .filter(|m| m.version <= version)
+                .cloned()
+                .collect(),
+        ),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    older.run(pool).await?;
+    Ok(())
+}
+
 /// Applies the embedded migrations.
 pub async fn migrate(pool: &PgPool) -> Result<()> {
     MIGRATOR.run(pool).await?;
@@ -66,7 +83,15 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
 #[derive(Debug, Default)]
 pub struct Lookups {
     services: RwLock<HashMap<String, i32>>,
+    instances: RwLock<HashMap<String, i32>>,
     resources: RwLock<HashMap<String, i32>>,
+}
+
+/// The lookup tables names are inserted into as they arrive.
+#[derive(Debug, Clone, Copy)]
+enum Named {
+    Services,
+    Instances,
 }
 
 impl Lookups {
@@ -77,12 +102,42 @@ impl Lookups {
 
     /// Ids of `names` (services), inserting the ones not stored yet.
     pub async fn service_ids(&self, pool: &PgPool, names: &[&str]) -> Result<HashMap<String, i32>> {
+        self.ids(pool, Named::Services, names).await
+    }
+
+    /// Ids of `names` (instances), inserting the ones not stored yet.
+    pub async fn instance_ids(
+        &self,
+        pool: &PgPool,
+        names: &[&str],
+    ) -> Result<HashMap<String, i32>> {
+        self.ids(pool, Named::Instances, names).await
+    }
+
+    async fn ids(
+        &self,
+        pool: &PgPool,
+        table: Named,
+        names: &[&str],
+    ) -> Result<HashMap<String, i32>> {
+        let (cache, insert) = match table {
+            Named::Services => (
+                &self.services,
+                "INSERT INTO services (name) SELECT * FROM UNNEST($1::text[]) \
+                 ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id, name",
+            ),
+            Named::Instances => (
+                &self.instances,
+                "INSERT INTO instances (name) SELECT * FROM UNNEST($1::text[]) \
+                 ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id, name",
+            ),
+        };
         let mut out = HashMap::with_capacity(names.len());
         let mut missing = Vec::new();
         {
-            let cache = self.services.read().await;
+            let cached = cache.read().await;
             for n in names {
-                match cache.get(*n) {
+                match cached.get(*n) {
                     Some(id) => {
                         out.insert((*n).to_string(), *id);
                     }
@@ -94,16 +149,13 @@ impl Lookups {
             missing.sort();
             missing.dedup();
             // DO UPDATE (a no-op) so RETURNING yields existing rows too.
-            let rows: Vec<(i32, String)> = sqlx::query_as(
-                "INSERT INTO services (name) SELECT * FROM UNNEST($1::text[]) \
-                 ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id, name",
-            )
-            .bind(&missing)
-            .fetch_all(pool)
-            .await?;
-            let mut cache = self.services.write().await;
+            let rows: Vec<(i32, String)> = sqlx::query_as(insert)
+                .bind(&missing)
+                .fetch_all(pool)
+                .await?;
+            let mut cached = cache.write().await;
             for (id, name) in rows {
-                cache.insert(name.clone(), id);
+                cached.insert(name.clone(), id);
                 out.insert(name, id);
             }
         }
@@ -129,6 +181,7 @@ impl Lookups {
     /// Forgets every cached id (after `admin reset`).
     pub async fn clear(&self) {
         self.services.write().await.clear();
+        self.instances.write().await.clear();
         self.resources.write().await.clear();
     }
 }

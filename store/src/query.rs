@@ -17,6 +17,10 @@ pub struct Filter {
     pub resource_ids: Option<Vec<i32>>,
     /// Task ids.
     pub task_ids: Option<Vec<String>>,
+    /// Instance ids: only these replicas. `None` pools every instance.
+    /// Rollups pool instances, so a filter naming instances reads raw
+    /// samples.
+    pub instance_ids: Option<Vec<i32>>,
     /// Inclusive start.
     pub start: Option<DateTime<Utc>>,
     /// Exclusive end.
@@ -61,8 +65,18 @@ pub async fn resolve_filter(
         service_ids,
         resource_ids,
         task_ids,
+        instance_ids: None,
         start,
         end,
+    })
+}
+
+/// `filter` narrowed to the instances named (none: every instance);
+/// unknown names are `NotFound`, naming each one and the known ones.
+pub async fn with_instances(pool: &PgPool, filter: Filter, instances: &[String]) -> Result<Filter> {
+    Ok(Filter {
+        instance_ids: resolve_names(pool, "instances", "instance", instances).await?,
+        ..filter
     })
 }
 
@@ -115,15 +129,19 @@ pub struct NamedRow {
     pub id: i32,
     /// Name.
     pub name: String,
+    /// Distinct instances (replicas) that reported it (services only).
+    pub instances: i64,
 }
 
-/// Every service, by name.
+/// Every service, by name, with how many distinct instances reported it.
 pub async fn list_services(pool: &PgPool) -> Result<Vec<NamedRow>> {
-    Ok(
-        sqlx::query_as("SELECT id, name FROM services ORDER BY name")
-            .fetch_all(pool)
-            .await?,
+    Ok(sqlx::query_as(
+        "SELECT s.id, s.name, count(DISTINCT i.instance_id) AS instances \
+             FROM services s LEFT JOIN service_instances i ON i.service_id = s.id \
+             GROUP BY s.id, s.name ORDER BY s.name",
     )
+    .fetch_all(pool)
+    .await?)
 }
 
 /// A resource with its unit.
@@ -277,19 +295,20 @@ pub async fn series_points(
     limit: i64,
 ) -> Result<Vec<(DateTime<Utc>, f64)>> {
     let base = "FROM samples WHERE task_id = $1 AND service_id = $2 AND resource_id = $3 \
-                AND ($4::timestamptz IS NULL OR ts >= $4) AND ($5::timestamptz IS NULL OR ts < $5)";
+                AND ($4::timestamptz IS NULL OR ts >= $4) AND ($5::timestamptz IS NULL OR ts < $5) \
+                AND ($6::int[] IS NULL OR instance_id = ANY($6))";
     let query = match step {
-        None => format!("SELECT ts, value {base} ORDER BY ts LIMIT $6"),
+        None => format!("SELECT ts, value {base} ORDER BY ts LIMIT $7"),
         Some((_, agg)) => {
             let expr = match agg {
                 StepAggregate::Mean => "avg(value)",
                 StepAggregate::Min => "min(value)",
                 StepAggregate::Max => "max(value)",
-                StepAggregate::Percentile(_) => "percentile_cont($8) WITHIN GROUP (ORDER BY value)",
+                StepAggregate::Percentile(_) => "percentile_cont($9) WITHIN GROUP (ORDER BY value)",
             };
             format!(
-                "SELECT date_bin($7::bigint * interval '1 microsecond', ts, timestamptz 'epoch') AS b, {expr} \
-                 {base} GROUP BY b ORDER BY b LIMIT $6"
+                "SELECT date_bin($8::bigint * interval '1 microsecond', ts, timestamptz 'epoch') AS b, {expr} \
+                 {base} GROUP BY b ORDER BY b LIMIT $7"
             )
         }
     };
@@ -299,6 +318,7 @@ pub async fn series_points(
         .bind(key.resource_id)
         .bind(filter.start)
         .bind(filter.end)
+        .bind(&filter.instance_ids)
         .bind(limit);
     if let Some((step_us, agg)) = step {
         q = q.bind(step_us);
@@ -354,9 +374,18 @@ const SAMPLE_FILTER: &str = "($1::int[] IS NULL OR x.service_id = ANY($1)) \
      AND ($2::int[] IS NULL OR x.resource_id = ANY($2)) \
      AND ($3::text[] IS NULL OR x.task_id = ANY($3)) \
      AND ($4::timestamptz IS NULL OR x.ts >= $4) \
-     AND ($5::timestamptz IS NULL OR x.ts < $5)";
+     AND ($5::timestamptz IS NULL OR x.ts < $5) \
+     AND ($6::int[] IS NULL OR x.instance_id = ANY($6))";
 
-/// Binds a filter's values to $1 to $5 of a query using [`SAMPLE_FILTER`].
+/// [`SAMPLE_FILTER`] for tables without instances (rollups pool them;
+/// provisioned values are per service): $6 is bound but selects nothing.
+pub(crate) fn pooled_filter(time_column: &str) -> String {
+    SAMPLE_FILTER
+        .replace("x.ts", time_column)
+        .replace("x.instance_id = ANY($6)", "TRUE")
+}
+
+/// Binds a filter's values to $1 to $6 of a query using [`SAMPLE_FILTER`].
 fn bind_filter<'q, O>(
     query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
     filter: &'q Filter,
@@ -367,6 +396,7 @@ fn bind_filter<'q, O>(
         .bind(&filter.task_ids)
         .bind(filter.start)
         .bind(filter.end)
+        .bind(&filter.instance_ids)
 }
 
 /// A sample with its task's start, for exports.
@@ -378,6 +408,8 @@ pub struct ExportRow {
     pub service_id: i32,
     /// Resource id.
     pub resource_id: i32,
+    /// Instance id (0, "default", for rollups and provisioned values).
+    pub instance_id: i32,
     /// Value.
     pub value: f64,
     /// Time.
@@ -401,16 +433,16 @@ pub fn export_rows<'a>(
 pub fn export_query(rollup: Option<super::rollup::Resolution>) -> String {
     match rollup {
         None => format!(
-            "SELECT x.task_id, x.service_id, x.resource_id, x.value, x.ts, t.start_ts \
+            "SELECT x.task_id, x.service_id, x.resource_id, x.instance_id, x.value, x.ts, t.start_ts \
              FROM samples x JOIN tasks t ON t.id = x.task_id WHERE {SAMPLE_FILTER} \
-             ORDER BY x.task_id, x.service_id, x.resource_id, x.ts"
+             ORDER BY x.task_id, x.service_id, x.instance_id, x.resource_id, x.ts"
         ),
         Some(r) => format!(
-            "SELECT x.task_id, x.service_id, x.resource_id, x.sum / x.count AS value, x.bucket AS ts, t.start_ts \
+            "SELECT x.task_id, x.service_id, x.resource_id, 0 AS instance_id, x.sum / x.count AS value, x.bucket AS ts, t.start_ts \
              FROM {} x JOIN tasks t ON t.id = x.task_id WHERE {} \
              ORDER BY x.task_id, x.service_id, x.resource_id, x.bucket",
             r.table(),
-            SAMPLE_FILTER.replace("x.ts", "x.bucket")
+            pooled_filter("x.bucket")
         ),
     }
 }
@@ -419,9 +451,10 @@ pub fn export_query(rollup: Option<super::rollup::Resolution>) -> String {
 /// `provisioned` table), in the shape of raw samples.
 pub fn export_provisioned_query() -> String {
     format!(
-        "SELECT x.task_id, x.service_id, x.resource_id, x.value, x.ts, t.start_ts \
-         FROM provisioned x JOIN tasks t ON t.id = x.task_id WHERE {SAMPLE_FILTER} \
-         ORDER BY x.task_id, x.service_id, x.resource_id, x.ts"
+        "SELECT x.task_id, x.service_id, x.resource_id, 0 AS instance_id, x.value, x.ts, t.start_ts \
+         FROM provisioned x JOIN tasks t ON t.id = x.task_id WHERE {} \
+         ORDER BY x.task_id, x.service_id, x.resource_id, x.ts",
+        pooled_filter("x.ts")
     )
 }
 
@@ -438,6 +471,14 @@ pub async fn names(pool: &PgPool) -> Result<(HashMap<i32, String>, HashMap<i32, 
         .map(|r| (r.id, r.name))
         .collect();
     Ok((services, resources))
+}
+
+/// Id-to-name map of the instances.
+pub async fn instance_names(pool: &PgPool) -> Result<HashMap<i32, String>> {
+    let rows: Vec<(i32, String)> = sqlx::query_as("SELECT id, name FROM instances")
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// Whether the schema has been applied (the `samples` table exists), so a

@@ -414,6 +414,7 @@ pub async fn points(
         service_ids: Some(vec![key.service_id]),
         resource_ids: Some(vec![key.resource_id]),
         task_ids: Some(vec![key.task_id.clone()]),
+        instance_ids: None,
         start: filter.start,
         end: filter.end,
     };
@@ -504,6 +505,10 @@ pub async fn choose_for_stats(
     filter: &super::Filter,
     raw_limit: u64,
 ) -> Result<Option<Resolution>> {
+    // Rollups pool instances: a question about some of them reads raw.
+    if filter.instance_ids.is_some() {
+        return Ok(None);
+    }
     let Some((start, end)) = window_of(pool, filter).await? else {
         return Ok(None);
     };
@@ -545,6 +550,9 @@ pub async fn choose_for_export(
     pool: &sqlx::PgPool,
     filter: &super::Filter,
 ) -> Result<Option<Resolution>> {
+    if filter.instance_ids.is_some() {
+        return Ok(None);
+    }
     let Some((start, _)) = window_of(pool, filter).await? else {
         return Ok(None);
     };

@@ -8,6 +8,9 @@ pub struct Row {
     pub task_id: String,
     /// Service name (resolved to its id when written).
     pub service: String,
+    /// Instance (replica) name, resolved to its id when written: the
+    /// container, pod, watched target or host that was measured.
+    pub instance: String,
     /// Resource name, one of the known resources.
     pub resource: &'static str,
     /// Value in the resource's unit.

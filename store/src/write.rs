@@ -69,14 +69,39 @@ pub enum WritePath {
 }
 
 /// What a write did.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct WriteReport {
     /// Rows newly stored.
     pub inserted: u64,
-    /// Rows that were already stored (duplicates).
+    /// Rows that were already stored with the same value (exact replays:
+    /// a redelivery, a producer's retry), now no-ops.
     pub duplicates: u64,
+    /// Rows whose key (task, service, instance, resource, time) was already
+    /// stored, or came twice in the batch, with a different value: not a
+    /// replay but two sources claiming one sample. The stored value is
+    /// kept; each is reported here.
+    pub conflicts: Vec<Conflict>,
     /// The path taken.
     pub path: WritePath,
+}
+
+/// A sample whose key was taken by a different value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conflict {
+    /// Task id.
+    pub task_id: String,
+    /// Service name.
+    pub service: String,
+    /// Instance name.
+    pub instance: String,
+    /// Resource name.
+    pub resource: &'static str,
+    /// Sample time, microseconds since the Unix epoch.
+    pub ts_us: i64,
+    /// The value kept (stored first).
+    pub kept: f64,
+    /// The value refused.
+    pub refused: f64,
 }
 
 /// A row with its ids resolved, in key order.
@@ -84,9 +109,24 @@ pub struct WriteReport {
 struct Keyed<'a> {
     task_id: &'a str,
     service_id: i32,
+    instance_id: i32,
     resource_id: i32,
     value: f64,
     ts_us: i64,
+    /// Its index in the batch, for naming it in a conflict.
+    row: usize,
+}
+
+impl Keyed<'_> {
+    fn key(&self) -> (&str, i32, i32, i32, i64) {
+        (
+            self.task_id,
+            self.service_id,
+            self.instance_id,
+            self.resource_id,
+            self.ts_us,
+        )
+    }
 }
 
 /// Folds inserted rows into both rollup tables.
@@ -112,35 +152,52 @@ pub async fn write_batch(
     names.sort_unstable();
     names.dedup();
     let services = lookups.service_ids(pool, &names).await?;
+    let mut names: Vec<&str> = batch.rows.iter().map(|r| r.instance.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let instances = lookups.instance_ids(pool, &names).await?;
     let resources = lookups.resource_ids(pool).await?;
 
     let mut rows: Vec<Keyed<'_>> = batch
         .rows
         .iter()
-        .map(|r| Keyed {
+        .enumerate()
+        .map(|(row, r)| Keyed {
             task_id: &r.task_id,
             service_id: services[&r.service],
+            instance_id: instances[&r.instance],
             resource_id: resources[r.resource],
             value: r.value,
             ts_us: r.ts_us,
+            row,
         })
         .collect();
     // Key order keeps index inserts local and lets duplicates inside the
     // batch (the same record twice in one poll) go before COPY sees them.
-    rows.sort_unstable_by(|a, b| {
-        (a.task_id, a.service_id, a.resource_id, a.ts_us).cmp(&(
-            b.task_id,
-            b.service_id,
-            b.resource_id,
-            b.ts_us,
-        ))
-    });
+    // Stable, so the first of two equal keys is the one kept.
+    rows.sort_by(|a, b| a.key().cmp(&b.key()));
+    let conflict = |kept: &Keyed<'_>, refused: &Keyed<'_>| {
+        let r = &batch.rows[refused.row];
+        Conflict {
+            task_id: r.task_id.clone(),
+            service: r.service.clone(),
+            instance: r.instance.clone(),
+            resource: r.resource,
+            ts_us: r.ts_us,
+            kept: kept.value,
+            refused: refused.value,
+        }
+    };
+    let mut conflicts = Vec::new();
     let before = rows.len();
-    rows.dedup_by(|a, b| {
-        (a.task_id, a.service_id, a.resource_id, a.ts_us)
-            == (b.task_id, b.service_id, b.resource_id, b.ts_us)
+    rows.dedup_by(|later, first| {
+        let same = later.key() == first.key();
+        if same && later.value.to_bits() != first.value.to_bits() {
+            conflicts.push(conflict(first, later));
+        }
+        same
     });
-    let in_batch_duplicates = (before - rows.len()) as u64;
+    let in_batch_duplicates = (before - rows.len()) as u64 - conflicts.len() as u64;
 
     let mut tx = pool.begin().await?;
     write_context(&mut tx, batch, &rows).await?;
@@ -156,6 +213,7 @@ pub async fn write_batch(
             Ok(WriteReport {
                 inserted: rows.len() as u64,
                 duplicates: in_batch_duplicates,
+                conflicts,
                 path: WritePath::Copy,
             })
         }
@@ -168,18 +226,70 @@ pub async fn write_batch(
             if rollups {
                 let keyed = stored
                     .iter()
-                    .map(|(t, s, r, v, ts)| (t.as_str(), *s, *r, *v, *ts));
+                    .map(|(t, s, _, r, v, ts)| (t.as_str(), *s, *r, *v, *ts));
                 fold_rollups(&mut tx, keyed).await?;
+            }
+            // Rows not inserted met a stored key: the same value is a
+            // replay, another value a conflict.
+            let fresh: std::collections::HashSet<(&str, i32, i32, i32, i64)> = stored
+                .iter()
+                .map(|(t, s, i, r, _, ts)| (t.as_str(), *s, *i, *r, *ts))
+                .collect();
+            let met: Vec<Keyed<'_>> = rows
+                .iter()
+                .filter(|r| !fresh.contains(&r.key()))
+                .copied()
+                .collect();
+            let differing = stored_conflicts(&mut tx, &met).await?;
+            let met_conflicts = differing.len() as u64;
+            for (kept, refused) in differing {
+                conflicts.push(conflict(&kept, &refused));
             }
             tx.commit().await?;
             Ok(WriteReport {
                 inserted,
-                duplicates: in_batch_duplicates + rows.len() as u64 - inserted,
+                duplicates: in_batch_duplicates + met.len() as u64 - met_conflicts,
+                conflicts,
                 path: WritePath::Dedup,
             })
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Of `met` (rows whose key is stored), those stored with another value,
+/// each as (the stored row, the refused one).
+async fn stored_conflicts<'a>(
+    tx: &mut Transaction<'_, Postgres>,
+    met: &[Keyed<'a>],
+) -> Result<Vec<(Keyed<'a>, Keyed<'a>)>> {
+    let mut out = Vec::new();
+    for chunk in met.chunks(50_000) {
+        let differing: Vec<(i32, f64)> = sqlx::query_as(
+            "SELECT k.i, x.value FROM UNNEST($1::text[], $2::int[], $3::int[], $4::int[], $5::timestamptz[], $6::float8[], $7::int[]) \
+               AS k(task_id, service_id, instance_id, resource_id, ts, value, i) \
+             JOIN samples x USING (task_id, service_id, instance_id, resource_id, ts) \
+             WHERE x.value IS DISTINCT FROM k.value",
+        )
+        .bind(chunk.iter().map(|r| r.task_id).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.service_id).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.instance_id).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.resource_id).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| to_time(r.ts_us)).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.value).collect::<Vec<_>>())
+        .bind((0..chunk.len() as i32).collect::<Vec<_>>())
+        .fetch_all(&mut **tx)
+        .await?;
+        for (i, stored) in differing {
+            let refused = chunk[i as usize];
+            let kept = Keyed {
+                value: stored,
+                ..refused
+            };
+            out.push((kept, refused));
+        }
+    }
+    Ok(out)
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -222,17 +332,52 @@ async fn write_context(
         .await?;
     }
 
-    // Rows are in key order, so each series is one run.
+    // Series pool instances: one extent per (task, service, resource).
+    let mut series: HashMap<(&str, i32, i32), (i64, i64)> = HashMap::new();
+    for r in rows {
+        let e = series
+            .entry((r.task_id, r.service_id, r.resource_id))
+            .or_insert((r.ts_us, r.ts_us));
+        e.0 = e.0.min(r.ts_us);
+        e.1 = e.1.max(r.ts_us);
+    }
+    let mut series: Vec<_> = series.into_iter().collect();
+    series.sort_unstable_by_key(|(k, _)| *k);
     let (mut task_ids, mut service_ids, mut resource_ids, mut firsts, mut lasts) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for run in rows.chunk_by(|a, b| {
-        (a.task_id, a.service_id, a.resource_id) == (b.task_id, b.service_id, b.resource_id)
-    }) {
-        task_ids.push(run[0].task_id);
-        service_ids.push(run[0].service_id);
-        resource_ids.push(run[0].resource_id);
-        firsts.push(to_time(run[0].ts_us));
-        lasts.push(to_time(run[run.len() - 1].ts_us));
+    for ((t, s, r), (f, l)) in series {
+        task_ids.push(t);
+        service_ids.push(s);
+        resource_ids.push(r);
+        firsts.push(to_time(f));
+        lasts.push(to_time(l));
+    }
+    // Instances of each service in each task, with their extent.
+    let mut extents: HashMap<(&str, i32, i32), (i64, i64)> = HashMap::new();
+    for r in rows {
+        let e = extents
+            .entry((r.task_id, r.service_id, r.instance_id))
+            .or_insert((r.ts_us, r.ts_us));
+        e.0 = e.0.min(r.ts_us);
+        e.1 = e.1.max(r.ts_us);
+    }
+    if !extents.is_empty() {
+        let mut keys: Vec<_> = extents.into_iter().collect();
+        keys.sort_unstable_by_key(|(k, _)| *k);
+        sqlx::query(
+            "INSERT INTO service_instances (task_id, service_id, instance_id, first_ts, last_ts) \
+             SELECT * FROM UNNEST($1::text[], $2::int[], $3::int[], $4::timestamptz[], $5::timestamptz[]) \
+             ON CONFLICT (task_id, service_id, instance_id) DO UPDATE SET \
+               first_ts = LEAST(service_instances.first_ts, EXCLUDED.first_ts), \
+               last_ts = GREATEST(service_instances.last_ts, EXCLUDED.last_ts)",
+        )
+        .bind(keys.iter().map(|((t, _, _), _)| *t).collect::<Vec<_>>())
+        .bind(keys.iter().map(|((_, s, _), _)| *s).collect::<Vec<_>>())
+        .bind(keys.iter().map(|((_, _, i), _)| *i).collect::<Vec<_>>())
+        .bind(keys.iter().map(|(_, (f, _))| to_time(*f)).collect::<Vec<_>>())
+        .bind(keys.iter().map(|(_, (_, l))| to_time(*l)).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
     }
     if !task_ids.is_empty() {
         sqlx::query(
@@ -263,7 +408,7 @@ async fn copy_samples(
     }
     let mut copy = tx
         .copy_in_raw(
-            "COPY samples (task_id, service_id, resource_id, value, ts) FROM STDIN (FORMAT binary)",
+            "COPY samples (task_id, service_id, instance_id, resource_id, value, ts) FROM STDIN (FORMAT binary)",
         )
         .await?;
     copy.send(encode_binary_copy(rows)).await?;
@@ -278,11 +423,13 @@ fn encode_binary_copy(rows: &[Keyed<'_>]) -> Vec<u8> {
     buf.extend_from_slice(&0_i32.to_be_bytes()); // flags
     buf.extend_from_slice(&0_i32.to_be_bytes()); // header extension length
     for r in rows {
-        buf.extend_from_slice(&5_i16.to_be_bytes());
+        buf.extend_from_slice(&6_i16.to_be_bytes());
         buf.extend_from_slice(&(r.task_id.len() as i32).to_be_bytes());
         buf.extend_from_slice(r.task_id.as_bytes());
         buf.extend_from_slice(&4_i32.to_be_bytes());
         buf.extend_from_slice(&r.service_id.to_be_bytes());
+        buf.extend_from_slice(&4_i32.to_be_bytes());
+        buf.extend_from_slice(&r.instance_id.to_be_bytes());
         buf.extend_from_slice(&4_i32.to_be_bytes());
         buf.extend_from_slice(&r.resource_id.to_be_bytes());
         buf.extend_from_slice(&8_i32.to_be_bytes());
@@ -294,8 +441,9 @@ fn encode_binary_copy(rows: &[Keyed<'_>]) -> Vec<u8> {
     buf
 }
 
-/// A row as `INSERT … RETURNING` gives it back.
-type Stored = (String, i32, i32, f64, i64);
+/// A row as `INSERT … RETURNING` gives it back: task, service, instance,
+/// resource, value, time (µs).
+type Stored = (String, i32, i32, i32, f64, i64);
 
 /// The slow path: duplicates become no-ops. Returns the rows newly stored.
 async fn insert_samples(
@@ -304,23 +452,24 @@ async fn insert_samples(
 ) -> Result<Vec<Stored>> {
     let mut inserted = Vec::new();
     for chunk in rows.chunks(50_000) {
-        let stored: Vec<(String, i32, i32, f64, DateTime<Utc>)> = sqlx::query_as(
-            "INSERT INTO samples (task_id, service_id, resource_id, value, ts) \
-             SELECT * FROM UNNEST($1::text[], $2::int[], $3::int[], $4::float8[], $5::timestamptz[]) \
+        let stored: Vec<(String, i32, i32, i32, f64, DateTime<Utc>)> = sqlx::query_as(
+            "INSERT INTO samples (task_id, service_id, instance_id, resource_id, value, ts) \
+             SELECT * FROM UNNEST($1::text[], $2::int[], $6::int[], $3::int[], $4::float8[], $5::timestamptz[]) \
              ON CONFLICT DO NOTHING \
-             RETURNING task_id, service_id, resource_id, value, ts",
+             RETURNING task_id, service_id, instance_id, resource_id, value, ts",
         )
         .bind(chunk.iter().map(|r| r.task_id).collect::<Vec<_>>())
         .bind(chunk.iter().map(|r| r.service_id).collect::<Vec<_>>())
         .bind(chunk.iter().map(|r| r.resource_id).collect::<Vec<_>>())
         .bind(chunk.iter().map(|r| r.value).collect::<Vec<_>>())
         .bind(chunk.iter().map(|r| to_time(r.ts_us)).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.instance_id).collect::<Vec<_>>())
         .fetch_all(&mut **tx)
         .await?;
         inserted.extend(
             stored
                 .into_iter()
-                .map(|(t, s, r, v, ts)| (t, s, r, v, ts.timestamp_micros())),
+                .map(|(t, s, i, r, v, ts)| (t, s, i, r, v, ts.timestamp_micros())),
         );
     }
     Ok(inserted)

@@ -60,6 +60,7 @@ async fn rollups_match_raw_samples_and_outlive_them() -> anyhow::Result<()> {
                 Row {
                     task_id: "job".into(),
                     service: format!("svc-{s}"),
+                    instance: "host-a".into(),
                     resource: "cpu",
                     value: v,
                     ts_us,

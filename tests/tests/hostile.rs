@@ -131,16 +131,18 @@ fn filter(
             names(vec!["t-0".into()]),
             timestamp(),
             timestamp(),
+            names(vec![headroom_simulator::SIMULATED_INSTANCE.into()]),
         )
-            .prop_map(
-                |(services, resources, task_ids, start, end)| v1::UsageFilter {
+            .prop_map(|(services, resources, task_ids, start, end, instances)| {
+                v1::UsageFilter {
                     services,
                     resources,
                     task_ids,
                     start,
                     end,
-                },
-            ),
+                    instances,
+                }
+            }),
     )
 }
 
@@ -358,8 +360,9 @@ async fn every_rpc_answers_hostile_requests_with_a_clear_status() -> anyhow::Res
             names(s.clone()),
             names(r.clone()),
             names(vec!["t-0".into()]),
+            names(vec![headroom_simulator::SIMULATED_INSTANCE.into()]),
         ),
-        |(services, resources, task_ids)| {
+        |(services, resources, task_ids, instances)| {
             let mut c = c.clone();
             async move {
                 opened(
@@ -367,6 +370,7 @@ async fn every_rpc_answers_hostile_requests_with_a_clear_status() -> anyhow::Res
                         services,
                         resources,
                         task_ids,
+                        instances,
                     })
                     .await,
                 )

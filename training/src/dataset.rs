@@ -119,7 +119,9 @@ impl Builder {
         Ok(())
     }
 
-    /// Adds one sample. Its service joins its task's mix.
+    /// Adds one sample. Its service joins its task's mix. Pressure and
+    /// limit samples (`oom_kills`, `cpu_throttled`, `memory_limit`,
+    /// `cpu_limit`) are not usage to predict and are skipped.
     pub fn push(
         &mut self,
         task_id: &str,
@@ -129,6 +131,9 @@ impl Builder {
         value: f64,
         ts: Option<DateTime<Utc>>,
     ) -> Result<()> {
+        if resource::PRESSURE.contains(&resource_name) {
+            return Ok(());
+        }
         let resource = resource::ALL
             .iter()
             .position(|r| *r == resource_name)

@@ -45,6 +45,9 @@ fn export_request(
             task_ids: task_ids.to_vec(),
             start: start.map(timestamp),
             end: end.map(timestamp),
+            // Every replica: what a service gets is what one replica needs,
+            // learnt from all of them.
+            instances: Vec::new(),
         }),
         chunk_size: 0,
         provisioned,

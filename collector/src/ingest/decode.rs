@@ -100,9 +100,25 @@ fn task_seen(task: Task) -> Result<TaskSeen, String> {
     })
 }
 
+/// The instance of a service a record measured: its `instance`, else the
+/// agent's host (two agents publishing one service are two instances with
+/// no configuration), else `default`.
+fn instance_of(usage: &ServiceUsage) -> &str {
+    [usage.instance.as_str(), usage.host.as_str()]
+        .into_iter()
+        .find(|s| !s.is_empty())
+        .unwrap_or(DEFAULT_INSTANCE)
+}
+
+/// The instance of records that name neither an instance nor a host, and of
+/// rows stored before instances existed.
+pub const DEFAULT_INSTANCE: &str = "default";
+
 fn usage_rows(usage: ServiceUsage, now_ms: i64, max_future_ms: i64) -> Result<Decoded, String> {
     check_name("service", &usage.service)?;
     check_name("task_id", &usage.task_id)?;
+    let instance = instance_of(&usage).to_string();
+    check_name("instance", &instance)?;
     let ts = usage.ts.as_ref().ok_or("missing ts")?;
     let ts_ms = to_unix_ms(ts);
     check_ts("ts", ts_ms, now_ms, max_future_ms)?;
@@ -120,7 +136,7 @@ fn usage_rows(usage: ServiceUsage, now_ms: i64, max_future_ms: i64) -> Result<De
     }
     let mut rows = Vec::with_capacity(usage.measurements.len());
     for m in &usage.measurements {
-        let Some(name) = resource::ALL.iter().copied().find(|r| *r == m.resource) else {
+        let Some(name) = resource::KNOWN.iter().copied().find(|r| *r == m.resource) else {
             return Err(format!("unknown resource {:?}", m.resource));
         };
         if !m.value.is_finite() {
@@ -135,6 +151,7 @@ fn usage_rows(usage: ServiceUsage, now_ms: i64, max_future_ms: i64) -> Result<De
         rows.push(Row {
             task_id: usage.task_id.clone(),
             service: usage.service.clone(),
+            instance: instance.clone(),
             resource: name,
             value: m.value,
             ts_us: ts_ms * 1000,
@@ -184,6 +201,7 @@ mod tests {
             interval_seconds: 1.0,
             sequence: 1,
             task_services: vec!["db".into()],
+            instance: String::new(),
         }
     }
 
@@ -217,6 +235,49 @@ mod tests {
         assert_eq!(rows[0].ts_us, (NOW - 1_000) * 1000);
         assert_eq!(task.start_us, (NOW - 60_000) * 1000);
         assert_eq!(task.services, vec!["db".to_string(), "web".to_string()]);
+    }
+
+    #[test]
+    fn the_instance_is_the_record_s_else_the_host_else_default() {
+        let instance = |u: ServiceUsage| match decode(Some(&encode(u)), NOW, 300_000) {
+            Decoded::Usage { rows, .. } => rows[0].instance.clone(),
+            d => panic!("{d:?}"),
+        };
+        let base = || usage(vec![("cpu", 0.5)]);
+        assert_eq!(instance(base()), "h", "the host when the record names none");
+        assert_eq!(
+            instance(ServiceUsage {
+                instance: "web-7f9c".into(),
+                ..base()
+            }),
+            "web-7f9c"
+        );
+        assert_eq!(
+            instance(ServiceUsage {
+                host: String::new(),
+                ..base()
+            }),
+            DEFAULT_INSTANCE
+        );
+    }
+
+    #[test]
+    fn pressure_and_limits_are_stored_like_usage() {
+        let d = decode(
+            Some(&encode(usage(vec![
+                ("oom_kills", 1.0),
+                ("cpu_throttled", 0.3),
+                ("memory_limit", 64.0 * 1024.0 * 1024.0),
+                ("cpu_limit", 0.2),
+            ]))),
+            NOW,
+            300_000,
+        );
+        let Decoded::Usage { rows, .. } = d else {
+            panic!("{d:?}")
+        };
+        let names: Vec<&str> = rows.iter().map(|r| r.resource).collect();
+        assert_eq!(names, headroom_proto::resource::PRESSURE);
     }
 
     #[test]

@@ -31,6 +31,7 @@ use crate::{
 };
 use deadletter::Rejected;
 use decode::{Decoded, decode};
+pub use writer::ConflictLog;
 use writer::{DeadLetters, Pending, Source};
 
 /// Header naming why a record was dead-lettered.

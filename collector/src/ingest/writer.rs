@@ -134,6 +134,7 @@ async fn store(
     let mut total = WriteReport {
         inserted: 0,
         duplicates: 0,
+        conflicts: Vec::new(),
         path: WritePath::Dedup,
     };
     let mut refused = Vec::new();
@@ -148,6 +149,7 @@ async fn store(
             Retried::Done(r) => {
                 total.inserted += r.inserted;
                 total.duplicates += r.duplicates;
+                total.conflicts.extend(r.conflicts);
             }
             Retried::Cancelled => return None,
             Retried::GaveUp(e) if range.len() == 1 => {
@@ -211,6 +213,63 @@ async fn attempt(
         shared.set_ready(true).await;
         metrics::counter!("headroom_collector_samples_ingested_total").increment(report.inserted);
         metrics::counter!("headroom_collector_duplicates_total").increment(report.duplicates);
+        metrics::counter!("headroom_collector_conflicts_total")
+            .increment(report.conflicts.len() as u64);
+        for c in &report.conflicts {
+            shared.conflict_log.report(c);
+        }
     }
     result
+}
+
+/// Warns about conflicts (a stored key met with another value: two sources
+/// claim one sample), at most once per series per minute so a
+/// misconfigured pair of agents cannot flood the log.
+#[derive(Debug, Default)]
+pub struct ConflictLog {
+    /// When each series (task, service, instance, resource) was last logged.
+    last: std::sync::Mutex<std::collections::HashMap<SeriesKey, Instant>>,
+}
+
+/// A series with its instance: task, service, instance, resource.
+type SeriesKey = (String, String, String, &'static str);
+
+impl ConflictLog {
+    /// How often one series' conflicts are logged.
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Logs `c` unless its series was logged less than [`Self::EVERY`] ago.
+    pub fn report(&self, c: &headroom_store::Conflict) {
+        let key = (
+            c.task_id.clone(),
+            c.service.clone(),
+            c.instance.clone(),
+            c.resource,
+        );
+        let now = Instant::now();
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last
+            .get(&key)
+            .is_some_and(|t| now.duration_since(*t) < Self::EVERY)
+        {
+            return;
+        }
+        if last.len() > 10_000 {
+            last.retain(|_, t| now.duration_since(*t) < Self::EVERY);
+        }
+        last.insert(key, now);
+        tracing::warn!(
+            task_id = %c.task_id,
+            service = %c.service,
+            instance = %c.instance,
+            resource = c.resource,
+            ts_us = c.ts_us,
+            kept = c.kept,
+            refused = c.refused,
+            "conflicting sample: its key is stored with another value; the stored value is kept"
+        );
+    }
 }

@@ -17,11 +17,23 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 /// 2026-01-01T00:00:00Z in ms: a fixed, past origin for test samples.
 pub const T0: i64 = 1_767_225_600_000;
 
-/// One encoded usage record.
+/// One encoded usage record from the host `test-host`.
 pub fn usage(task: &str, service: &str, ts_ms: i64, measurements: &[(&str, f64)]) -> Vec<u8> {
+    usage_from("test-host", task, service, ts_ms, measurements)
+}
+
+/// One encoded usage record as the agent on `host` publishes it (its
+/// instance: the host).
+pub fn usage_from(
+    host: &str,
+    task: &str,
+    service: &str,
+    ts_ms: i64,
+    measurements: &[(&str, f64)],
+) -> Vec<u8> {
     UsageMessage {
         body: Some(Body::Usage(ServiceUsage {
-            host: "test-host".into(),
+            host: host.into(),
             service: service.into(),
             task_id: task.into(),
             task_start: Some(from_unix_ms(T0)),
@@ -36,6 +48,7 @@ pub fn usage(task: &str, service: &str, ts_ms: i64, measurements: &[(&str, f64)]
             interval_seconds: 1.0,
             sequence: 0,
             task_services: vec!["api".into(), "db".into(), "worker".into()],
+            instance: String::new(),
         })),
     }
     .encode_to_vec()
