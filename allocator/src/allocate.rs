@@ -11,6 +11,7 @@ use crate::{
     grpc::sources::{Collector, Predicted, Predictor},
     history::{expected_duration, now},
     params::{Overrides, Params},
+    pressure,
     quantiles::curve_step,
     segments::Segment,
     snapshot::{self, Snapshot, Source},
@@ -214,9 +215,12 @@ impl Allocator {
             return Ok(Source::Snapshot(snap));
         }
         let start = now() - self.options.history.as_secs_f64();
+        // Pressure and limits come along: they correct the allocations.
+        let mut resources = m.resources.clone();
+        resources.extend(headroom_proto::resource::PRESSURE.map(String::from));
         Ok(Source::Read(
             self.collector
-                .summaries(&m.services, &m.resources, Some(start), None, half_life)
+                .summaries(&m.services, &resources, Some(start), None, half_life)
                 .await?,
         ))
     }
@@ -293,6 +297,24 @@ impl Allocator {
                         } else {
                             strategy::percentile(summary, params)
                         };
+                        let of =
+                            |r: &str| source.summaries().get(&(service.clone(), r.to_string()));
+                        use headroom_proto::resource as res;
+                        match resource.as_str() {
+                            res::MEMORY => pressure::after_oom_kills(
+                                &mut a,
+                                summary,
+                                of(res::OOM_KILLS),
+                                of(res::MEMORY_LIMIT),
+                            ),
+                            res::CPU => pressure::after_throttling(
+                                &mut a,
+                                of(res::CPU_THROTTLED),
+                                of(res::CPU_LIMIT),
+                            ),
+                            _ => {}
+                        }
+                        pressure::name_skew(&mut a, summary);
                         a.detail.push_str(&source.note());
                         allocs.push((recommendation(service, resource, a, ""), Vec::new()));
                     }

@@ -12,6 +12,7 @@ pub mod histogram;
 pub mod history;
 pub mod params;
 pub mod place;
+pub mod pressure;
 pub mod quantiles;
 pub mod render;
 pub mod segments;

@@ -146,7 +146,12 @@ impl Collector {
                 let kind = Kind::of(&s.resource);
                 out.entry((s.service, s.resource))
                     .or_insert_with(|| Summary::new(kind, half_life))
-                    .add(task, s.value, s.ts.as_ref().map_or(0.0, seconds_of));
+                    .add_of(
+                        &s.instance,
+                        task,
+                        s.value,
+                        s.ts.as_ref().map_or(0.0, seconds_of),
+                    );
             }
         })
         .await?;

@@ -18,9 +18,17 @@ pub struct Summary {
     half_life: f64,
     decayed: Option<DecayingHistogram>,
     plain: DecayingHistogram,
-    peaks: HashMap<u64, (f64, f64)>,
+    /// Peak (value, time) per (task, instance): the VPA takes one memory
+    /// peak per container and aggregation window.
+    peaks: HashMap<(u64, u32), (f64, f64)>,
+    /// Instance names, indexed as in `peaks`.
+    instances: Vec<String>,
+    /// Maximum per instance, indexed as `instances`.
+    instance_max: Vec<f64>,
     max: f64,
     count: u64,
+    /// Samples above zero (throttled ticks, ticks with an OOM kill).
+    positive: u64,
     oldest: f64,
     newest: f64,
 }
@@ -34,8 +42,11 @@ impl Summary {
             decayed: None,
             plain: DecayingHistogram::new(kind, f64::INFINITY, 0.0),
             peaks: HashMap::new(),
+            instances: Vec::new(),
+            instance_max: Vec::new(),
             max: 0.0,
             count: 0,
+            positive: 0,
             oldest: f64::MAX,
             newest: f64::MIN,
         }
@@ -50,15 +61,32 @@ impl Summary {
         s
     }
 
-    /// Adds a sample of task `task` taken at `ts`.
+    /// Adds a sample of task `task` taken at `ts` (of one instance).
     pub fn add(&mut self, task: u64, value: f64, ts: f64) {
+        self.add_of("", task, value, ts);
+    }
+
+    /// Adds a sample of `instance` (a replica) in task `task` taken at `ts`.
+    pub fn add_of(&mut self, instance: &str, task: u64, value: f64, ts: f64) {
+        let i = match self.instances.iter().position(|n| n == instance) {
+            Some(i) => i,
+            None => {
+                self.instances.push(instance.to_string());
+                self.instance_max.push(value);
+                self.instances.len() - 1
+            }
+        };
+        self.instance_max[i] = self.instance_max[i].max(value);
+        if value > 0.0 {
+            self.positive += 1;
+        }
         let half_life = self.half_life;
         let kind = self.kind;
         self.decayed
             .get_or_insert_with(|| DecayingHistogram::new(kind, half_life, ts))
             .add(value, ts);
         self.plain.add(value, 0.0);
-        let peak = self.peaks.entry(task).or_insert((value, ts));
+        let peak = self.peaks.entry((task, i as u32)).or_insert((value, ts));
         if value > peak.0 {
             *peak = (value, ts);
         }
@@ -71,6 +99,33 @@ impl Summary {
     /// Samples summarised.
     pub fn count(&self) -> u64 {
         self.count
+    }
+
+    /// The largest value summarised, in the resource's unit.
+    pub fn max(&self) -> f64 {
+        self.max
+    }
+
+    /// Share of the samples above zero, in [0, 1] (0 when empty).
+    pub fn positive_share(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.positive as f64 / self.count as f64
+        }
+    }
+
+    /// Samples above zero (for `oom_kills`: ticks with a kill).
+    pub fn positive(&self) -> u64 {
+        self.positive
+    }
+
+    /// Each instance (replica) with its maximum, in the order first seen.
+    pub fn instance_peaks(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.instances
+            .iter()
+            .map(String::as_str)
+            .zip(self.instance_max.iter().copied())
     }
 
     /// The decay this summary was built with, in seconds.
@@ -118,7 +173,7 @@ pub fn percentile(history: &Summary, params: &Params) -> Alloc {
     let (p, what, peaks);
     let hist = match kind {
         Kind::Memory => {
-            // Peaks per task, each at the time it happened.
+            // Peaks per task and replica, each at the time it happened.
             let mut h = DecayingHistogram::new(kind, history.half_life, history.newest);
             for (value, ts) in history.peaks.values() {
                 h.add(*value, *ts);
