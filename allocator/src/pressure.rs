@@ -17,7 +17,7 @@ pub const THROTTLED_SHARE: f64 = 0.01;
 /// How far above the limit it hit a censored CPU series is requested.
 pub const THROTTLED_HEADROOM: f64 = 0.25;
 /// Replicas differ enough to be named when the hottest peaks at this many
-/// times the median replica (the VPA's problem with DaemonSets whose pods
+/// times the median of the other replicas (the VPA's problem with DaemonSets whose pods
 /// differ by node, kubernetes/autoscaler#6420).
 pub const SKEW_RATIO: f64 = 2.0;
 
@@ -77,8 +77,9 @@ pub fn after_throttling(alloc: &mut Alloc, throttled: Option<&Summary>, limit: O
 }
 
 /// Names the hottest replica when replicas differ a lot (its peak at least
-/// twice the median replica's): the allocation covers it, and the
-/// explanation says so, so skew is visible.
+/// twice the median of the others' peaks; with two replicas, the other
+/// one's): the allocation covers it, and the explanation says so, so skew
+/// is visible.
 pub fn name_skew(alloc: &mut Alloc, summary: &Summary) {
     let mut peaks: Vec<(&str, f64)> = summary.instance_peaks().collect();
     if peaks.len() < 2 {
@@ -86,18 +87,19 @@ pub fn name_skew(alloc: &mut Alloc, summary: &Summary) {
     }
     peaks.sort_by(|a, b| a.1.total_cmp(&b.1));
     let (hottest, top) = peaks[peaks.len() - 1];
-    let median = if peaks.len() % 2 == 1 {
-        peaks[peaks.len() / 2].1
+    let others = &peaks[..peaks.len() - 1];
+    let median = if others.len() % 2 == 1 {
+        others[others.len() / 2].1
     } else {
-        (peaks[peaks.len() / 2 - 1].1 + peaks[peaks.len() / 2].1) / 2.0
+        (others[others.len() / 2 - 1].1 + others[others.len() / 2].1) / 2.0
     };
     if median <= 0.0 || top < SKEW_RATIO * median {
         return;
     }
     alloc.detail.push_str(&format!(
-        "; replicas differ: the hottest, {hottest}, peaked at {top:.4}, {:.1}× the median replica ({median:.4}) of {}; what one replica gets covers it",
-        top / median,
-        peaks.len()
+        "; replicas differ: the hottest of {}, {hottest}, peaked at {top:.4}, {:.1}× the median of the others ({median:.4}); what one replica gets covers it",
+        peaks.len(),
+        top / median
     ));
 }
 
@@ -182,7 +184,7 @@ mod tests {
         let mut a = alloc(700.0 * MIB);
         name_skew(&mut a, &skewed);
         assert!(
-            a.detail.contains("web-3") && a.detail.contains("5.5×"),
+            a.detail.contains("web-3") && a.detail.contains("5.7×"),
             "{}",
             a.detail
         );

@@ -744,3 +744,130 @@ async fn the_allocator_serves_tls_and_reaches_the_collector_over_mutual_tls() ->
     untrusted.stop().await?;
     collector.stop().await
 }
+
+/// Writes `rows` of task `task` (service, instance, resource, value, ts µs)
+/// through the store's write path.
+async fn store_rows(
+    db: &kit::TestDb,
+    task: &str,
+    start_us: i64,
+    rows: Vec<(&str, &str, &'static str, f64, i64)>,
+) -> anyhow::Result<()> {
+    let mut batch = headroom_store::Batch::default();
+    let services: Vec<String> = rows.iter().map(|r| r.0.to_string()).collect();
+    batch.push_usage(
+        rows.into_iter()
+            .map(
+                |(service, instance, resource, value, ts_us)| headroom_store::Row {
+                    task_id: task.into(),
+                    service: service.into(),
+                    instance: instance.into(),
+                    resource,
+                    value,
+                    ts_us,
+                },
+            )
+            .collect(),
+        headroom_store::TaskSeen {
+            id: task.into(),
+            start_us,
+            end_us: Some(start_us + 3_600_000_000),
+            services,
+        },
+    );
+    headroom_store::migrate(&db.pool).await?;
+    headroom_store::write_batch(&db.pool, &headroom_store::Lookups::new(), &batch, true).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn replicas_oom_kills_and_throttling_shape_the_recommendation() -> anyhow::Result<()> {
+    kit::init_logs();
+    let db = kit::TestDb::new().await?;
+    let mib = 1024.0 * 1024.0;
+    let start_us = (chrono::Utc::now().timestamp() - 7200) * 1_000_000;
+    let mut rows = Vec::new();
+    for i in 0..60 {
+        let ts = start_us + i * 10_000_000;
+        // Two replicas of "web", 100 MiB and 600 MiB.
+        rows.push(("web", "web-a", "memory", 100.0 * mib, ts));
+        rows.push(("web", "web-b", "memory", 600.0 * mib, ts));
+        rows.push(("web", "web-a", "cpu", 0.1, ts));
+        rows.push(("web", "web-b", "cpu", 0.1, ts));
+        // "batch" peaks at 200 MiB under a 256 MiB limit and was OOM killed
+        // once; its CPU sits at a 0.5-core quota, throttled in 20 % of ticks.
+        rows.push(("batch", "batch-0", "memory", 200.0 * mib, ts));
+        rows.push(("batch", "batch-0", "memory_limit", 256.0 * mib, ts));
+        rows.push((
+            "batch",
+            "batch-0",
+            "oom_kills",
+            if i == 30 { 1.0 } else { 0.0 },
+            ts,
+        ));
+        rows.push(("batch", "batch-0", "cpu", 0.49, ts));
+        rows.push(("batch", "batch-0", "cpu_limit", 0.5, ts));
+        rows.push((
+            "batch",
+            "batch-0",
+            "cpu_throttled",
+            if i % 5 == 0 { 0.3 } else { 0.0 },
+            ts,
+        ));
+    }
+    store_rows(&db, "t-replicas", start_us, rows).await?;
+    let collector = support::collector(&db).await?;
+    let allocator =
+        support::allocator(&collector, "http://127.0.0.1:9", ServiceOptions::default()).await?;
+    let mut client = AllocatorClient::new(allocator.channel().await?);
+    let ask = |strategy: &str| v1::RecommendRequest {
+        workload: workload(&["web".to_string(), "batch".to_string()]),
+        strategy: strategy.into(),
+        params: None,
+    };
+    let result = async {
+        for strategy in ["max", "percentile"] {
+            let answer = client.recommend(ask(strategy)).await?.into_inner();
+            let get = |service: &str, resource: &str| {
+                answer
+                    .allocations
+                    .iter()
+                    .find(|a| a.service == service && a.resource == resource)
+                    .cloned()
+                    .with_context(|| format!("{strategy}: no {service}/{resource}"))
+            };
+            let web = get("web", "memory")?;
+            let detail = &web.explanation.as_ref().context("explanation")?.detail;
+            assert!(
+                web.request >= 600.0 * mib,
+                "{strategy}: {} covers the 600 MiB replica",
+                web.request
+            );
+            assert!(
+                detail.contains("web-b") && detail.contains("replicas differ"),
+                "{strategy}: {detail}"
+            );
+            let batch = get("batch", "memory")?;
+            // max(256 MiB + 100 MiB, 1.2 × 256 MiB) = 356 MiB.
+            assert!(
+                batch.request >= 356.0 * mib - 1.0,
+                "{strategy}: {}",
+                batch.request
+            );
+            let why = &batch.explanation.as_ref().context("explanation")?.detail;
+            assert!(why.contains("OOM killed"), "{strategy}: {why}");
+            let cpu = get("batch", "cpu")?;
+            assert!(cpu.request >= 0.625 - 1e-9, "{strategy}: {}", cpu.request);
+            let why = &cpu.explanation.as_ref().context("explanation")?.detail;
+            assert!(
+                why.contains("throttled in 20.0 % of samples"),
+                "{strategy}: {why}"
+            );
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    allocator.stop().await?;
+    collector.stop().await?;
+    result
+}
