@@ -119,6 +119,9 @@ pub struct BacktestReport {
     pub traces: Vec<Trace>,
     /// The split, unix seconds.
     pub split: f64,
+    /// OOM kills recorded (`oom_kills`) in the held-out tasks of the
+    /// replayed services, beside the strategies' simulated OOM events.
+    pub recorded_oom_kills: u64,
 }
 
 /// Allocations keyed by (strategy, task index, service, resource); history-
@@ -176,6 +179,21 @@ pub async fn run(
             Some(split),
         )
         .await?;
+    let kills = collector
+        .history(
+            &services,
+            &[headroom_proto::resource::OOM_KILLS.to_string()],
+            &ids,
+            None,
+            None,
+        )
+        .await?;
+    let recorded_oom_kills = kills
+        .series
+        .values()
+        .flatten()
+        .map(|o| o.value.round().max(0.0) as u64)
+        .sum();
 
     let mut allocs = Allocations::new();
     if strategies.contains(&Strategy::Provisioned) {
@@ -279,6 +297,7 @@ pub async fn run(
         task_ids: replay.tasks.iter().map(|t| t.id.clone()).collect(),
         traces,
         split,
+        recorded_oom_kills,
     })
 }
 

@@ -81,6 +81,7 @@ pub fn response(r: &BacktestReport) -> v1::BacktestResponse {
             })
             .collect(),
         split: Some(timestamp(r.split)),
+        recorded_oom_kills: r.recorded_oom_kills,
     }
 }
 
@@ -129,5 +130,6 @@ pub fn report(r: v1::BacktestResponse) -> Result<BacktestReport> {
             })
             .collect::<Result<_>>()?,
         split: r.split.as_ref().map_or(0.0, seconds_of),
+        recorded_oom_kills: r.recorded_oom_kills,
     })
 }

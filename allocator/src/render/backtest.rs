@@ -44,6 +44,7 @@ impl<'a> From<&'a BacktestRow> for Row<'a> {
 struct Scores<'a> {
     task_ids: &'a [String],
     rows: Vec<Row<'a>>,
+    recorded_oom_kills: u64,
 }
 
 /// The backtest as an aligned table, one row per strategy and resource.
@@ -73,6 +74,10 @@ pub fn table(answer: &BacktestReport) -> String {
             r.samples
         ));
     }
+    out.push_str(&format!(
+        "OOM kills recorded by the agents in these tasks: {} (the oom column: samples above each strategy's memory limit)\n",
+        answer.recorded_oom_kills
+    ));
     out
 }
 
@@ -83,6 +88,7 @@ pub fn backtest(answer: &BacktestReport, format: TableFormat) -> Result<String> 
         TableFormat::Json => json(&Scores {
             task_ids: &answer.task_ids,
             rows: answer.rows.iter().map(Row::from).collect(),
+            recorded_oom_kills: answer.recorded_oom_kills,
         }),
         TableFormat::Csv => {
             let mut w = csv::Writer::from_writer(Vec::new());
@@ -167,6 +173,7 @@ mod tests {
             task_ids: vec!["t1".into()],
             traces: Vec::new(),
             split: 0.0,
+            recorded_oom_kills: 0,
         };
         let csv = backtest(&report, TableFormat::Csv).unwrap();
         let lines: Vec<&str> = csv.lines().collect();
