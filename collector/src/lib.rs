@@ -175,9 +175,37 @@ async fn start_when_ready(
         lifecycle,
         shutdown.clone(),
     ));
+    tokio::spawn(readiness_loop(shared.clone(), shutdown.clone()));
     match ingest {
         Some(options) => ingest::run(options, shared, shutdown).await,
         None => Ok(()),
+    }
+}
+
+/// How often readiness asks the database whether it answers.
+pub const READINESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Keeps readiness true to the database even when nothing is being
+/// written (a query-only or idle collector): NOT_SERVING while it does not
+/// answer, SERVING again once it does.
+async fn readiness_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut ready = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(READINESS_EVERY) => {}
+        }
+        let now = match store::ping(&shared.pool).await {
+            Ok(()) => true,
+            Err(e) if e.is_connection() => false,
+            // The database answered, if only with an error.
+            Err(_) => true,
+        };
+        if now != ready {
+            tracing::warn!(ready = now, "database reachability changed");
+            shared.set_ready(now).await;
+            ready = now;
+        }
     }
 }
 

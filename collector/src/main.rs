@@ -18,6 +18,8 @@ struct Cli {
         long,
         global = true,
         env = "HEADROOM_DATABASE_URL",
+        // The URL may hold a password: `--help` must not print it.
+        hide_env_values = true,
         default_value = store::DEFAULT_DATABASE_URL
     )]
     database_url: String,

@@ -513,7 +513,7 @@ async fn a_record_the_database_refuses_is_moved_aside_and_ingest_goes_on() -> an
     produce(&topic, &records, Some(0)).await?;
     let metrics = kit::free_address()?;
     let mut child = collector_command(&db.url, &topic, &kit::unique_name("collector"), metrics)
-        .env("HEADROOM_DLQ_TOPIC", &dlq)
+        // No --dlq-topic: the default follows the usage topic.
         .stderr(Stdio::piped())
         .spawn()?;
     // Every other record of the batch is stored…
@@ -659,4 +659,61 @@ async fn replicas_on_two_hosts_are_all_stored_and_a_real_conflict_is_counted() -
         Some(2)
     );
     Ok(())
+}
+
+#[tokio::test]
+async fn an_idle_query_only_collector_reports_its_database_going_and_coming_back()
+-> anyhow::Result<()> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    kit::init_logs();
+    let pg = kit::PrivatePostgres::start()?;
+    let config = headroom_collector::CollectorConfig {
+        database_url: pg.url(),
+        max_connections: 2,
+        ingest: None,
+        lifecycle: Default::default(),
+        grpc: headroom_serving::grpc::GrpcOptions::default(),
+    };
+    let server = kit::spawn_server(move |l, s| headroom_collector::run(l, s, config)).await?;
+    let health = HealthClient::new(server.channel().await?);
+    let status = |service: &'static str| {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .ok()
+                .map(|r| r.into_inner().status)
+        }
+    };
+    let ready = |want: ServingStatus| {
+        let status = &status;
+        async move { (status(headroom_collector::SERVICE_NAME).await? == want as i32).then_some(()) }
+    };
+    let wait = Duration::from_secs(30);
+    kit::eventually("ready once migrated", wait, || {
+        ready(ServingStatus::Serving)
+    })
+    .await?;
+    // Nothing is written: only readiness's own check can notice.
+    pg.stop()?;
+    kit::eventually("NOT_SERVING while the database is down", wait, || {
+        ready(ServingStatus::NotServing)
+    })
+    .await?;
+    assert_eq!(
+        status("").await,
+        Some(ServingStatus::Serving as i32),
+        "still live"
+    );
+    pg.start_again()?;
+    kit::eventually("SERVING once it is back", wait, || {
+        ready(ServingStatus::Serving)
+    })
+    .await?;
+    server.stop().await
 }

@@ -280,3 +280,28 @@ async fn kafka_over_mutual_tls_is_stored_and_untrusted_peers_are_refused() -> an
     }
     Ok(())
 }
+
+#[test]
+fn help_never_prints_secrets_taken_from_the_environment() {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["admin", "dump", "--help"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_headroom-collector"))
+            .args(args)
+            .env(
+                "HEADROOM_DATABASE_URL",
+                "postgres://alice:hunter2pw@127.0.0.1:5432/x",
+            )
+            .env("HEADROOM_KAFKA_OPTIONS", "sasl.password=hunter2kafka")
+            .output()
+            .expect("the collector binary runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("HEADROOM_DATABASE_URL"), "{args:?}: {text}");
+        assert!(
+            !text.contains("hunter2"),
+            "{args:?} printed a secret from the environment: {text}"
+        );
+    }
+}

@@ -72,7 +72,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn live(sel: &Selection, every: Duration) -> anyhow::Result<()> {
-    let mut terminal = ratatui::init();
+    use std::io::IsTerminal as _;
+    // The live view needs a terminal; without one (a pipe, CI) say what to
+    // do instead of letting the terminal library panic.
+    if !std::io::stdout().is_terminal() {
+        anyhow::bail!(
+            "the live view needs a terminal; without one, write a chart with --png FILE or --svg FILE"
+        );
+    }
+    let mut terminal = ratatui::try_init().map_err(|e| {
+        anyhow::anyhow!("cannot open the terminal ({e}); use --png FILE or --svg FILE")
+    })?;
     let result = async {
         loop {
             let frame = gather(sel).await;

@@ -108,6 +108,22 @@ async fn shows_usage_against_the_prediction_and_the_allocation() -> anyhow::Resu
         .output()?;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("headroom-monitor: "));
+    // The live view without a terminal (stdout a pipe): one line saying
+    // what to do, not a panic.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_headroom-monitor"))
+        .args([
+            "--service",
+            &service,
+            "--resource",
+            "cpu",
+            "--collector",
+            &collector.url(),
+        ])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked") && err.contains("--png"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
     allocator.stop().await?;
     predictor.stop().await?;
     collector.stop().await

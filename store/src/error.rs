@@ -52,10 +52,13 @@ pub fn is_connection_error(e: &sqlx::Error) -> bool {
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Tls(_) => true,
         // 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now,
-        // class 08: connection exceptions.
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        // class 08: connection exceptions; 3D000 the database does not exist
+        // (yet), class 28: authorization (a secret not rotated in yet): the
+        // store is not reachable as configured, which an operator fixes
+        // while the collector waits, live but not ready.
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08") || c.starts_with("57P") || c.starts_with("28") || c == "3D000"
+        }),
         _ => false,
     }
 }

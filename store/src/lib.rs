@@ -55,6 +55,12 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
         .await?)
 }
 
+/// Whether the database answers now (`SELECT 1`), for readiness checks.
+pub async fn ping(pool: &PgPool) -> Result<()> {
+    sqlx::query("SELECT 1").execute(pool).await?;
+    Ok(())
+}
+
 /// Applies the embedded migrations up to `version` only: a store as an
 /// older release left it, for upgrade tests.
 pub async fn migrate_up_to(pool: &PgPool, version: i64) -> Result<()> {

@@ -90,16 +90,7 @@ pub fn backtest(answer: &BacktestReport, format: TableFormat) -> Result<String> 
             rows: answer.rows.iter().map(Row::from).collect(),
             recorded_oom_kills: answer.recorded_oom_kills,
         }),
-        TableFormat::Csv => {
-            let mut w = csv::Writer::from_writer(Vec::new());
-            for r in &answer.rows {
-                w.serialize(Row::from(r))?;
-            }
-            let bytes = w
-                .into_inner()
-                .map_err(|e| csv::Error::from(e.into_error()))?;
-            Ok(String::from_utf8_lossy(&bytes).into_owned())
-        }
+        TableFormat::Csv => super::csv_of(answer.rows.iter().map(Row::from)),
     }
 }
 

@@ -254,4 +254,27 @@ mod tests {
                 .is_none()
         );
     }
+
+    #[test]
+    fn recommendations_as_csv_have_a_header_and_base_units() {
+        let out = super::super::recommendations(
+            &[
+                rec("api", "cpu", 0.25, 0.5),
+                rec("api", "memory", 60.0 * GIB, 60.0 * GIB),
+            ],
+            super::super::Output::Csv,
+        )
+        .unwrap();
+        let mut rows = csv::Reader::from_reader(out.as_bytes());
+        let header = rows.headers().unwrap().clone();
+        assert_eq!(&header[0], "service");
+        assert!(header.iter().any(|h| h == "unit"), "{header:?}");
+        let all: Vec<csv::StringRecord> = rows.records().map(Result::unwrap).collect();
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            all[1][2].parse::<f64>().unwrap(),
+            60.0 * GIB,
+            "bytes, not GiB"
+        );
+    }
 }

@@ -24,6 +24,9 @@ pub enum Output {
     /// Kubernetes: a `resources:` patch per container (recommend) or the
     /// plan as a resize schedule.
     K8s,
+    /// CSV with a header, base units (one row per allocation, plan
+    /// segment or assignment).
+    Csv,
 }
 
 /// How a backtest's scores are written.
@@ -46,6 +49,30 @@ fn json(value: &impl Serialize) -> Result<String> {
     Ok(serde_json::to_string_pretty(value)? + "\n")
 }
 
+/// Rows as CSV, the header from the row type's field names.
+pub(crate) fn csv_of<T: Serialize>(rows: impl IntoIterator<Item = T>) -> Result<String> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        w.serialize(r)?;
+    }
+    let bytes = w
+        .into_inner()
+        .map_err(|e| csv::Error::from(e.into_error()))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// A plan segment, as CSV shows it: one row each.
+#[derive(Debug, Serialize)]
+struct SegmentCsv<'a> {
+    service: &'a str,
+    resource: &'a str,
+    unit: &'a str,
+    start_seconds: f64,
+    end_seconds: f64,
+    request: f64,
+    limit: f64,
+}
+
 /// One allocation, as JSON shows it.
 #[derive(Debug, Serialize)]
 struct AllocationRow<'a> {
@@ -60,6 +87,24 @@ struct AllocationRow<'a> {
     samples_used: u64,
     model_version: &'a str,
     detail: &'a str,
+}
+
+impl<'a> From<&'a Recommendation> for AllocationRow<'a> {
+    fn from(r: &'a Recommendation) -> Self {
+        AllocationRow {
+            service: &r.service,
+            resource: &r.resource,
+            request: r.alloc.request,
+            limit: r.alloc.limit,
+            unit: unit(&r.resource),
+            expected_slack: r.alloc.expected_slack,
+            violation_risk: r.alloc.violation_risk,
+            strategy: r.strategy.name(),
+            samples_used: r.alloc.samples_used,
+            model_version: &r.model_version,
+            detail: &r.alloc.detail,
+        }
+    }
 }
 
 /// Allocations in `output`.
@@ -85,24 +130,8 @@ pub fn recommendations(answer: &[Recommendation], output: Output) -> Result<Stri
             }
             Ok(out)
         }
-        Output::Json => json(
-            &answer
-                .iter()
-                .map(|r| AllocationRow {
-                    service: &r.service,
-                    resource: &r.resource,
-                    request: r.alloc.request,
-                    limit: r.alloc.limit,
-                    unit: unit(&r.resource),
-                    expected_slack: r.alloc.expected_slack,
-                    violation_risk: r.alloc.violation_risk,
-                    strategy: r.strategy.name(),
-                    samples_used: r.alloc.samples_used,
-                    model_version: &r.model_version,
-                    detail: &r.alloc.detail,
-                })
-                .collect::<Vec<_>>(),
-        ),
+        Output::Json => json(&answer.iter().map(AllocationRow::from).collect::<Vec<_>>()),
+        Output::Csv => csv_of(answer.iter().map(AllocationRow::from)),
         Output::K8s => k8s::patches(answer),
     }
 }
@@ -176,6 +205,18 @@ pub fn plans(answer: &PlanReport, output: Output) -> Result<String> {
                 })
                 .collect(),
         }),
+        Output::Csv => csv_of(answer.plans.iter().flat_map(|p| {
+            let r = &p.recommendation;
+            p.segments.iter().map(move |s| SegmentCsv {
+                service: &r.service,
+                resource: &r.resource,
+                unit: unit(&r.resource),
+                start_seconds: s.start,
+                end_seconds: s.end,
+                request: s.request,
+                limit: s.limit,
+            })
+        })),
         Output::K8s => k8s::schedule(answer),
     }
 }
@@ -198,6 +239,14 @@ struct Placement<'a> {
 
 /// A placement in `output` (Kubernetes output is the table).
 pub fn placement(answer: &Placed, output: Output) -> Result<String> {
+    if output == Output::Csv {
+        return csv_of(
+            answer
+                .assignments
+                .iter()
+                .map(|(service, node)| AssignmentRow { service, node }),
+        );
+    }
     if output == Output::Json {
         return json(&Placement {
             assignments: answer

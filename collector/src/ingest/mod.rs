@@ -53,8 +53,10 @@ pub struct IngestOptions {
     /// Usage topic to consume.
     #[arg(long, env = "HEADROOM_TOPIC", default_value = "headroom-usage")]
     pub topic: String,
-    /// Dead-letter topic for records that cannot be stored.
-    #[arg(long, env = "HEADROOM_DLQ_TOPIC", default_value = "headroom-usage-dlq")]
+    /// Dead-letter topic for records that cannot be stored; empty (the
+    /// default) means the usage topic's name followed by `-dlq`, so each
+    /// pipeline keeps its own dead letters.
+    #[arg(long, env = "HEADROOM_DLQ_TOPIC", default_value = "")]
     pub dlq_topic: String,
     /// Consumer group; collectors in one group share the partitions.
     #[arg(long, env = "HEADROOM_GROUP", default_value = "headroom-collector")]
@@ -79,6 +81,8 @@ pub struct IngestOptions {
     #[arg(
         long = "kafka-option",
         env = "HEADROOM_KAFKA_OPTIONS",
+        // Values may hold passwords: `--help` must not print them.
+        hide_env_values = true,
         value_delimiter = ','
     )]
     pub kafka_options: Vec<String>,
@@ -116,9 +120,17 @@ impl IngestOptions {
         let mut options: Self = headroom_serving::options::clap_defaults()
             .expect("every IngestOptions field has a default");
         options.brokers = brokers.into();
-        options.dlq_topic = format!("{topic}-dlq");
         options.topic = topic;
-        options
+        options.with_dlq_default()
+    }
+
+    /// The options with the dead-letter topic named after the usage topic
+    /// (`<topic>-dlq`) when none was given.
+    pub fn with_dlq_default(mut self) -> Self {
+        if self.dlq_topic.is_empty() {
+            self.dlq_topic = format!("{}-dlq", self.topic);
+        }
+        self
     }
 
     fn client_config(&self) -> Result<ClientConfig> {
@@ -147,6 +159,7 @@ fn refused(e: rdkafka::error::KafkaError) -> Error {
 
 /// Creates the usage and dead-letter topics when they are missing.
 pub async fn ensure_topics(options: &IngestOptions) -> Result<()> {
+    let options = &options.clone().with_dlq_default();
     let admin: AdminClient<DefaultClientContext> =
         options.client_config()?.create().map_err(refused)?;
     let topics = [
@@ -191,6 +204,7 @@ pub async fn run(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let options = options.with_dlq_default();
     // A configuration librdkafka refuses is final; a broker that does not
     // answer yet is waited for.
     let not_configuration = |e: &Error| !matches!(e, Error::InvalidArgument(_));
