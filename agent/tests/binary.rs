@@ -297,3 +297,103 @@ pid = {pid}
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
+
+#[tokio::test]
+async fn two_replicas_on_one_host_are_published_as_two_instances() -> anyhow::Result<()> {
+    kit::init_logs();
+    let work = std::env::temp_dir().join(kit::unique_name("agent_replicas"));
+    // Two replicas of billing, laid out as a runtime's cgroups: 100 and
+    // 600 MiB of working set.
+    for (replica, mib) in [(1u64, 100u64), (2, 600)] {
+        let dir = work.join(format!("cgroup/apps/billing-{replica}.scope"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("cpu.stat"), "usage_usec 1000\n")?;
+        std::fs::write(dir.join("memory.current"), format!("{}\n", mib << 20))?;
+    }
+    let topic = kit::fresh_topic("agent_replicas", 2).await?;
+    let config = work.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+host = "node-1"
+interval = "250ms"
+
+[kafka]
+brokers = "{brokers}"
+topic = "{topic}"
+
+[spool]
+dir = "{spool}"
+
+[discovery]
+root = "{root}"
+every = "250ms"
+"#,
+            brokers = kit::kafka_brokers(),
+            spool = work.join("spool").display(),
+            root = work.join("cgroup").display(),
+        ),
+    )?;
+    let port = free_port();
+    let agent = start_agent(
+        &config,
+        port,
+        &[
+            "--discovery-pattern",
+            r"^apps/(?P<service>[a-z]+)-(?P<instance>\d+)\.scope$",
+        ],
+    );
+    let mut client = connect(port).await?;
+
+    let consumer: StreamConsumer = kit::consumer_config(&kit::unique_name("reader")).create()?;
+    consumer.subscribe(&[topic.as_str()])?;
+    let mut memory: BTreeMap<String, f64> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while memory.len() < 2 {
+        let msg = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("two instances not published within 30 s: {memory:?}")
+            })??;
+        if let Some(Body::Usage(u)) =
+            v1::UsageMessage::decode(msg.payload().unwrap_or_default())?.body
+        {
+            assert_eq!(u.service, "billing");
+            assert_eq!(msg.key(), Some(&b"billing"[..]), "keyed by service");
+            if let Some(m) = u.measurements.iter().find(|m| m.resource == "memory") {
+                memory.insert(u.instance, m.value);
+            }
+        }
+    }
+    assert_eq!(
+        memory,
+        BTreeMap::from([
+            ("1".to_string(), 100.0 * 1048576.0),
+            ("2".to_string(), 600.0 * 1048576.0)
+        ])
+    );
+    let status = client.status(v1::StatusRequest {}).await?.into_inner();
+    let mut listed: Vec<String> = status
+        .targets
+        .iter()
+        .filter_map(|t| match t.target.as_ref()?.selector.as_ref()? {
+            v1::target::Selector::CgroupPath(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        ["billing-1.scope", "billing-2.scope"].map(|d| work
+            .join("cgroup/apps")
+            .join(d)
+            .display()
+            .to_string()),
+        "Status lists each instance"
+    );
+    drop(client);
+    terminate(agent)?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}

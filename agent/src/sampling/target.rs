@@ -147,7 +147,14 @@ impl Sampler {
                 &self.layout.resolve(path),
                 self.own_netns.as_deref(),
                 elapsed_secs,
-            ),
+            )
+            .map_err(|e| match e {
+                // Name the target as given when the layout led elsewhere.
+                TargetError::Cgroup(m) if !m.contains(&*path.to_string_lossy()) => {
+                    TargetError::Cgroup(format!("cgroup {}: {m}", path.display()))
+                }
+                e => e,
+            }),
             other => {
                 let pids = select(&self.system, other)?;
                 Ok(measure_processes(
@@ -299,15 +306,15 @@ fn measure_cgroup(
     if let Some(cores) = r.cpu_limit_cores {
         values.push((resource::CPU_LIMIT, cores));
     }
-    if let Some(kills) = r.oom_kills {
-        if let Some(previous) = counters.oom_kills.replace(kills) {
-            let increase = if kills >= previous {
-                kills - previous
-            } else {
-                kills
-            };
-            values.push((resource::OOM_KILLS, increase as f64));
-        }
+    if let Some(kills) = r.oom_kills
+        && let Some(previous) = counters.oom_kills.replace(kills)
+    {
+        let increase = if kills >= previous {
+            kills - previous
+        } else {
+            kills
+        };
+        values.push((resource::OOM_KILLS, increase as f64));
     }
     // Nanosecond counters become seconds per second.
     let mut readings = vec![(resource::CPU, r.cpu_ns, 1e9)];
