@@ -129,9 +129,10 @@ pub struct SpoolSection {
 pub struct DiscoverySection {
     /// Whether containers are discovered.
     pub enabled: Option<bool>,
-    /// cgroup v2 root to walk.
+    /// cgroup root to walk.
     pub root: Option<PathBuf>,
-    /// Patterns with a `service` group; the built-in ones when empty.
+    /// Patterns with a `service` group (and optionally an `instance`
+    /// group); the built-in ones when empty.
     #[serde(default)]
     pub patterns: Vec<String>,
     /// Rescan period ("10s").
@@ -160,7 +161,7 @@ pub struct TargetEntry {
     pub name: Option<String>,
     /// Regular expression over the command line.
     pub cmd: Option<String>,
-    /// cgroup v2 directory.
+    /// cgroup path, relative to the cgroup root or full (v1 or v2).
     pub cgroup: Option<String>,
 }
 

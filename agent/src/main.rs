@@ -44,12 +44,15 @@ struct Cli {
         action = clap::ArgAction::Set
     )]
     discovery: bool,
-    /// cgroup v2 root that discovery walks.
+    /// cgroup root that discovery walks (on cgroup v1, its memory
+    /// controller's tree).
     #[arg(long, env = "HEADROOM_DISCOVERY_ROOT", default_value = config::DEFAULT_DISCOVERY_ROOT)]
     discovery_root: PathBuf,
     /// Discovery pattern over cgroup paths relative to the root, with a
-    /// (?P<service>…) group naming the service (repeatable) [default: Docker
-    /// and Kubernetes containers, named by their 12-digit id].
+    /// (?P<service>…) group naming the service and an optional
+    /// (?P<instance>…) group naming the replica, else the path does
+    /// (repeatable) [default: Docker and Kubernetes containers, named by
+    /// their 12-digit id].
     #[arg(
         long = "discovery-pattern",
         env = "HEADROOM_DISCOVERY_PATTERNS",
