@@ -434,6 +434,7 @@ fn status_of(w: &Watched, task_id: &str) -> v1::TargetStatus {
         last_sample_at: w.last_at_ms.map(from_unix_ms),
         last_sample: measurements(&w.last),
         task_id: task_id.to_string(),
+        instance: w.instance.clone(),
     }
 }
 
@@ -468,8 +469,9 @@ impl Agent for AgentApi {
             broker: broker as i32,
             interval_seconds: state.interval.as_secs_f64(),
             topic: state.topic.clone(),
+            cgroup_layout: state.layout.to_string(),
         });
-        // StatusResponse has no field for it yet: a response header.
+        // Also as a response header, for clients that read only metadata.
         response.metadata_mut().insert(
             LAYOUT_HEADER,
             tonic::metadata::MetadataValue::from_static(state.layout),

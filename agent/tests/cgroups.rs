@@ -191,6 +191,7 @@ async fn an_oom_kill_in_a_memory_cgroup_is_published_as_oom_kills() -> anyhow::R
         Some("v1"),
         "Status reports the layout"
     );
+    assert_eq!(status.get_ref().cgroup_layout, "v1", "and in its body");
     // The counter has a first reading before the kill.
     kit::eventually("the cgroup sampled", Duration::from_secs(30), || {
         let mut client = client.clone();

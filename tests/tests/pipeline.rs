@@ -75,6 +75,13 @@ async fn examples_flow_through_every_service_to_a_recommendation() -> anyhow::Re
     let health = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let cache_bin = copy("hr-cache")?;
     let cruncher_bin = copy("hr-cruncher")?;
+    // A second replica of the cruncher, on a second "host" (its own agent).
+    let replica_bin = {
+        // Short: the kernel keeps 15 bytes of a process name.
+        let to = dir.path().join(format!("hr-crunch2{tag}"));
+        std::fs::copy(bins.join("hr-cruncher"), &to)?;
+        to
+    };
     let ingest_bin = copy("hr-ingest")?;
     let quiet = || Stdio::null();
     let examples = Examples(vec![
@@ -90,6 +97,10 @@ async fn examples_flow_through_every_service_to_a_recommendation() -> anyhow::Re
             .stdout(quiet())
             .spawn()?,
         Command::new(&cruncher_bin)
+            .args(["--peer", &health.to_string(), "--intensity", "0.5"])
+            .stdout(quiet())
+            .spawn()?,
+        Command::new(&replica_bin)
             .args(["--peer", &health.to_string(), "--intensity", "0.5"])
             .stdout(quiet())
             .spawn()?,
@@ -131,6 +142,21 @@ async fn examples_flow_through_every_service_to_a_recommendation() -> anyhow::Re
     agent_config.publisher.partitions = 2;
     agent_config.publisher.buffer_records = 1000;
     let agent = kit::spawn_server(move |l, s| headroom_agent::run(l, s, agent_config)).await?;
+    let replica_dir = tempfile::tempdir()?;
+    let mut replica_config = common::agent_config(
+        "pipeline-host-2",
+        &topic,
+        replica_dir.path(),
+        GrpcOptions::default(),
+    );
+    replica_config.targets = vec![TargetSpec::parse(&format!(
+        "cruncher=name:{}",
+        name_of(&replica_bin)
+    ))?];
+    replica_config.task = Some(("pipeline-1".into(), vec!["cruncher".to_string()]));
+    replica_config.publisher.partitions = 2;
+    let replica_agent =
+        kit::spawn_server(move |l, s| headroom_agent::run(l, s, replica_config)).await?;
 
     // Two tasks: all three services for 25 samples, then the cache and
     // the cruncher alone for 15.
@@ -163,6 +189,19 @@ async fn examples_flow_through_every_service_to_a_recommendation() -> anyhow::Re
         }
     };
     stored("pipeline-1", &["cache", "cruncher", "ingest"], 25).await?;
+    // Both replicas of the cruncher are stored, each under its instance.
+    let replicas = kit::eventually(
+        "both cruncher replicas stored",
+        Duration::from_secs(90),
+        || async {
+            let services = headroom_store::list_services(&db.pool).await.ok()?;
+            let n = services.iter().find(|s| s.name == "cruncher")?.instances;
+            (n >= 2).then_some(n)
+        },
+    )
+    .await?;
+    assert_eq!(replicas, 2, "one instance per agent");
+    replica_agent.stop().await?;
     let mut control = headroom_proto::v1::agent_client::AgentClient::new(agent.channel().await?);
     control
         .end_task(v1::EndTaskRequest {
@@ -182,7 +221,9 @@ async fn examples_flow_through_every_service_to_a_recommendation() -> anyhow::Re
     for s in services {
         for r in ["cpu", "memory"] {
             let n = count("pipeline-1", s, r).await;
-            assert!((25..=120).contains(&n), "{s}/{r}: {n} samples stored");
+            // The cruncher ran as two replicas: twice the samples.
+            let most = if s == "cruncher" { 240 } else { 120 };
+            assert!((25..=most).contains(&n), "{s}/{r}: {n} samples stored");
         }
     }
 
