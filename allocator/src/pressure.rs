@@ -39,15 +39,24 @@ pub fn after_oom_kills(
     };
     let peak = memory.max().max(limit.map_or(0.0, Summary::max));
     let floor = (peak + OOM_MIN_BUMP_BYTES).max(peak * OOM_BUMP_RATIO);
+    raise_to(alloc, floor, || {
+        format!(
+            "OOM killed in {} sample(s) of the window: raised to max(peak + 100 MiB, 1.2 × peak) = {floor:.0} bytes from a peak of {peak:.0} (the VPA's rule; computed from the peak, so repeated kills do not compound)",
+            kills.positive()
+        )
+    });
+}
+
+/// Raises request (and limit, to stay at least the request) to `floor`
+/// when below it, saying why in the explanation.
+fn raise_to(alloc: &mut Alloc, floor: f64, why: impl FnOnce() -> String) {
     if alloc.request >= floor {
         return;
     }
     alloc.request = floor;
     alloc.limit = alloc.limit.max(floor);
-    alloc.detail.push_str(&format!(
-        "; OOM killed in {} sample(s) of the window: raised to max(peak + 100 MiB, 1.2 × peak) = {floor:.0} bytes from a peak of {peak:.0} (the VPA's rule; computed from the peak, so repeated kills do not compound)",
-        kills.positive()
-    ));
+    alloc.detail.push_str("; ");
+    alloc.detail.push_str(&why());
 }
 
 /// Raises a CPU allocation whose series was throttled in more than 1 % of
@@ -64,16 +73,13 @@ pub fn after_throttling(alloc: &mut Alloc, throttled: Option<&Summary>, limit: O
         return;
     }
     let floor = hit * (1.0 + THROTTLED_HEADROOM);
-    if alloc.request >= floor {
-        return;
-    }
-    alloc.request = floor;
-    alloc.limit = alloc.limit.max(floor);
-    alloc.detail.push_str(&format!(
-        "; throttled in {:.1} % of samples at its {hit:.3}-core limit, so its usage is censored there: requested {:.0} % above the limit ({floor:.3} cores) since demand above a quota is never observed",
-        share * 100.0,
-        THROTTLED_HEADROOM * 100.0
-    ));
+    raise_to(alloc, floor, || {
+        format!(
+            "throttled in {:.1} % of samples at its {hit:.3}-core limit, so its usage is censored there: requested {:.0} % above the limit ({floor:.3} cores) since demand above a quota is never observed",
+            share * 100.0,
+            THROTTLED_HEADROOM * 100.0
+        )
+    });
 }
 
 /// Names the hottest replica when replicas differ a lot (its peak at least

@@ -269,9 +269,7 @@ async fn a_sigkilled_collector_restarts_and_stores_every_record_exactly_once() -
 #[tokio::test]
 async fn a_database_outage_of_ten_seconds_loses_nothing_and_the_collector_stays_live()
 -> anyhow::Result<()> {
-    use tonic_health::pb::{
-        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-    };
+    use tonic_health::pb::health_check_response::ServingStatus;
     kit::init_logs();
     let pg = kit::PrivatePostgres::start()?;
     let pool = headroom_store::connect(&pg.url(), 2).await?;
@@ -298,60 +296,36 @@ async fn a_database_outage_of_ten_seconds_loses_nothing_and_the_collector_stays_
 
     pg.stop()?;
     produce(&topic, &batch(200), None).await?;
-    let health = HealthClient::new(server.channel().await?);
-    let check = || HealthCheckRequest {
-        service: headroom_collector::SERVICE_NAME.into(),
-    };
-    let status_of = |service: &'static str| {
-        let mut health = health.clone();
-        async move {
-            health
-                .check(HealthCheckRequest {
-                    service: service.into(),
-                })
-                .await
-                .map(|r| r.into_inner().status)
-        }
-    };
-    kit::eventually(
-        "health NOT_SERVING during the outage",
-        Duration::from_secs(10),
-        || {
-            let mut health = health.clone();
-            async move {
-                let status = health.check(check()).await.ok()?.into_inner().status;
-                (status
-                    == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32)
-                    .then_some(())
-            }
-        },
+    let ready = headroom_collector::SERVICE_NAME;
+    wait_for_health(
+        &server,
+        ready,
+        ServingStatus::NotServing,
+        "NOT_SERVING in the outage",
     )
     .await?;
     // Readiness says the collector cannot store; liveness says the process
     // serves, so nothing restarts a collector that is waiting correctly.
     assert_eq!(
-        status_of("").await?,
-        ServingStatus::Serving as i32,
+        health_of(&server, "").await,
+        Some(ServingStatus::Serving as i32),
         "liveness (the server-wide entry) during the outage"
     );
     tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(status_of("").await?, ServingStatus::Serving as i32);
+    assert_eq!(
+        health_of(&server, "").await,
+        Some(ServingStatus::Serving as i32)
+    );
     pg.start_again()?;
 
     let pool = headroom_store::connect(&pg.url(), 2).await?;
     wait_for_rows(&pool, "t-outage", 800, Duration::from_secs(60)).await?;
     // Back: ready again, with no restart.
-    kit::eventually(
-        "readiness SERVING again",
-        Duration::from_secs(30),
-        || async {
-            (status_of(headroom_collector::SERVICE_NAME).await.ok()?
-                == ServingStatus::Serving as i32)
-                .then_some(())
-        },
-    )
-    .await?;
-    assert_eq!(status_of("").await?, ServingStatus::Serving as i32);
+    wait_for_health(&server, ready, ServingStatus::Serving, "SERVING again").await?;
+    assert_eq!(
+        health_of(&server, "").await,
+        Some(ServingStatus::Serving as i32)
+    );
     pool.close().await;
     server.stop().await
 }
@@ -664,9 +638,7 @@ async fn replicas_on_two_hosts_are_all_stored_and_a_real_conflict_is_counted() -
 #[tokio::test]
 async fn an_idle_query_only_collector_reports_its_database_going_and_coming_back()
 -> anyhow::Result<()> {
-    use tonic_health::pb::{
-        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-    };
+    use tonic_health::pb::health_check_response::ServingStatus;
     kit::init_logs();
     let pg = kit::PrivatePostgres::start()?;
     let config = headroom_collector::CollectorConfig {
@@ -677,43 +649,35 @@ async fn an_idle_query_only_collector_reports_its_database_going_and_coming_back
         grpc: headroom_serving::grpc::GrpcOptions::default(),
     };
     let server = kit::spawn_server(move |l, s| headroom_collector::run(l, s, config)).await?;
-    let health = HealthClient::new(server.channel().await?);
-    let status = |service: &'static str| {
-        let mut health = health.clone();
-        async move {
-            health
-                .check(HealthCheckRequest {
-                    service: service.into(),
-                })
-                .await
-                .ok()
-                .map(|r| r.into_inner().status)
-        }
-    };
-    let ready = |want: ServingStatus| {
-        let status = &status;
-        async move { (status(headroom_collector::SERVICE_NAME).await? == want as i32).then_some(()) }
-    };
-    let wait = Duration::from_secs(30);
-    kit::eventually("ready once migrated", wait, || {
-        ready(ServingStatus::Serving)
-    })
+    let ready = headroom_collector::SERVICE_NAME;
+    wait_for_health(
+        &server,
+        ready,
+        ServingStatus::Serving,
+        "ready once migrated",
+    )
     .await?;
     // Nothing is written: only readiness's own check can notice.
     pg.stop()?;
-    kit::eventually("NOT_SERVING while the database is down", wait, || {
-        ready(ServingStatus::NotServing)
-    })
+    wait_for_health(
+        &server,
+        ready,
+        ServingStatus::NotServing,
+        "NOT_SERVING while down",
+    )
     .await?;
     assert_eq!(
-        status("").await,
+        health_of(&server, "").await,
         Some(ServingStatus::Serving as i32),
         "still live"
     );
     pg.start_again()?;
-    kit::eventually("SERVING once it is back", wait, || {
-        ready(ServingStatus::Serving)
-    })
+    wait_for_health(
+        &server,
+        ready,
+        ServingStatus::Serving,
+        "SERVING once it is back",
+    )
     .await?;
     server.stop().await
 }

@@ -140,3 +140,30 @@ pub async fn wait_for_rows(
     );
     Ok(())
 }
+
+/// The health status `server` reports for `service` (`""`: liveness, the
+/// collector's name: readiness); `None` when it does not answer.
+pub async fn health_of(server: &kit::TestServer, service: &str) -> Option<i32> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut health = HealthClient::new(server.channel().await.ok()?);
+    health
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .ok()
+        .map(|r| r.into_inner().status)
+}
+
+/// Waits until `server` reports `want` for `service`.
+pub async fn wait_for_health(
+    server: &kit::TestServer,
+    service: &str,
+    want: tonic_health::pb::health_check_response::ServingStatus,
+    what: &str,
+) -> anyhow::Result<()> {
+    kit::eventually(what, Duration::from_secs(30), || async {
+        (health_of(server, service).await? == want as i32).then_some(())
+    })
+    .await
+}
