@@ -241,6 +241,11 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn every_option_is_also_an_environment_variable() {
+        headroom_options::assert_every_option_has_env(&Cli::command());
+    }
+
     /// Every option merged with the file: given on the command line it
     /// wins, left out the file's value does; a misspelt id would panic.
     #[test]

@@ -357,20 +357,7 @@ mod tests {
     /// Every option of every subcommand reads an environment variable too.
     #[test]
     fn every_option_is_also_an_environment_variable() {
-        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
-            for arg in cmd.get_arguments() {
-                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
-                if !builtin && !arg.is_positional() && arg.get_env().is_none() {
-                    missing.push(format!("{path} --{}", arg.get_id()));
-                }
-            }
-            for sub in cmd.get_subcommands() {
-                walk(sub, &format!("{path} {}", sub.get_name()), missing);
-            }
-        }
-        let mut missing = Vec::new();
-        walk(&Cli::command(), "headroom-allocator", &mut missing);
-        assert!(missing.is_empty(), "options without env: {missing:?}");
+        headroom_options::assert_every_option_has_env(&Cli::command());
         Cli::command().debug_assert();
     }
 
