@@ -123,6 +123,11 @@ impl Allocator {
         }
     }
 
+    /// The collector this allocator reads.
+    pub(crate) fn collector(&self) -> &Collector {
+        &self.collector
+    }
+
     /// Requests and limits of every service × resource of `workload`.
     pub async fn recommend(
         &self,

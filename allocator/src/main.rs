@@ -107,6 +107,10 @@ enum Command {
         /// Strategy whose peaks are packed (static placement).
         #[arg(long, env = "HEADROOM_STRATEGY", default_value_t = DEFAULT_STRATEGY)]
         strategy: Strategy,
+        /// Replicas as SERVICE=N (repeat, or `,`-separated); a service not
+        /// named gets as many as the collector saw in one task.
+        #[arg(long = "replicas", env = "HEADROOM_REPLICAS", value_delimiter = ',', value_parser = parse_replicas)]
+        replicas: Vec<(String, u32)>,
     },
 }
 
@@ -219,6 +223,17 @@ impl Tuning {
     }
 }
 
+/// `SERVICE=N`, N at least 1.
+fn parse_replicas(s: &str) -> Result<(String, u32), String> {
+    let bad = || format!("replicas {s:?}: expected SERVICE=N with N at least 1, e.g. api=3");
+    let (service, n) = s.split_once('=').ok_or_else(bad)?;
+    let n: u32 = n.trim().parse().map_err(|_| bad())?;
+    if service.trim().is_empty() || n == 0 {
+        return Err(bad());
+    }
+    Ok((service.trim().to_string(), n))
+}
+
 fn parse_node(s: &str) -> Result<Node, String> {
     let expected = || format!("{s:?}: expected NAME=CORES,BYTES");
     let (name, caps) = s.split_once('=').ok_or_else(expected)?;
@@ -302,6 +317,7 @@ async fn ask(command: Command) -> anyhow::Result<()> {
             nodes,
             planned,
             strategy,
+            replicas,
         } => {
             let client = ask.server.client().await?;
             let answer = client
@@ -311,6 +327,7 @@ async fn ask(command: Command) -> anyhow::Result<()> {
                     strategy: if planned { Strategy::Plan } else { strategy },
                     solver: Solver::Auto,
                     params: ask.params(),
+                    replicas: replicas.into_iter().collect(),
                 })
                 .await?;
             render::placement(&answer, ask.output)?

@@ -264,13 +264,16 @@ async fn recommends_plans_and_places_from_history_and_the_model() -> anyhow::Res
                     horizon_seconds: Some(900.0),
                     ..Default::default()
                 }),
+                // Two replicas of the first service: each placed alone.
+                replicas: [(stack.workload.service_names()[0].clone(), 2)].into(),
             })
             .await?
             .into_inner();
         assert_eq!(placed.solver, "exact");
         assert_eq!(
             placed.assignments.len() + placed.unplaced.len(),
-            stack.workload.service_names().len()
+            stack.workload.service_names().len() + 1,
+            "one placement per replica"
         );
         assert!(placed.assignments.iter().all(|a| a.node != "tiny"));
         assert!(placed.nodes_used >= 1 && placed.nodes_used <= 2);

@@ -129,7 +129,8 @@ pub struct NamedRow {
     pub id: i32,
     /// Name.
     pub name: String,
-    /// Distinct instances (replicas) that reported it (services only).
+    /// Its replicas: the most instances that reported it in one task
+    /// (services only; a replaced pod counts in the task it ran in).
     pub instances: i64,
 }
 

@@ -545,8 +545,9 @@ async fn every_rpc_answers_hostile_requests_with_a_clear_status() -> anyhow::Res
             0i32..4,
             name(vec!["max".into(), "percentile".into()]),
             params(),
+            proptest::collection::hash_map(name(s.clone()), any::<u32>(), 0..3),
         ),
-        |(workload, nodes, mode, solver, strategy, params)| {
+        |(workload, nodes, mode, solver, strategy, params, replicas)| {
             let mut a = a.clone();
             async move {
                 ok(a.place(v1::PlaceRequest {
@@ -556,6 +557,7 @@ async fn every_rpc_answers_hostile_requests_with_a_clear_status() -> anyhow::Res
                     solver,
                     strategy,
                     params,
+                    replicas,
                 })
                 .await)
             }

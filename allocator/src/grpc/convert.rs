@@ -232,6 +232,7 @@ pub fn place_ask(r: v1::PlaceRequest) -> Result<PlaceAsk> {
         solver,
         workload: workload(r.workload),
         params: overrides(r.params),
+        replicas: r.replicas.into_iter().collect(),
     })
 }
 
@@ -239,6 +240,7 @@ pub fn place_ask(r: v1::PlaceRequest) -> Result<PlaceAsk> {
 pub fn place_request(a: &PlaceAsk) -> v1::PlaceRequest {
     let planned = a.strategy == Strategy::Plan;
     v1::PlaceRequest {
+        replicas: a.replicas.iter().map(|(s, n)| (s.clone(), *n)).collect(),
         workload: Some(workload_message(&a.workload)),
         nodes: a
             .nodes

@@ -68,6 +68,23 @@ impl Collector {
         }
     }
 
+    /// Replicas of each service: the most instances that reported it in
+    /// one stored task (0 for a service without samples).
+    pub async fn replicas(&self) -> Result<std::collections::HashMap<String, u32>> {
+        let services = self
+            .client
+            .clone()
+            .list_services(v1::ListServicesRequest {})
+            .await
+            .map_err(upstream("the collector"))?
+            .into_inner()
+            .services;
+        Ok(services
+            .into_iter()
+            .map(|s| (s.name, s.instances))
+            .collect())
+    }
+
     /// One task.
     pub async fn task(&self, id: &str) -> Result<TaskInfo> {
         let t = self

@@ -13,6 +13,9 @@ use crate::{
     strategy::Strategy,
 };
 
+/// Most replicas of one service a placement takes.
+pub(crate) const MAX_REPLICAS: u32 = 1000;
+
 /// What to place, on what.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlaceAsk {
@@ -27,6 +30,9 @@ pub struct PlaceAsk {
     pub solver: Solver,
     /// Strategy parameters.
     pub params: Overrides,
+    /// Replicas per service, each placed on its own; a service not named
+    /// gets as many as the collector saw in one task (at least 1).
+    pub replicas: BTreeMap<String, u32>,
 }
 
 /// Free capacity of a node at one moment.
@@ -79,7 +85,21 @@ impl Allocator {
         } else {
             vec![0.0]
         };
-        let demands = demands(&done.allocs, &seconds);
+        if let Some((service, n)) = ask.replicas.iter().find(|(_, n)| **n > MAX_REPLICAS) {
+            return Err(Error::Placement(format!(
+                "replicas of {service:?}: {n} is more than the {MAX_REPLICAS} one placement takes"
+            )));
+        }
+        let seen = self.collector().replicas().await?;
+        let replicas = |service: &str| {
+            ask.replicas
+                .get(service)
+                .or_else(|| seen.get(service))
+                .copied()
+                .unwrap_or(1)
+                .clamp(1, MAX_REPLICAS)
+        };
+        let demands = demands(&done.allocs, &seconds, replicas);
         let (nodes, solver) = (ask.nodes, ask.solver);
         let placement = tokio::task::spawn_blocking({
             let (nodes, demands) = (nodes.clone(), demands.clone());
@@ -126,9 +146,14 @@ impl Allocator {
     }
 }
 
-/// Each service's demand at each of `seconds`: cpu and memory requests,
-/// read off the plan's segments where there are any.
-fn demands(allocs: &[(Recommendation, Vec<Segment>)], seconds: &[f64]) -> Vec<Demand> {
+/// Each replica's demand at each of `seconds`: its service's cpu and
+/// memory requests (what one replica gets), read off the plan's segments
+/// where there are any, once per replica.
+fn demands(
+    allocs: &[(Recommendation, Vec<Segment>)],
+    seconds: &[f64],
+    replicas: impl Fn(&str) -> u32,
+) -> Vec<Demand> {
     let mut per: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     for (r, segments) in allocs {
         let e = per
@@ -148,10 +173,12 @@ fn demands(allocs: &[(Recommendation, Vec<Segment>)], seconds: &[f64]) -> Vec<De
         }
     }
     per.into_iter()
-        .map(|(s, (cpu, memory))| Demand {
-            service: s.to_string(),
-            cpu,
-            memory,
+        .flat_map(|(s, (cpu, memory))| {
+            (0..replicas(s)).map(move |_| Demand {
+                service: s.to_string(),
+                cpu: cpu.clone(),
+                memory: memory.clone(),
+            })
         })
         .collect()
 }
