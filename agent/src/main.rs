@@ -145,6 +145,17 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
     for result in parsed {
         match result {
             Ok(t) => {
+                if let Some(old) = targets.iter().find(|old| old.service == t.service) {
+                    // One configured target per service per agent (its
+                    // instance is the host): the later one wins, said out
+                    // loud rather than silently.
+                    tracing::warn!(
+                        service = %t.service,
+                        replaced = ?old.selector,
+                        by = ?t.selector,
+                        "service watched twice; the later target wins (replicas on one host: give each its own cgroup for discovery)"
+                    );
+                }
                 targets.retain(|old| old.service != t.service);
                 targets.push(t);
             }

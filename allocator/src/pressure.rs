@@ -84,8 +84,9 @@ pub fn after_throttling(alloc: &mut Alloc, throttled: Option<&Summary>, limit: O
 
 /// Names the hottest replica when replicas differ a lot (its peak at least
 /// twice the median of the others' peaks; with two replicas, the other
-/// one's): the allocation covers it, and the explanation says so, so skew
-/// is visible.
+/// one's), and says whether what one replica gets covers it: a percentile
+/// over many replicas can leave one hot replica out (the VPA's trouble with
+/// DaemonSets), and the operator must see that.
 pub fn name_skew(alloc: &mut Alloc, summary: &Summary) {
     let mut peaks: Vec<(&str, f64)> = summary.instance_peaks().collect();
     if peaks.len() < 2 {
@@ -102,8 +103,16 @@ pub fn name_skew(alloc: &mut Alloc, summary: &Summary) {
     if median <= 0.0 || top < SKEW_RATIO * median {
         return;
     }
+    let verdict = if alloc.limit >= top {
+        "what one replica gets covers it".to_string()
+    } else {
+        format!(
+            "what one replica gets does NOT cover it: {hottest} would pass the {:.4} limit (use `max`, a higher percentile, or give that replica its own service)",
+            alloc.limit
+        )
+    };
     alloc.detail.push_str(&format!(
-        "; replicas differ: the hottest of {}, {hottest}, peaked at {top:.4}, {:.1}× the median of the others ({median:.4}); what one replica gets covers it",
+        "; replicas differ: the hottest of {}, {hottest}, peaked at {top:.4}, {:.1}× the median of the others ({median:.4}); {verdict}",
         peaks.len(),
         top / median
     ));
@@ -189,6 +198,18 @@ mod tests {
         );
         let mut a = alloc(700.0 * MIB);
         name_skew(&mut a, &skewed);
+        assert!(
+            a.detail.contains("covers it") && !a.detail.contains("NOT"),
+            "{}",
+            a.detail
+        );
+        let mut short = alloc(120.0 * MIB);
+        name_skew(&mut short, &skewed);
+        assert!(
+            short.detail.contains("does NOT cover it"),
+            "{}",
+            short.detail
+        );
         assert!(
             a.detail.contains("web-3") && a.detail.contains("5.7×"),
             "{}",

@@ -100,14 +100,19 @@ fn task_seen(task: Task) -> Result<TaskSeen, String> {
     })
 }
 
-/// The instance of a service a record measured: its `instance`, else the
-/// agent's host (two agents publishing one service are two instances with
-/// no configuration), else `default`.
-fn instance_of(usage: &ServiceUsage) -> &str {
-    [usage.instance.as_str(), usage.host.as_str()]
-        .into_iter()
-        .find(|s| !s.is_empty())
-        .unwrap_or(DEFAULT_INSTANCE)
+/// The instance of a service a record measured: `host/instance` (an
+/// instance an agent names, a container id, a pod or a path relative to its
+/// discovery root, is only unique on its host), the host alone when the
+/// record names no instance (two agents publishing one service are two
+/// instances with no configuration), the instance alone without a host,
+/// else `default`.
+fn instance_of(usage: &ServiceUsage) -> String {
+    match (usage.host.as_str(), usage.instance.as_str()) {
+        ("", "") => DEFAULT_INSTANCE.to_string(),
+        (host, "") => host.to_string(),
+        ("", instance) => instance.to_string(),
+        (host, instance) => format!("{host}/{instance}"),
+    }
 }
 
 /// The instance of records that name neither an instance nor a host, and of
@@ -117,7 +122,10 @@ pub const DEFAULT_INSTANCE: &str = "default";
 fn usage_rows(usage: ServiceUsage, now_ms: i64, max_future_ms: i64) -> Result<Decoded, String> {
     check_name("service", &usage.service)?;
     check_name("task_id", &usage.task_id)?;
-    let instance = instance_of(&usage).to_string();
+    if !usage.host.is_empty() {
+        check_name("host", &usage.host)?;
+    }
+    let instance = instance_of(&usage);
     check_name("instance", &instance)?;
     let ts = usage.ts.as_ref().ok_or("missing ts")?;
     let ts_ms = to_unix_ms(ts);
@@ -238,7 +246,7 @@ mod tests {
     }
 
     #[test]
-    fn the_instance_is_the_record_s_else_the_host_else_default() {
+    fn the_instance_is_host_and_instance_else_either_else_default() {
         let instance = |u: ServiceUsage| match decode(Some(&encode(u)), NOW, 300_000) {
             Decoded::Usage { rows, .. } => rows[0].instance.clone(),
             d => panic!("{d:?}"),
@@ -247,6 +255,15 @@ mod tests {
         assert_eq!(instance(base()), "h", "the host when the record names none");
         assert_eq!(
             instance(ServiceUsage {
+                instance: "web-7f9c".into(),
+                ..base()
+            }),
+            "h/web-7f9c",
+            "an agent's instance is unique on its host only"
+        );
+        assert_eq!(
+            instance(ServiceUsage {
+                host: String::new(),
                 instance: "web-7f9c".into(),
                 ..base()
             }),
