@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use headroom_agent::{AgentConfig, PublisherOptions, TargetSpec};
+use headroom_agent::{AgentConfig, TargetSpec};
 use headroom_proto::v1::{self, agent_client::AgentClient, usage_message::Body};
 use headroom_serving::grpc::GrpcOptions;
 use headroom_testkit as kit;
@@ -35,16 +35,7 @@ async fn measured_usage_arrives_on_the_topic_with_the_task() -> anyhow::Result<(
         ],
         discovery: None,
         task: None,
-        publisher: PublisherOptions {
-            brokers: kit::kafka_brokers(),
-            topic: topic.clone(),
-            partitions: 2,
-            buffer_records: 1000,
-            spool_dir: spool.clone(),
-            spool_bytes: 16 << 20,
-            delivery_timeout: Duration::from_secs(5),
-            kafka_options: Vec::new(),
-        },
+        publisher: test_publisher(&topic, 2, spool.clone()),
         grpc: GrpcOptions::default(),
     };
     let server = kit::spawn_server(move |l, s| headroom_agent::run(l, s, config)).await?;

@@ -17,9 +17,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{wait_ready, which};
+use common::{test_publisher, wait_ready, which};
 use headroom_agent::{
-    AgentConfig, LAYOUT_HEADER, PublisherOptions, TargetSpec,
+    AgentConfig, LAYOUT_HEADER, TargetSpec,
     sampling::{Sampler, Selector, cgroup::Layout},
 };
 use headroom_proto::v1::{self, agent_client::AgentClient, usage_message::Body};
@@ -168,16 +168,7 @@ async fn an_oom_kill_in_a_memory_cgroup_is_published_as_oom_kills() -> anyhow::R
         targets: vec![TargetSpec::parse(&target)?],
         discovery: None,
         task: None,
-        publisher: PublisherOptions {
-            brokers: kit::kafka_brokers(),
-            topic: topic.clone(),
-            partitions: 1,
-            buffer_records: 1000,
-            spool_dir: spool.clone(),
-            spool_bytes: 16 << 20,
-            delivery_timeout: Duration::from_secs(5),
-            kafka_options: Vec::new(),
-        },
+        publisher: test_publisher(&topic, 1, spool.clone()),
         grpc: GrpcOptions::default(),
     };
     let server = kit::spawn_server(move |l, s| headroom_agent::run(l, s, config)).await?;

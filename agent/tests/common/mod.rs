@@ -72,3 +72,22 @@ pub fn assert_half_core_and_200_mib(cpu: &[f64], memory: &[f64]) {
         );
     }
 }
+
+/// Publisher options for a test: the test broker, `topic` with
+/// `partitions`, a spool in `spool`, small bounds.
+pub fn test_publisher(
+    topic: &str,
+    partitions: i32,
+    spool: PathBuf,
+) -> headroom_agent::PublisherOptions {
+    headroom_agent::PublisherOptions {
+        brokers: headroom_testkit::kafka_brokers(),
+        topic: topic.to_string(),
+        partitions,
+        buffer_records: 1000,
+        spool_dir: spool,
+        spool_bytes: 16 << 20,
+        delivery_timeout: std::time::Duration::from_secs(5),
+        kafka_options: Vec::new(),
+    }
+}
