@@ -22,8 +22,8 @@ struct Cli {
     /// installs one and `.stack/env` sets it.
     #[arg(long, env = "ORT_DYLIB_PATH")]
     ort_dylib: Option<PathBuf>,
-    /// Most queries in one Predict.
-    #[arg(long, env = "HEADROOM_MAX_BATCH", default_value_t = 10_000)]
+    /// Most queries in one Predict (at least 1).
+    #[arg(long, env = "HEADROOM_MAX_BATCH", default_value_t = 10_000, value_parser = at_least_one)]
     max_batch: usize,
     /// Most points in one PredictProfile or PredictTask answer.
     #[arg(long, env = "HEADROOM_MAX_POINTS", default_value_t = 200_000)]
@@ -79,8 +79,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A count of at least 1, for limits where 0 would refuse everything.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (0 would refuse every request)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_zero_batch_limit_is_refused() {
+        use clap::Parser as _;
+        let e = super::Cli::try_parse_from(["headroom-predictor", "--max-batch", "0"]).unwrap_err();
+        assert!(e.to_string().contains("at least 1"), "{e}");
+        assert!(super::Cli::try_parse_from(["headroom-predictor", "--max-batch", "5"]).is_ok());
+    }
+
     #[test]
     fn every_option_is_also_an_environment_variable() {
         use clap::CommandFactory as _;

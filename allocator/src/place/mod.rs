@@ -113,7 +113,13 @@ pub fn check(nodes: &[Node], demands: &[Demand]) -> Result<usize> {
     if demands.is_empty() {
         return bad("no services to place".into());
     }
-    for n in nodes {
+    for (i, n) in nodes.iter().enumerate() {
+        if nodes[..i].iter().any(|m| m.name == n.name) {
+            return bad(format!(
+                "node {:?} is given twice; name each node once",
+                n.name
+            ));
+        }
         if !(n.cpu.is_finite() && n.cpu > 0.0 && n.memory.is_finite() && n.memory > 0.0) {
             return bad(format!(
                 "node {:?} needs cpu_cores and memory_bytes greater than 0, got {} and {}",

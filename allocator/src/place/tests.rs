@@ -72,6 +72,9 @@ fn what_fits_nowhere_is_reported_and_bad_input_is_named() {
     let e = heuristic(&[node("z", 0.0, 1.0)], &ds).unwrap_err();
     assert!(e.to_string().contains("node \"z\""), "{e}");
     assert!(heuristic(&nodes, &[]).is_err());
+    let twice = [node("a", 2.0, 8.0), node("a", 2.0, 8.0)];
+    let e = exact(&twice, &ds).unwrap_err();
+    assert!(e.to_string().contains("node \"a\" is given twice"), "{e}");
 }
 
 proptest! {
