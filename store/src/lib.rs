@@ -36,23 +36,24 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/headr
 /// The embedded migrations (`store/migrations`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// How every pool of the store is sized: at most `max_connections`, and a
+/// connection waited for at most 5 s.
+fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+}
+
 /// A pool that connects on first use, so the collector starts (and reports
 /// NOT_SERVING) while the database is still down.
 pub fn lazy_pool(url: &str, max_connections: u32) -> Result<PgPool> {
-    Ok(PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy(url)?)
+    Ok(pool_options(max_connections).connect_lazy(url)?)
 }
 
 /// A pool connected now: fails with the reason when the database does not
 /// answer within 5 s (for commands that cannot do anything without it).
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
-    Ok(PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await?)
+    Ok(pool_options(max_connections).connect(url).await?)
 }
 
 /// Whether the database answers now (`SELECT 1`), for readiness checks.

@@ -333,16 +333,7 @@ async fn write_context(
     }
 
     // Series pool instances: one extent per (task, service, resource).
-    let mut series: HashMap<(&str, i32, i32), (i64, i64)> = HashMap::new();
-    for r in rows {
-        let e = series
-            .entry((r.task_id, r.service_id, r.resource_id))
-            .or_insert((r.ts_us, r.ts_us));
-        e.0 = e.0.min(r.ts_us);
-        e.1 = e.1.max(r.ts_us);
-    }
-    let mut series: Vec<_> = series.into_iter().collect();
-    series.sort_unstable_by_key(|(k, _)| *k);
+    let series = extents(rows, |r| (r.task_id, r.service_id, r.resource_id));
     let (mut task_ids, mut service_ids, mut resource_ids, mut firsts, mut lasts) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for ((t, s, r), (f, l)) in series {
@@ -353,17 +344,8 @@ async fn write_context(
         lasts.push(to_time(l));
     }
     // Instances of each service in each task, with their extent.
-    let mut extents: HashMap<(&str, i32, i32), (i64, i64)> = HashMap::new();
-    for r in rows {
-        let e = extents
-            .entry((r.task_id, r.service_id, r.instance_id))
-            .or_insert((r.ts_us, r.ts_us));
-        e.0 = e.0.min(r.ts_us);
-        e.1 = e.1.max(r.ts_us);
-    }
-    if !extents.is_empty() {
-        let mut keys: Vec<_> = extents.into_iter().collect();
-        keys.sort_unstable_by_key(|(k, _)| *k);
+    let keys = extents(rows, |r| (r.task_id, r.service_id, r.instance_id));
+    if !keys.is_empty() {
         sqlx::query(
             "INSERT INTO service_instances (task_id, service_id, instance_id, first_ts, last_ts) \
              SELECT * FROM UNNEST($1::text[], $2::int[], $3::int[], $4::timestamptz[], $5::timestamptz[]) \
@@ -396,6 +378,26 @@ async fn write_context(
         .await?;
     }
     Ok(())
+}
+
+/// A task and two ids: a series (service, resource) or a replica
+/// (service, instance).
+type ExtentKey<'a> = (&'a str, i32, i32);
+
+/// First and last time (µs) of the rows under each `key`, in key order.
+fn extents<'a>(
+    rows: &[Keyed<'a>],
+    key: impl Fn(&Keyed<'a>) -> ExtentKey<'a>,
+) -> Vec<(ExtentKey<'a>, (i64, i64))> {
+    let mut out: HashMap<ExtentKey<'a>, (i64, i64)> = HashMap::new();
+    for r in rows {
+        let e = out.entry(key(r)).or_insert((r.ts_us, r.ts_us));
+        e.0 = e.0.min(r.ts_us);
+        e.1 = e.1.max(r.ts_us);
+    }
+    let mut out: Vec<_> = out.into_iter().collect();
+    out.sort_unstable_by_key(|(k, _)| *k);
+    out
 }
 
 /// Binary COPY of the samples.

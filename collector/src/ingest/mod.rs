@@ -157,9 +157,9 @@ fn refused(e: rdkafka::error::KafkaError) -> Error {
     }
 }
 
-/// Creates the usage and dead-letter topics when they are missing.
-pub async fn ensure_topics(options: &IngestOptions) -> Result<()> {
-    let options = &options.clone().with_dlq_default();
+/// Creates the usage and dead-letter topics when they are missing (the
+/// dead-letter topic as given: [`run`] has applied its default).
+async fn ensure_topics(options: &IngestOptions) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> =
         options.client_config()?.create().map_err(refused)?;
     let topics = [
