@@ -125,6 +125,11 @@ pub struct ModelSpec {
     /// Validation metrics on held-out tasks.
     #[serde(default)]
     pub metrics: Vec<Metric>,
+    /// Ids of the tasks held out of training (validation): usage the
+    /// network never fitted, on which the allocator calibrates its
+    /// violation target (split conformal prediction).
+    #[serde(default)]
+    pub held_out_tasks: Vec<String>,
 }
 
 /// Refuses seconds into a task that are negative, NaN or infinite.
@@ -191,6 +196,7 @@ impl ModelSpec {
             trained_from: None,
             trained_to: None,
             metrics: vec![],
+            held_out_tasks: vec![],
         }
     }
 

@@ -372,6 +372,7 @@ fn info(model: &LoadedModel) -> v1::ModelInfoResponse {
         loaded_at: Some(timestamp(model.loaded_at)),
         last_reload_error: String::new(),
         last_reload_failed_at: None,
+        held_out_tasks: spec.held_out_tasks.clone(),
     }
 }
 

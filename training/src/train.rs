@@ -165,6 +165,7 @@ pub fn fit_spec(data: &Dataset, split: &Split, opts: &TrainOptions, version: &st
         trained_from: data.from,
         trained_to: data.to,
         metrics: Vec::new(),
+        held_out_tasks: split.held_out.clone(),
     }
 }
 
