@@ -1,21 +1,23 @@
 //! The allocator's domain: resolves a workload, gathers history or curves,
 //! runs a strategy per service and resource, and places the result.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     backtest::{self, BacktestAsk, BacktestReport},
+    calibrate,
     error::{Error, Result},
-    grpc::sources::{Collector, Predicted, Predictor},
-    history::{expected_duration, now},
+    grpc::sources::{Collector, Predictor},
+    history::{TaskInfo, expected_duration, now},
     params::{Overrides, Params},
     pressure,
     quantiles::curve_step,
+    replay,
     segments::Segment,
     snapshot::{self, Snapshot, Source},
-    strategy::{self, Alloc, Strategy},
+    strategy::{self, Alloc, Strategy, Summary},
 };
 
 /// History the history-based strategies read by default, back from now.
@@ -71,12 +73,38 @@ pub struct Recommendation {
     pub service: String,
     /// The resource's wire name.
     pub resource: String,
-    /// The strategy that reached it.
+    /// The strategy that reached it (the fallback's when it fell back).
     pub strategy: Strategy,
-    /// Request, limit, expectations and how.
+    /// Request, limit, expectations and how (zeros when unanswered).
     pub alloc: Alloc,
     /// The model that drew the curves (empty for history-based ones).
     pub model_version: String,
+    /// Set when the strategy asked could not answer this series and the
+    /// history-based one did.
+    pub fallback: Option<Fallback>,
+    /// Set when nothing could answer this series (on the wire:
+    /// FAILED_PRECONDITION for it alone), with why.
+    pub unanswered: Option<String>,
+}
+
+/// Why a series was answered by another strategy than the one asked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fallback {
+    /// The strategy asked.
+    pub from: Strategy,
+    /// Why it could not answer.
+    pub reason: String,
+}
+
+/// The strategy a model-based one falls back to, per series.
+pub const FALLBACK_STRATEGY: Strategy = Strategy::Percentile;
+
+/// `params` as the fallback strategy takes them: its own default margin.
+pub fn fallback_params(params: &Params) -> Params {
+    Params {
+        margin: Params::default().margin,
+        ..params.clone()
+    }
 }
 
 /// A time-varying allocation of one service and resource.
@@ -257,71 +285,22 @@ impl Allocator {
         }
     }
 
-    async fn curves(&self, m: &Mix, params: &Params) -> Result<(Predicted, f64)> {
-        let horizon = self.horizon(m, params).await?;
-        let predicted = self
-            .predictor
-            .task(&m.services, &m.resources, horizon, curve_step(horizon))
-            .await?;
-        Ok((predicted, horizon))
-    }
-
-    /// Runs `strategy` for every service × resource of `m`.
+    /// Runs `strategy` for every service × resource of `m`; a series no
+    /// strategy can answer is returned unanswered, the others answered.
     pub(crate) async fn allocate(
         &self,
         m: &Mix,
         strategy: Strategy,
         params: &Params,
     ) -> Result<Allocated> {
-        let recommendation =
-            |service: &str, resource: &str, alloc, model_version: &str| Recommendation {
-                service: service.to_string(),
-                resource: resource.to_string(),
-                strategy,
-                alloc,
-                model_version: model_version.to_string(),
-            };
-        let mut allocs = Vec::new();
         match strategy {
-            Strategy::Max | Strategy::Percentile => {
+            Strategy::Max | Strategy::Percentile | Strategy::Vpa | Strategy::Auto => {
                 let source = self.summaries(m, params).await?;
+                let mut allocs = Vec::new();
                 for service in &m.services {
                     for resource in &m.resources {
-                        let key = (service.clone(), resource.clone());
-                        let Some(summary) = source.summaries().get(&key) else {
-                            return Err(Error::NoHistory {
-                                service: service.clone(),
-                                resource: resource.clone(),
-                                window: humantime::format_duration(self.options.history)
-                                    .to_string(),
-                                strategy: strategy.name(),
-                            });
-                        };
-                        let mut a = if strategy == Strategy::Max {
-                            strategy::max(summary, params)
-                        } else {
-                            strategy::percentile(summary, params)
-                        };
-                        let of =
-                            |r: &str| source.summaries().get(&(service.clone(), r.to_string()));
-                        use headroom_proto::resource as res;
-                        match resource.as_str() {
-                            res::MEMORY => pressure::after_oom_kills(
-                                &mut a,
-                                summary,
-                                of(res::OOM_KILLS),
-                                of(res::MEMORY_LIMIT),
-                            ),
-                            res::CPU => pressure::after_throttling(
-                                &mut a,
-                                of(res::CPU_THROTTLED),
-                                of(res::CPU_LIMIT),
-                            ),
-                            _ => {}
-                        }
-                        pressure::name_skew(&mut a, summary);
-                        a.detail.push_str(&source.note());
-                        allocs.push((recommendation(service, resource, a, ""), Vec::new()));
+                        let r = self.by_history(&source, service, resource, strategy, params);
+                        allocs.push((r, Vec::new()));
                     }
                 }
                 Ok(Allocated {
@@ -329,23 +308,220 @@ impl Allocator {
                     horizon: 0.0,
                 })
             }
-            Strategy::Predictive | Strategy::Plan => {
-                let (predicted, horizon) = self.curves(m, params).await?;
-                let version = &predicted.model_version;
-                for ((service, resource), curves) in &predicted.curves {
-                    let (segments, a) = if strategy == Strategy::Plan {
-                        strategy::plan(curves, horizon, params)
-                    } else {
-                        (Vec::new(), strategy::predictive(curves, params))
-                    };
-                    allocs.push((recommendation(service, resource, a, version), segments));
-                }
-                Ok(Allocated { allocs, horizon })
-            }
+            Strategy::Predictive | Strategy::Plan => self.by_model(m, strategy, params).await,
             Strategy::Provisioned => Err(Error::StrategyNotHere {
                 strategy: strategy.name(),
                 why: "replays what an imported trace allocated; it exists only in backtests",
             }),
         }
+    }
+
+    /// One series by a history-based strategy, corrected by its recorded
+    /// pressure; unanswered without history.
+    fn by_history(
+        &self,
+        source: &Source,
+        service: &str,
+        resource: &str,
+        strategy: Strategy,
+        params: &Params,
+    ) -> Recommendation {
+        let of = |r: &str| {
+            source
+                .summaries()
+                .get(&(service.to_string(), r.to_string()))
+        };
+        let Some(summary) = of(resource) else {
+            let why = Error::NoHistory {
+                service: service.to_string(),
+                resource: resource.to_string(),
+                window: humantime::format_duration(self.options.history).to_string(),
+                strategy: strategy.name(),
+            };
+            return unanswered(service, resource, strategy, why.to_string());
+        };
+        let mut a = history_alloc(strategy, summary, params);
+        use headroom_proto::resource as res;
+        match resource {
+            res::MEMORY => pressure::after_oom_kills(
+                &mut a,
+                summary,
+                of(res::OOM_KILLS),
+                of(res::MEMORY_LIMIT),
+            ),
+            res::CPU => {
+                pressure::after_throttling(&mut a, of(res::CPU_THROTTLED), of(res::CPU_LIMIT))
+            }
+            _ => {}
+        }
+        pressure::name_skew(&mut a, summary);
+        a.detail.push_str(&source.note());
+        Recommendation {
+            service: service.to_string(),
+            resource: resource.to_string(),
+            strategy,
+            alloc: a,
+            model_version: String::new(),
+            fallback: None,
+            unanswered: None,
+        }
+    }
+
+    /// Every series by a model-based strategy: the predictor's curves for
+    /// the services the model knows, calibrated on each series' replayed
+    /// recent history; the others fall back to [`FALLBACK_STRATEGY`].
+    async fn by_model(&self, m: &Mix, strategy: Strategy, params: &Params) -> Result<Allocated> {
+        let info = self.predictor.info().await?;
+        let known: HashSet<String> = info.services.iter().cloned().collect();
+        let mix = replay::known_mix(&m.services, &known);
+        let predictable: Vec<String> = m
+            .resources
+            .iter()
+            .filter(|r| info.resources.contains(r))
+            .cloned()
+            .collect();
+        let horizon = self.horizon(m, params).await?;
+        let predicted = if mix.is_empty() || predictable.is_empty() {
+            None
+        } else {
+            Some(
+                self.predictor
+                    .task(&mix, &predictable, horizon, curve_step(horizon))
+                    .await?,
+            )
+        };
+        let end = now();
+        let start = end - self.options.history.as_secs_f64();
+        let (past, in_sample) = match replay::out_of_sample(
+            &self.collector,
+            &info,
+            &m.services,
+            &predictable,
+            start,
+            end,
+        )
+        .await?
+        {
+            Some(h) => (h, false),
+            None => (
+                self.collector
+                    .history(&m.services, &predictable, &[], Some(start), None)
+                    .await?,
+                true,
+            ),
+        };
+        // Past tasks replay with the horizon a request for their mix gets.
+        let durations = self.collector.tasks("", Some(start), None).await?;
+        let horizon_of =
+            |t: &TaskInfo| replay::horizon_before(&durations, t, params.horizon_seconds);
+        let scores = replay::scores(
+            &self.predictor,
+            &known,
+            &past,
+            &predictable,
+            strategy,
+            params,
+            end,
+            &horizon_of,
+        )
+        .await?;
+        let pools = replay::pools(&scores);
+        let mut allocs = Vec::new();
+        let mut fell_back = Vec::new();
+        for service in &m.services {
+            for resource in &m.resources {
+                let key = (service.clone(), resource.clone());
+                let curves = predicted.as_ref().and_then(|p| p.curves.get(&key));
+                let own = scores.get(&key).map_or(&[][..], Vec::as_slice);
+                let pool = pools.get(resource).map_or(&[][..], Vec::as_slice);
+                let rate = params.target_violation_rate;
+                let why = match curves {
+                    None if !known.contains(service) => {
+                        format!("service {service} is unknown to model {}", info.version)
+                    }
+                    None => format!("model {} does not predict {resource}", info.version),
+                    Some(curves) => match calibrate::own_or_pooled(own, pool, rate) {
+                        Some(c) => {
+                            let (mut segments, mut a) =
+                                replay::rule(strategy, curves, horizon, params);
+                            replay::apply(&c, &mut segments, &mut a, rate);
+                            if in_sample {
+                                a.detail.push_str(
+                                    " (in sample: the model names no held-out task, retrain it)",
+                                );
+                            }
+                            let r = Recommendation {
+                                service: service.clone(),
+                                resource: resource.clone(),
+                                strategy,
+                                alloc: a,
+                                model_version: info.version.clone(),
+                                fallback: None,
+                                unanswered: None,
+                            };
+                            allocs.push((r, segments));
+                            continue;
+                        }
+                        None => replay::thin_reason(own, rate),
+                    },
+                };
+                fell_back.push((allocs.len(), why));
+                allocs.push((
+                    unanswered(service, resource, strategy, String::new()),
+                    Vec::new(),
+                ));
+            }
+        }
+        if fell_back.is_empty() {
+            return Ok(Allocated { allocs, horizon });
+        }
+        let source = self.summaries(m, params).await?;
+        let fallback = fallback_params(params);
+        for (i, why) in fell_back {
+            let (service, resource) = (&allocs[i].0.service, &allocs[i].0.resource);
+            let mut r = self.by_history(&source, service, resource, FALLBACK_STRATEGY, &fallback);
+            if r.unanswered.is_none() {
+                r.alloc.detail = format!("fell back from {strategy} ({why}): {}", r.alloc.detail);
+                r.fallback = Some(Fallback {
+                    from: strategy,
+                    reason: why,
+                });
+            } else if let Some(u) = &mut r.unanswered {
+                *u = format!("{strategy} cannot answer ({why}) and {u}");
+                r.alloc.detail = u.clone();
+            }
+            allocs[i].0 = r;
+        }
+        Ok(Allocated { allocs, horizon })
+    }
+}
+
+/// A history-based strategy over one series' summary.
+pub fn history_alloc(strategy: Strategy, summary: &Summary, params: &Params) -> Alloc {
+    match strategy {
+        Strategy::Max => strategy::max(summary, params),
+        Strategy::Vpa => strategy::vpa(summary, params),
+        Strategy::Auto => strategy::auto(summary, params),
+        _ => strategy::percentile(summary, params),
+    }
+}
+
+/// A series nothing could answer, with `why`.
+fn unanswered(service: &str, resource: &str, strategy: Strategy, why: String) -> Recommendation {
+    Recommendation {
+        service: service.to_string(),
+        resource: resource.to_string(),
+        strategy,
+        alloc: Alloc {
+            request: 0.0,
+            limit: 0.0,
+            expected_slack: 0.0,
+            violation_risk: 0.0,
+            samples_used: 0,
+            detail: why.clone(),
+        },
+        model_version: String::new(),
+        fallback: None,
+        unanswered: Some(why),
     }
 }

@@ -16,6 +16,19 @@ pub enum Error {
         /// The accepted range, e.g. `in (0, 1)`.
         range: &'static str,
     },
+    /// A parameter names a choice that does not exist.
+    #[error("{field} must be one of {choices}, got {value:?}")]
+    BadChoice {
+        /// The parameter's wire name, e.g. `memory_peaks`.
+        field: &'static str,
+        /// The value given.
+        value: String,
+        /// The accepted values, comma-separated.
+        choices: &'static str,
+    },
+    /// A series the placement needs has no allocation (why).
+    #[error("cannot place: {0}")]
+    Unanswered(String),
     /// A strategy name is unknown.
     #[error("strategy {name:?} does not exist (known: {})", STRATEGIES.join(", "))]
     UnknownStrategy {

@@ -42,6 +42,39 @@ pub struct History {
 }
 
 impl History {
+    /// `self` and `other` as one history: tasks in both once, samples of a
+    /// task in both once (taken from `self`).
+    pub fn merge(mut self, other: History) -> History {
+        let mut index: std::collections::HashMap<String, usize> = self
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.id.clone(), i))
+            .collect();
+        let had: std::collections::HashSet<usize> = index.values().copied().collect();
+        let mut map = Vec::with_capacity(other.tasks.len());
+        for t in other.tasks {
+            let i = *index.entry(t.id.clone()).or_insert_with(|| {
+                self.tasks.push(t);
+                self.tasks.len() - 1
+            });
+            map.push(i);
+        }
+        for (key, obs) in other.series {
+            let into = self.series.entry(key).or_default();
+            into.extend(
+                obs.into_iter()
+                    .map(|o| Obs {
+                        task: map[o.task],
+                        ..o
+                    })
+                    .filter(|o| !had.contains(&o.task)),
+            );
+            into.sort_by(|a, b| a.ts.total_cmp(&b.ts));
+        }
+        self
+    }
+
     /// Samples of one series (empty when none).
     pub fn of(&self, service: &str, resource: &str) -> &[Obs] {
         self.series

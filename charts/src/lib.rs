@@ -149,11 +149,20 @@ fn draw<DB: DrawingBackend>(
     mesh.draw().map_err(|e| fail(e.to_string()))?;
     for s in series {
         let color = RGBColor(s.color.0, s.color.1, s.color.2);
-        let drawn = chart
+        chart
             .draw_series(LineSeries::new(
                 s.points.iter().copied(),
                 color.stroke_width(2),
             ))
+            .map_err(|e| fail(e.to_string()))?;
+        if s.points.len() <= 40 {
+            // Few points are results (a frontier), not a signal: mark each.
+            chart
+                .draw_series(s.points.iter().map(|p| Circle::new(*p, 4, color.filled())))
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        let drawn = chart
+            .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())
             .map_err(|e| fail(e.to_string()))?;
         if text {
             drawn.label(s.label.clone()).legend(move |(x, y)| {

@@ -90,17 +90,37 @@ fn params() -> impl Strategy<Value = Option<v1::StrategyParams>> {
             o(),
             o(),
             o(),
+            (
+                proptest::option::of(any::<bool>()),
+                proptest::option::of(prop_oneof![
+                    Just("task".to_string()),
+                    Just("window".to_string()),
+                    ".{0,8}"
+                ]),
+                proptest::option::of(any::<bool>()),
+                o(),
+                o(),
+                o(),
+            ),
         )
-            .prop_map(|(a, b, c, d, e, f, g, h, i)| v1::StrategyParams {
-                cpu_percentile: a,
-                memory_percentile: b,
-                margin: c,
-                half_life_seconds: d,
-                target_violation_rate: e,
-                max_resizes: f,
-                min_segment_seconds: g,
-                horizon_seconds: h,
-                limit_ratio: i,
+            .prop_map(|(a, b, c, d, e, f, g, h, i, (j, k, l, m, n, p))| {
+                v1::StrategyParams {
+                    cpu_percentile: a,
+                    memory_percentile: b,
+                    margin: c,
+                    half_life_seconds: d,
+                    target_violation_rate: e,
+                    max_resizes: f,
+                    min_segment_seconds: g,
+                    horizon_seconds: h,
+                    limit_ratio: i,
+                    median_floor: j,
+                    memory_peaks: k,
+                    minimum: l,
+                    overrun_weight: m,
+                    oom_weight: n,
+                    change_weight: p,
+                }
             }),
     )
 }
@@ -587,6 +607,7 @@ async fn every_rpc_answers_hostile_requests_with_a_clear_status() -> anyhow::Res
                     params,
                     max_tasks,
                     trace_services,
+                    sweep: None,
                 })
                 .await)
             }

@@ -12,26 +12,30 @@
 
 mod score;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 pub use score::{
     Allocation, Replay, Score, absolute_scale, by_task, interval_of, score, steps_to_segments,
 };
 
 use crate::{
+    allocate::{FALLBACK_STRATEGY, fallback_params, history_alloc},
+    calibrate,
     error::{Error, Result},
     grpc::sources::{Collector, Predictor},
     history::{History, TaskInfo, expected_duration},
     params::{Kind, Overrides, Params},
-    strategy::{self, Strategy, Summary},
+    strategy::{Strategy, Summary},
 };
 
 /// Strategies a backtest runs when none are named.
-pub const DEFAULT_STRATEGIES: [Strategy; 4] = [
+pub const DEFAULT_STRATEGIES: [Strategy; 6] = [
     Strategy::Max,
     Strategy::Percentile,
+    Strategy::Vpa,
     Strategy::Predictive,
     Strategy::Plan,
+    Strategy::Auto,
 ];
 
 /// Most held-out tasks replayed when the request sets no bound.
@@ -57,6 +61,8 @@ pub struct BacktestAsk {
     pub max_tasks: Option<usize>,
     /// Services whose first held-out task is traced sample by sample.
     pub trace_services: Vec<String>,
+    /// Variants to score for the slack–violation frontier.
+    pub sweep: Option<Sweep>,
 }
 
 /// Scores of one strategy on one resource.
@@ -78,6 +84,9 @@ pub struct BacktestRow {
     pub changes: u64,
     /// Samples scored.
     pub samples: u64,
+    /// Share of the scored series (task × service) the strategy could not
+    /// answer itself and that fell back to the history-based one.
+    pub fallback_share: f64,
 }
 
 /// One strategy's allocation at each sample of a trace.
@@ -122,11 +131,16 @@ pub struct BacktestReport {
     /// OOM kills recorded (`oom_kills`) in the held-out tasks of the
     /// replayed services, beside the strategies' simulated OOM events.
     pub recorded_oom_kills: u64,
+    /// The slack–violation frontier, when a sweep was asked.
+    pub frontier: Vec<FrontierPoint>,
 }
 
 /// Allocations keyed by (strategy, task index, service, resource); history-
 /// based ones are keyed by task `None` (one per series).
 type Allocations = HashMap<(Strategy, Option<usize>, String, String), Allocation>;
+
+/// (strategy, task index, service, resource) whose allocation fell back.
+type FellBack = HashSet<(Strategy, usize, String, String)>;
 
 /// Runs a backtest (see the module doc) against the collector's history
 /// (`history_window` seconds before the split) and the predictor's model.
@@ -195,56 +209,58 @@ pub async fn run(
         .map(|o| o.value.round().max(0.0) as u64)
         .sum();
 
-    let mut allocs = Allocations::new();
-    if strategies.contains(&Strategy::Provisioned) {
+    let given = if strategies.contains(&Strategy::Provisioned) {
         let given = collector.provisioned(&services, &resources, &ids).await?;
-        provisioned(&given, &replay, &mut allocs);
-        if allocs.is_empty() {
+        let mut probe = Allocations::new();
+        provisioned(&given, &replay, &mut probe);
+        if probe.is_empty() {
             if named {
                 return Err(Error::NothingProvisioned);
             }
             strategies.retain(|s| *s != Strategy::Provisioned);
         }
-    }
-    let model_based = strategies
-        .iter()
-        .any(|s| matches!(s, Strategy::Predictive | Strategy::Plan));
-    if model_based {
+        given
+    } else {
+        History::default()
+    };
+    let model_based = |s: &[Strategy]| {
+        s.iter()
+            .any(|s| matches!(s, Strategy::Predictive | Strategy::Plan))
+    };
+    if model_based(&strategies)
+        || ask
+            .sweep
+            .as_ref()
+            .is_some_and(|w| !w.target_violation_rates.is_empty())
+    {
         check_model(predictor, split).await?;
     }
-    from_history(&strategies, &params_of, &past, &mut allocs);
-    if model_based {
-        let ctx = Predicting {
-            predictor,
-            resources: &resources,
-            horizon: ask.params.horizon_seconds,
-            strategies: &strategies,
-            params_of: &params_of,
-        };
-        ctx.allocate(&past, &replay, &mut allocs).await?;
-    }
+    let data = Loaded {
+        samples: by_task(&replay),
+        replay,
+        past,
+        given,
+        resources,
+        split,
+        horizon: ask.params.horizon_seconds,
+    };
+    let (rows, allocs) = data
+        .evaluate(collector, predictor, &strategies, &params_of)
+        .await?;
+    let frontier = match &ask.sweep {
+        Some(sweep) => {
+            data.frontier(collector, predictor, sweep, &ask.params)
+                .await?
+        }
+        None => Vec::new(),
+    };
+    let (samples, replay, resources) = (&data.samples, &data.replay, &data.resources);
     let alloc_of = |s: Strategy, task: usize, service: &str, resource: &str| {
         let key = |t| (s, t, service.to_string(), resource.to_string());
         allocs
             .get(&key(None))
             .or_else(|| allocs.get(&key(Some(task))))
     };
-
-    // Score every held-out sample.
-    let samples = by_task(&replay);
-    let mut scores: BTreeMap<(Strategy, String), Score> = BTreeMap::new();
-    for ((task, service, resource), series) in &samples {
-        for s in &strategies {
-            if let Some(a) = alloc_of(*s, *task, service, resource) {
-                score(
-                    scores.entry((*s, resource.clone())).or_default(),
-                    series,
-                    a,
-                    Kind::of(resource),
-                );
-            }
-        }
-    }
 
     // Traces of the requested services: their first held-out task.
     let mut traces = Vec::new();
@@ -254,7 +270,7 @@ pub async fn run(
                 service: service.clone(),
             });
         };
-        for resource in &resources {
+        for resource in resources {
             let Some(series) = samples.get(&(*task, service.clone(), resource.clone())) else {
                 continue;
             };
@@ -281,9 +297,84 @@ pub async fn run(
     }
 
     Ok(BacktestReport {
-        rows: scores
+        rows,
+        task_ids: replay.tasks.iter().map(|t| t.id.clone()).collect(),
+        traces,
+        split,
+        recorded_oom_kills,
+        frontier,
+    })
+}
+
+/// A backtest's data, read once and scored for every variant.
+struct Loaded {
+    /// The held-out tasks' samples.
+    replay: History,
+    /// `replay` per task, service and resource.
+    samples: Replay,
+    /// History before the split, which the strategies see.
+    past: History,
+    /// What the trace's operators allocated, where imported.
+    given: History,
+    resources: Vec<String>,
+    split: f64,
+    horizon: Option<f64>,
+}
+
+impl Loaded {
+    /// Rows per (strategy, resource) of `strategies` with `params_of`,
+    /// and the allocations they scored.
+    async fn evaluate(
+        &self,
+        collector: &Collector,
+        predictor: &Predictor,
+        strategies: &[Strategy],
+        params_of: &HashMap<Strategy, Params>,
+    ) -> Result<(Vec<BacktestRow>, Allocations)> {
+        let mut allocs = Allocations::new();
+        if strategies.contains(&Strategy::Provisioned) {
+            provisioned(&self.given, &self.replay, &mut allocs);
+        }
+        from_history(strategies, params_of, &self.past, &mut allocs);
+        let mut fell_back = FellBack::new();
+        if strategies
+            .iter()
+            .any(|s| matches!(s, Strategy::Predictive | Strategy::Plan))
+        {
+            let ctx = Predicting {
+                predictor,
+                collector,
+                resources: &self.resources,
+                horizon: self.horizon,
+                strategies,
+                params_of,
+                split: self.split,
+            };
+            ctx.allocate(&self.past, &self.replay, &mut allocs, &mut fell_back)
+                .await?;
+        }
+        let alloc_of = |s: Strategy, task: usize, service: &str, resource: &str| {
+            let key = |t| (s, t, service.to_string(), resource.to_string());
+            allocs
+                .get(&key(None))
+                .or_else(|| allocs.get(&key(Some(task))))
+        };
+        let mut scores: BTreeMap<(Strategy, String), (Score, u64, u64)> = BTreeMap::new();
+        for ((task, service, resource), series) in &self.samples {
+            for s in strategies {
+                if let Some(a) = alloc_of(*s, *task, service, resource) {
+                    let (sc, scored, fell) = scores.entry((*s, resource.clone())).or_default();
+                    score(sc, series, a, Kind::of(resource));
+                    *scored += 1;
+                    if fell_back.contains(&(*s, *task, service.clone(), resource.clone())) {
+                        *fell += 1;
+                    }
+                }
+            }
+        }
+        let rows = scores
             .into_iter()
-            .map(|((strategy, resource), sc)| BacktestRow {
+            .map(|((strategy, resource), (sc, scored, fell))| BacktestRow {
                 strategy,
                 resource,
                 relative_slack: sc.relative / sc.samples.max(1) as f64,
@@ -292,13 +383,126 @@ pub async fn run(
                 oom_events: sc.oom,
                 changes: sc.changes,
                 samples: sc.samples,
+                fallback_share: fell as f64 / scored.max(1) as f64,
             })
-            .collect(),
-        task_ids: replay.tasks.iter().map(|t| t.id.clone()).collect(),
-        traces,
-        split,
-        recorded_oom_kills,
-    })
+            .collect();
+        Ok((rows, allocs))
+    }
+
+    /// The slack–violation frontier: every variant of `sweep` scored on
+    /// the same data, one point per (variant, resource).
+    async fn frontier(
+        &self,
+        collector: &Collector,
+        predictor: &Predictor,
+        sweep: &Sweep,
+        base: &Overrides,
+    ) -> Result<Vec<FrontierPoint>> {
+        let mut out = Vec::new();
+        for (strategy, setting, overrides) in sweep.variants(base) {
+            let params = Params::resolve(&overrides, strategy)?;
+            let params_of = HashMap::from([(strategy, params)]);
+            let (rows, _) = self
+                .evaluate(collector, predictor, &[strategy], &params_of)
+                .await?;
+            for r in rows {
+                out.push(FrontierPoint {
+                    strategy,
+                    setting: setting.clone(),
+                    resource: r.resource,
+                    violation_rate: r.violation_rate,
+                    relative_slack: r.relative_slack,
+                    oom_events: r.oom_events,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What a backtest sweeps to draw the slack–violation frontier.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sweep {
+    /// Violation targets of `predictive` and `plan`.
+    pub target_violation_rates: Vec<f64>,
+    /// Percentiles (CPU and memory alike) of `percentile`.
+    pub percentiles: Vec<f64>,
+    /// Margins of `percentile`.
+    pub margins: Vec<f64>,
+    /// Overrun weights of `auto` (a memory overrun weighs 100 times more).
+    pub overrun_weights: Vec<f64>,
+}
+
+impl Sweep {
+    /// The sweep a backtest runs when asked for a frontier with no values:
+    /// targets 0.1–5 %, percentiles 50–99 with margins 0–30 %, and `auto`
+    /// with overrun weights 1–100, plus `vpa` at its defaults.
+    pub fn standard() -> Self {
+        Self {
+            target_violation_rates: vec![0.001, 0.005, 0.01, 0.02, 0.05],
+            percentiles: vec![50.0, 80.0, 90.0, 95.0, 99.0],
+            margins: vec![0.0, 0.15, 0.3],
+            overrun_weights: vec![1.0, 10.0, 100.0],
+        }
+    }
+
+    /// Every variant: (strategy, its setting in words, its parameters).
+    pub fn variants(&self, base: &Overrides) -> Vec<(Strategy, String, Overrides)> {
+        let mut out = Vec::new();
+        for &rate in &self.target_violation_rates {
+            for s in [Strategy::Predictive, Strategy::Plan] {
+                let o = Overrides {
+                    target_violation_rate: Some(rate),
+                    ..base.clone()
+                };
+                out.push((s, format!("target {:.1} %", rate * 100.0), o));
+            }
+        }
+        for &p in &self.percentiles {
+            for &m in &self.margins {
+                let o = Overrides {
+                    cpu_percentile: Some(p),
+                    memory_percentile: Some(p),
+                    margin: Some(m),
+                    ..base.clone()
+                };
+                out.push((
+                    Strategy::Percentile,
+                    format!("p{p} + {:.0} %", m * 100.0),
+                    o,
+                ));
+            }
+        }
+        if !self.percentiles.is_empty() {
+            out.push((Strategy::Vpa, "defaults".into(), base.clone()));
+        }
+        for &w in &self.overrun_weights {
+            let o = Overrides {
+                overrun_weight: Some(w),
+                oom_weight: Some(w * 100.0),
+                ..base.clone()
+            };
+            out.push((Strategy::Auto, format!("overrun weight {w}"), o));
+        }
+        out
+    }
+}
+
+/// One point of the frontier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrontierPoint {
+    /// The strategy.
+    pub strategy: Strategy,
+    /// Its setting, in words (`target 1.0 %`, `p90 + 15 %`).
+    pub setting: String,
+    /// The resource's wire name.
+    pub resource: String,
+    /// Share of held-out samples above the limit.
+    pub violation_rate: f64,
+    /// Mean relative slack.
+    pub relative_slack: f64,
+    /// Memory samples above the limit.
+    pub oom_events: u64,
 }
 
 /// The finished held-out tasks, newest first, at most `max_tasks`.
@@ -380,18 +584,16 @@ fn from_history(
     past: &History,
     allocs: &mut Allocations,
 ) {
-    for s in strategies
-        .iter()
-        .filter(|s| matches!(s, Strategy::Max | Strategy::Percentile))
-    {
+    for s in strategies.iter().filter(|s| {
+        matches!(
+            s,
+            Strategy::Max | Strategy::Percentile | Strategy::Vpa | Strategy::Auto
+        )
+    }) {
         for ((service, resource), obs) in &past.series {
             let params = &params_of[s];
             let summary = Summary::of(obs, Kind::of(resource), params.half_life_seconds);
-            let a = if *s == Strategy::Max {
-                strategy::max(&summary, params)
-            } else {
-                strategy::percentile(&summary, params)
-            };
+            let a = history_alloc(*s, &summary, params);
             allocs.insert(
                 (*s, None, service.clone(), resource.clone()),
                 Allocation::Constant(a.request, a.limit),
@@ -403,51 +605,134 @@ fn from_history(
 /// What the model-based allocations of a backtest need.
 struct Predicting<'a> {
     predictor: &'a Predictor,
+    collector: &'a Collector,
     resources: &'a [String],
     horizon: Option<f64>,
     strategies: &'a [Strategy],
     params_of: &'a HashMap<Strategy, Params>,
+    /// The split: calibration sees only what came before it.
+    split: f64,
 }
 
 impl Predicting<'_> {
     /// Model-based allocations, one per task (curves shared by the tasks of
-    /// one mix).
+    /// one mix), calibrated on the history before the split; a series the
+    /// model does not know or cannot calibrate gets the fallback's
+    /// allocation and is recorded in `fell_back`.
     async fn allocate(
         &self,
         past: &History,
         replay: &History,
         allocs: &mut Allocations,
+        fell_back: &mut FellBack,
     ) -> Result<()> {
+        let (collector, info) = (self.collector, self.predictor.info().await?);
+        let known: HashSet<String> = info.services.iter().cloned().collect();
+        let predictable: Vec<String> = self
+            .resources
+            .iter()
+            .filter(|r| info.resources.contains(r))
+            .cloned()
+            .collect();
+        // Calibrate on usage the model never fitted, when it says which.
+        let services: Vec<String> = past.series.keys().map(|k| k.0.clone()).collect();
+        let out_of_sample = crate::replay::out_of_sample(
+            collector,
+            &info,
+            &services,
+            &predictable,
+            f64::MIN,
+            self.split,
+        )
+        .await?;
+        let calibration_history = out_of_sample.as_ref().unwrap_or(past);
+        let mut calibration = HashMap::new();
+        for s in self
+            .strategies
+            .iter()
+            .filter(|s| matches!(s, Strategy::Predictive | Strategy::Plan))
+        {
+            let params = &self.params_of[s];
+            let horizon_of =
+                |t: &TaskInfo| crate::replay::horizon_before(&past.tasks, t, self.horizon);
+            let scores = crate::replay::scores(
+                self.predictor,
+                &known,
+                calibration_history,
+                &predictable,
+                *s,
+                params,
+                self.split,
+                &horizon_of,
+            )
+            .await?;
+            let pools = crate::replay::pools(&scores);
+            let mut of = HashMap::new();
+            for ((service, resource), own) in &scores {
+                let pool = pools.get(resource).map_or(&[][..], Vec::as_slice);
+                if let Some(c) = calibrate::own_or_pooled(own, pool, params.target_violation_rate) {
+                    of.insert((service.clone(), resource.clone()), c);
+                }
+            }
+            calibration.insert(*s, of);
+        }
         let mut curves_of_mix = HashMap::new();
         for (ti, task) in replay.tasks.iter().enumerate() {
-            let mix = task.services.clone();
-            if !curves_of_mix.contains_key(&mix) {
+            let mix = crate::replay::known_mix(&task.services, &known);
+            if !mix.is_empty() && !predictable.is_empty() && !curves_of_mix.contains_key(&mix) {
                 let horizon = self
                     .horizon
-                    .or_else(|| expected_duration(&past.tasks, &mix))
+                    .or_else(|| expected_duration(&past.tasks, &task.services))
                     .ok_or(Error::NoDurationBeforeSplit)?;
                 let step = crate::quantiles::curve_step(horizon);
                 let predicted = self
                     .predictor
-                    .task(&mix, self.resources, horizon, step)
+                    .task(&mix, &predictable, horizon, step)
                     .await?;
                 curves_of_mix.insert(mix.clone(), (predicted, horizon));
             }
-            let (predicted, horizon) = &curves_of_mix[&mix];
-            for ((service, resource), curves) in &predicted.curves {
-                for s in self.strategies {
-                    let params = &self.params_of[s];
-                    let alloc = match s {
-                        Strategy::Predictive => {
-                            let a = strategy::predictive(curves, params);
-                            Allocation::Constant(a.request, a.limit)
+            for service in &task.services {
+                for resource in self.resources {
+                    let key = (service.clone(), resource.clone());
+                    let curves = curves_of_mix
+                        .get(&mix)
+                        .and_then(|(p, h)| p.curves.get(&key).map(|c| (c, *h)));
+                    for s in self.strategies {
+                        if !matches!(s, Strategy::Predictive | Strategy::Plan) {
+                            continue;
                         }
-                        Strategy::Plan => {
-                            Allocation::Segments(strategy::plan(curves, *horizon, params).0)
-                        }
-                        _ => continue,
-                    };
-                    allocs.insert((*s, Some(ti), service.clone(), resource.clone()), alloc);
+                        let params = &self.params_of[s];
+                        let cal = calibration.get(s).and_then(|c| c.get(&key));
+                        let alloc = match (curves, cal) {
+                            (Some((curves, horizon)), Some(c)) => {
+                                let (mut segments, mut a) =
+                                    crate::replay::rule(*s, curves, horizon, params);
+                                crate::replay::apply(
+                                    c,
+                                    &mut segments,
+                                    &mut a,
+                                    params.target_violation_rate,
+                                );
+                                crate::replay::as_allocation(&segments, &a)
+                            }
+                            _ => {
+                                fell_back.insert((*s, ti, service.clone(), resource.clone()));
+                                let obs = past.of(service, resource);
+                                if obs.is_empty() {
+                                    continue;
+                                }
+                                let fallback = fallback_params(params);
+                                let summary = Summary::of(
+                                    obs,
+                                    Kind::of(resource),
+                                    fallback.half_life_seconds,
+                                );
+                                let a = history_alloc(FALLBACK_STRATEGY, &summary, &fallback);
+                                Allocation::Constant(a.request, a.limit)
+                            }
+                        };
+                        allocs.insert((*s, Some(ti), service.clone(), resource.clone()), alloc);
+                    }
                 }
             }
         }

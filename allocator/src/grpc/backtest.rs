@@ -5,7 +5,9 @@ use headroom_proto::{resource, v1};
 
 use super::convert::{overrides, params, seconds_of, timestamp};
 use crate::{
-    backtest::{BacktestAsk, BacktestReport, BacktestRow, StrategyTrace, Trace},
+    backtest::{
+        BacktestAsk, BacktestReport, BacktestRow, FrontierPoint, StrategyTrace, Sweep, Trace,
+    },
     error::Result,
 };
 
@@ -21,9 +23,22 @@ pub fn ask(r: v1::BacktestRequest) -> Result<BacktestAsk> {
         task_ids: r.task_ids,
         services: r.services,
         resources: r.resources,
-        params: overrides(r.params),
+        params: overrides(r.params)?,
         max_tasks: (r.max_tasks > 0).then_some(r.max_tasks as usize),
         trace_services: r.trace_services,
+        sweep: r.sweep.map(|w| {
+            let given = Sweep {
+                target_violation_rates: w.target_violation_rates,
+                percentiles: w.percentiles,
+                margins: w.margins,
+                overrun_weights: w.overrun_weights,
+            };
+            if given == Sweep::default() {
+                Sweep::standard()
+            } else {
+                given
+            }
+        }),
     })
 }
 
@@ -38,6 +53,12 @@ pub fn request(a: &BacktestAsk) -> v1::BacktestRequest {
         params: Some(params(&a.params)),
         max_tasks: a.max_tasks.map_or(0, |m| m as u32),
         trace_services: a.trace_services.clone(),
+        sweep: a.sweep.as_ref().map(|w| v1::Sweep {
+            target_violation_rates: w.target_violation_rates.clone(),
+            percentiles: w.percentiles.clone(),
+            margins: w.margins.clone(),
+            overrun_weights: w.overrun_weights.clone(),
+        }),
     }
 }
 
@@ -56,6 +77,7 @@ pub fn response(r: &BacktestReport) -> v1::BacktestResponse {
                 oom_events: r.oom_events,
                 changes: r.changes,
                 samples: r.samples,
+                fallback_share: r.fallback_share,
             })
             .collect(),
         task_ids: r.task_ids.clone(),
@@ -82,6 +104,18 @@ pub fn response(r: &BacktestReport) -> v1::BacktestResponse {
             .collect(),
         split: Some(timestamp(r.split)),
         recorded_oom_kills: r.recorded_oom_kills,
+        frontier: r
+            .frontier
+            .iter()
+            .map(|p| v1::FrontierPoint {
+                strategy: p.strategy.name().to_string(),
+                setting: p.setting.clone(),
+                resource: p.resource.clone(),
+                violation_rate: p.violation_rate,
+                relative_slack: p.relative_slack,
+                oom_events: p.oom_events,
+            })
+            .collect(),
     }
 }
 
@@ -101,6 +135,7 @@ pub fn report(r: v1::BacktestResponse) -> Result<BacktestReport> {
                     oom_events: r.oom_events,
                     changes: r.changes,
                     samples: r.samples,
+                    fallback_share: r.fallback_share,
                 })
             })
             .collect::<Result<_>>()?,
@@ -131,5 +166,19 @@ pub fn report(r: v1::BacktestResponse) -> Result<BacktestReport> {
             .collect::<Result<_>>()?,
         split: r.split.as_ref().map_or(0.0, seconds_of),
         recorded_oom_kills: r.recorded_oom_kills,
+        frontier: r
+            .frontier
+            .into_iter()
+            .map(|p| {
+                Ok(FrontierPoint {
+                    strategy: p.strategy.parse()?,
+                    setting: p.setting,
+                    resource: p.resource,
+                    violation_rate: p.violation_rate,
+                    relative_slack: p.relative_slack,
+                    oom_events: p.oom_events,
+                })
+            })
+            .collect::<Result<_>>()?,
     })
 }

@@ -4,10 +4,10 @@
 use headroom_proto::{resource, v1};
 
 use crate::{
-    allocate::{PlanReport, Recommendation, ResourcePlan, Workload},
+    allocate::{Fallback, PlanReport, Recommendation, ResourcePlan, Workload},
     error::Result,
     history::TaskInfo,
-    params::Overrides,
+    params::{Overrides, Peaks},
     place::{HeadroomPoint, Node, PlaceAsk, Placed, Solver},
     segments::Segment,
     strategy::{Alloc, DEFAULT_STRATEGY, Strategy},
@@ -50,10 +50,11 @@ fn unit(name: &str) -> String {
     resource::unit(name).unwrap_or_default().to_string()
 }
 
-/// Parameters as given (all defaults when absent).
-pub fn overrides(p: Option<v1::StrategyParams>) -> Overrides {
+/// Parameters as given (all defaults when absent); an unknown
+/// `memory_peaks` is refused by name.
+pub fn overrides(p: Option<v1::StrategyParams>) -> Result<Overrides> {
     let p = p.unwrap_or_default();
-    Overrides {
+    Ok(Overrides {
         cpu_percentile: p.cpu_percentile,
         memory_percentile: p.memory_percentile,
         margin: p.margin,
@@ -63,7 +64,13 @@ pub fn overrides(p: Option<v1::StrategyParams>) -> Overrides {
         min_segment_seconds: p.min_segment_seconds,
         horizon_seconds: p.horizon_seconds,
         limit_ratio: p.limit_ratio,
-    }
+        median_floor: p.median_floor,
+        memory_peaks: p.memory_peaks.as_deref().map(Peaks::parse).transpose()?,
+        minimum: p.minimum,
+        overrun_weight: p.overrun_weight,
+        oom_weight: p.oom_weight,
+        change_weight: p.change_weight,
+    })
 }
 
 /// Parameters on the wire.
@@ -78,6 +85,12 @@ pub fn params(p: &Overrides) -> v1::StrategyParams {
         min_segment_seconds: p.min_segment_seconds,
         horizon_seconds: p.horizon_seconds,
         limit_ratio: p.limit_ratio,
+        median_floor: p.median_floor,
+        memory_peaks: p.memory_peaks.map(|m| m.name().to_string()),
+        minimum: p.minimum,
+        overrun_weight: p.overrun_weight,
+        oom_weight: p.oom_weight,
+        change_weight: p.change_weight,
     }
 }
 
@@ -116,6 +129,15 @@ pub fn allocation(r: &Recommendation) -> v1::Allocation {
             model_version: r.model_version.clone(),
             detail: r.alloc.detail.clone(),
         }),
+        fallback: r.fallback.as_ref().map(|f| v1::Fallback {
+            from_strategy: f.from.name().to_string(),
+            to_strategy: r.strategy.name().to_string(),
+            reason: f.reason.clone(),
+        }),
+        status: r.unanswered.as_ref().map(|why| v1::SeriesStatus {
+            code: tonic::Code::FailedPrecondition as i32,
+            message: why.clone(),
+        }),
     }
 }
 
@@ -132,6 +154,16 @@ pub fn recommendation(a: v1::Allocation) -> Result<Recommendation> {
             samples_used: e.samples_used,
             detail: e.detail,
         },
+        fallback: a
+            .fallback
+            .map(|f| {
+                Ok::<_, crate::Error>(Fallback {
+                    from: f.from_strategy.parse()?,
+                    reason: f.reason,
+                })
+            })
+            .transpose()?,
+        unanswered: a.status.filter(|s| s.code != 0).map(|s| s.message),
         service: a.service,
         resource: a.resource,
         model_version: e.model_version,
@@ -231,7 +263,7 @@ pub fn place_ask(r: v1::PlaceRequest) -> Result<PlaceAsk> {
         strategy,
         solver,
         workload: workload(r.workload),
-        params: overrides(r.params),
+        params: overrides(r.params)?,
         replicas: r.replicas.into_iter().collect(),
     })
 }

@@ -29,6 +29,7 @@ impl From<Error> for Status {
         let message = e.to_string();
         let code = match &e {
             Error::Param { .. }
+            | Error::BadChoice { .. }
             | Error::UnknownStrategy { .. }
             | Error::StrategyNotHere { .. }
             | Error::NoServices
@@ -39,6 +40,7 @@ impl From<Error> for Status {
             | Error::NoHeldOutService
             | Error::UnknownTraceService { .. } => Code::InvalidArgument,
             Error::NoHistory { .. }
+            | Error::Unanswered(_)
             | Error::NothingHeldOut
             | Error::NothingProvisioned
             | Error::NoDurationBeforeSplit
@@ -72,7 +74,7 @@ impl allocator_server::Allocator for AllocatorApi {
     ) -> Result<Response<v1::RecommendResponse>, Status> {
         let r = request.into_inner();
         let strategy = convert::strategy(&r.strategy)?;
-        let params = convert::overrides(r.params);
+        let params = convert::overrides(r.params)?;
         let done = self
             .allocator
             .recommend(convert::workload(r.workload), strategy, &params)
@@ -87,7 +89,7 @@ impl allocator_server::Allocator for AllocatorApi {
         request: Request<v1::PlanRequest>,
     ) -> Result<Response<v1::PlanResponse>, Status> {
         let r = request.into_inner();
-        let params = convert::overrides(r.params);
+        let params = convert::overrides(r.params)?;
         let done = self
             .allocator
             .plan(convert::workload(r.workload), &params)

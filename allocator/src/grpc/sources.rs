@@ -13,7 +13,6 @@ use super::convert::{seconds_of, task_info, timestamp};
 use crate::{
     error::{Error, Result},
     history::{History, Obs, Summaries, TaskInfo},
-    params::Kind,
     quantiles::Curves,
     strategy::Summary,
 };
@@ -160,9 +159,8 @@ impl Collector {
             for s in chunk.samples {
                 let next = tasks.len() as u64;
                 let task = *tasks.entry(s.task_id).or_insert(next);
-                let kind = Kind::of(&s.resource);
                 out.entry((s.service, s.resource))
-                    .or_insert_with(|| Summary::new(kind, half_life))
+                    .or_insert_with_key(|k| Summary::for_resource(&k.1, half_life))
                     .add_of(
                         &s.instance,
                         task,
@@ -267,6 +265,12 @@ pub struct ModelInfo {
     pub version: String,
     /// End of its training window, unix seconds, when known.
     pub trained_to: Option<f64>,
+    /// The services it was trained on.
+    pub services: Vec<String>,
+    /// The resources it predicts.
+    pub resources: Vec<String>,
+    /// Tasks held out of its training, which it never fitted.
+    pub held_out_tasks: Vec<String>,
 }
 
 impl Predictor {
@@ -289,6 +293,9 @@ impl Predictor {
         Ok(ModelInfo {
             version: info.version,
             trained_to: info.trained_to.as_ref().map(seconds_of),
+            services: info.services,
+            resources: info.resources,
+            held_out_tasks: info.held_out_tasks,
         })
     }
 

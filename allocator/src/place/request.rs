@@ -77,6 +77,10 @@ impl Allocator {
             }],
         )?;
         let done = self.allocate(&mix, ask.strategy, &params).await?;
+        if let Some(why) = done.allocs.iter().find_map(|(r, _)| r.unanswered.clone()) {
+            // A placement needs every demand: one missing series stops it.
+            return Err(Error::Unanswered(why));
+        }
         let seconds: Vec<f64> = if ask.strategy == Strategy::Plan {
             let step = done.horizon / CURVE_POINTS;
             (0..=CURVE_POINTS as usize)

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{TableFormat, json, unit};
 use crate::{
-    backtest::{BacktestReport, BacktestRow, Trace},
+    backtest::{BacktestReport, BacktestRow, FrontierPoint, Trace},
     error::{Error, Result},
 };
 
@@ -22,6 +22,7 @@ struct Row<'a> {
     oom_events: u64,
     changes: u64,
     samples: u64,
+    fallback_share: f64,
 }
 
 impl<'a> From<&'a BacktestRow> for Row<'a> {
@@ -35,6 +36,31 @@ impl<'a> From<&'a BacktestRow> for Row<'a> {
             oom_events: r.oom_events,
             changes: r.changes,
             samples: r.samples,
+            fallback_share: r.fallback_share,
+        }
+    }
+}
+
+/// One frontier point, as JSON and CSV show it.
+#[derive(Debug, Serialize)]
+struct Point<'a> {
+    strategy: &'a str,
+    setting: &'a str,
+    resource: &'a str,
+    violation_rate: f64,
+    relative_slack: f64,
+    oom_events: u64,
+}
+
+impl<'a> From<&'a FrontierPoint> for Point<'a> {
+    fn from(p: &'a FrontierPoint) -> Self {
+        Self {
+            strategy: p.strategy.name(),
+            setting: &p.setting,
+            resource: &p.resource,
+            violation_rate: p.violation_rate,
+            relative_slack: p.relative_slack,
+            oom_events: p.oom_events,
         }
     }
 }
@@ -45,12 +71,13 @@ struct Scores<'a> {
     task_ids: &'a [String],
     rows: Vec<Row<'a>>,
     recorded_oom_kills: u64,
+    frontier: Vec<Point<'a>>,
 }
 
 /// The backtest as an aligned table, one row per strategy and resource.
 pub fn table(answer: &BacktestReport) -> String {
     let mut out = format!(
-        "{} held-out tasks; absolute slack in core-hours (cpu), GiB-hours (memory), GiB (IO)\n{:<12} {:<10} {:>9} {:>10} {:>10} {:>6} {:>8} {:>8}\n",
+        "{} held-out tasks; absolute slack in core-hours (cpu), GiB-hours (memory), GiB (IO)\n{:<12} {:<10} {:>9} {:>10} {:>10} {:>6} {:>8} {:>8} {:>9}\n",
         answer.task_ids.len(),
         "strategy",
         "resource",
@@ -59,11 +86,12 @@ pub fn table(answer: &BacktestReport) -> String {
         "violation",
         "oom",
         "changes",
-        "samples"
+        "samples",
+        "fell back"
     );
     for r in &answer.rows {
         out.push_str(&format!(
-            "{:<12} {:<10} {:>8.1}% {:>10.3} {:>9.2}% {:>6} {:>8} {:>8}\n",
+            "{:<12} {:<10} {:>8.1}% {:>10.3} {:>9.2}% {:>6} {:>8} {:>8} {:>8.1}%\n",
             r.strategy.name(),
             r.resource,
             r.relative_slack * 100.0,
@@ -71,8 +99,26 @@ pub fn table(answer: &BacktestReport) -> String {
             r.violation_rate * 100.0,
             r.oom_events,
             r.changes,
-            r.samples
+            r.samples,
+            r.fallback_share * 100.0
         ));
+    }
+    if !answer.frontier.is_empty() {
+        out.push_str(&format!(
+            "slack–violation frontier:\n{:<12} {:<22} {:<10} {:>10} {:>9} {:>6}\n",
+            "strategy", "setting", "resource", "violation", "rel.slack", "oom"
+        ));
+        for p in &answer.frontier {
+            out.push_str(&format!(
+                "{:<12} {:<22} {:<10} {:>9.2}% {:>8.1}% {:>6}\n",
+                p.strategy.name(),
+                p.setting,
+                p.resource,
+                p.violation_rate * 100.0,
+                p.relative_slack * 100.0,
+                p.oom_events
+            ));
+        }
     }
     out.push_str(&format!(
         "OOM kills recorded by the agents in these tasks: {} (the oom column: samples above each strategy's memory limit)\n",
@@ -89,9 +135,52 @@ pub fn backtest(answer: &BacktestReport, format: TableFormat) -> Result<String> 
             task_ids: &answer.task_ids,
             rows: answer.rows.iter().map(Row::from).collect(),
             recorded_oom_kills: answer.recorded_oom_kills,
+            frontier: answer.frontier.iter().map(Point::from).collect(),
         }),
         TableFormat::Csv => super::csv_of(answer.rows.iter().map(Row::from)),
     }
+}
+
+/// The frontier's points in CSV (one line per variant and resource).
+pub fn frontier_csv(answer: &BacktestReport) -> Result<String> {
+    super::csv_of(answer.frontier.iter().map(Point::from))
+}
+
+/// Draws the slack–violation frontier of `resource`: one line per
+/// strategy through its variants, violation rate (%) against relative
+/// slack (%); lower and further left is better.
+pub fn frontier_chart(path: &Path, answer: &BacktestReport, resource: &str) -> Result<()> {
+    use headroom_charts::{PALETTE, Series, line_chart};
+    let mut by_strategy: std::collections::BTreeMap<_, Vec<(f64, f64)>> = Default::default();
+    for p in answer.frontier.iter().filter(|p| p.resource == resource) {
+        by_strategy
+            .entry(p.strategy)
+            .or_default()
+            .push((p.violation_rate * 100.0, p.relative_slack * 100.0));
+    }
+    let series: Vec<Series> = by_strategy
+        .into_iter()
+        .enumerate()
+        .map(|(i, (s, mut points))| {
+            points.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+            Series {
+                label: s.name().to_string(),
+                points,
+                color: PALETTE[i % PALETTE.len()],
+            }
+        })
+        .collect();
+    line_chart(
+        path,
+        &format!("{resource}: relative slack against violation rate (lower left is better)"),
+        "violation rate (% of held-out samples above the limit)",
+        "relative slack (%)",
+        &series,
+    )
+    .map_err(|e| Error::Chart {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 /// `dir/stem-SERVICE-RESOURCE.ext` beside `path`.
@@ -158,6 +247,7 @@ mod tests {
             oom_events: 2,
             changes: 3,
             samples: 40,
+            fallback_share: 0.0,
         };
         let report = BacktestReport {
             rows: vec![row(Strategy::Max, "cpu"), row(Strategy::Plan, "memory")],
@@ -165,15 +255,16 @@ mod tests {
             traces: Vec::new(),
             split: 0.0,
             recorded_oom_kills: 0,
+            frontier: Vec::new(),
         };
         let csv = backtest(&report, TableFormat::Csv).unwrap();
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(
             lines,
             [
-                "strategy,resource,relative_slack,absolute_slack,violation_rate,oom_events,changes,samples",
-                "max,cpu,0.5,1.25,0.01,2,3,40",
-                "plan,memory,0.5,1.25,0.01,2,3,40",
+                "strategy,resource,relative_slack,absolute_slack,violation_rate,oom_events,changes,samples,fallback_share",
+                "max,cpu,0.5,1.25,0.01,2,3,40,0.0",
+                "plan,memory,0.5,1.25,0.01,2,3,40,0.0",
             ]
         );
         let json: serde_json::Value =

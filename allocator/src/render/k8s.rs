@@ -223,6 +223,8 @@ mod tests {
                 detail: String::new(),
             },
             model_version: String::new(),
+            fallback: None,
+            unanswered: None,
         }
     }
 

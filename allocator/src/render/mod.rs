@@ -4,7 +4,7 @@
 mod backtest;
 pub mod k8s;
 
-pub use backtest::{backtest, chart, chart_path, table};
+pub use backtest::{backtest, chart, chart_path, frontier_chart, frontier_csv, table};
 
 use serde::Serialize;
 
@@ -87,6 +87,12 @@ struct AllocationRow<'a> {
     samples_used: u64,
     model_version: &'a str,
     detail: &'a str,
+    /// The strategy asked, when another one answered (empty otherwise).
+    fell_back_from: &'a str,
+    /// Why it could not answer.
+    fallback_reason: &'a str,
+    /// Why nothing answered this series (empty when answered).
+    unanswered: &'a str,
 }
 
 impl<'a> From<&'a Recommendation> for AllocationRow<'a> {
@@ -103,6 +109,9 @@ impl<'a> From<&'a Recommendation> for AllocationRow<'a> {
             samples_used: r.alloc.samples_used,
             model_version: &r.model_version,
             detail: &r.alloc.detail,
+            fell_back_from: r.fallback.as_ref().map_or("", |f| f.from.name()),
+            fallback_reason: r.fallback.as_ref().map_or("", |f| f.reason.as_str()),
+            unanswered: r.unanswered.as_deref().unwrap_or(""),
         }
     }
 }
@@ -115,8 +124,22 @@ pub fn recommendations(answer: &[Recommendation], output: Output) -> Result<Stri
                 "{:<24} {:<10} {:>14} {:>14} {:>8} {:>8}  unit\n",
                 "service", "resource", "request", "limit", "slack", "risk"
             );
+            let mut notes = String::new();
             for r in answer {
                 let a = &r.alloc;
+                if let Some(why) = &r.unanswered {
+                    out.push_str(&format!(
+                        "{:<24} {:<10} unanswered: {why}\n",
+                        r.service, r.resource
+                    ));
+                    continue;
+                }
+                if let Some(f) = &r.fallback {
+                    notes.push_str(&format!(
+                        "{} {}: {} answered, {} could not: {}\n",
+                        r.service, r.resource, r.strategy, f.from, f.reason
+                    ));
+                }
                 out.push_str(&format!(
                     "{:<24} {:<10} {:>14.4} {:>14.4} {:>7.1}% {:>7.2}%  {}\n",
                     r.service,
@@ -128,11 +151,22 @@ pub fn recommendations(answer: &[Recommendation], output: Output) -> Result<Stri
                     unit(&r.resource)
                 ));
             }
+            if !notes.is_empty() {
+                out.push_str("fell back:\n");
+                out.push_str(&notes);
+            }
             Ok(out)
         }
         Output::Json => json(&answer.iter().map(AllocationRow::from).collect::<Vec<_>>()),
         Output::Csv => csv_of(answer.iter().map(AllocationRow::from)),
-        Output::K8s => k8s::patches(answer),
+        Output::K8s => {
+            let answered: Vec<Recommendation> = answer
+                .iter()
+                .filter(|r| r.unanswered.is_none())
+                .cloned()
+                .collect();
+            k8s::patches(&answered)
+        }
     }
 }
 

@@ -4,23 +4,49 @@
 use std::collections::HashMap;
 
 use crate::{
-    histogram::DecayingHistogram,
+    histogram::{Buckets, DecayingHistogram, Histogram},
     history::Obs,
-    params::{Kind, Params},
-    strategy::Alloc,
+    params::{Kind, Params, Peaks},
+    strategy::{
+        Alloc,
+        auto::{self, Autopilot},
+    },
 };
 
+/// The VPA's memory aggregation window (`MemoryAggregationInterval`).
+pub(crate) const MEMORY_WINDOW_SECONDS: f64 = 86_400.0;
+
+/// Samples a day at one a minute: the VPA's confidence counts days of
+/// such samples (`getConfidence` in `logic/estimator.go`).
+const SAMPLES_PER_CONFIDENT_DAY: f64 = 60.0 * 24.0;
+
+/// One replica's current memory window (the VPA's `ContainerState`).
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    /// End of the window, unix seconds; its peak is stamped there.
+    end: f64,
+    /// Largest sample in the window so far.
+    peak: f64,
+    /// Time of the replica's latest sample.
+    last: f64,
+}
+
 /// What the history-based strategies need of one series, built sample by
-/// sample: decaying and plain histograms, per-task peaks, the maximum.
+/// sample: decaying and plain histograms, per-task and per-window peaks,
+/// the maximum.
 #[derive(Debug, Clone)]
 pub struct Summary {
     kind: Kind,
     half_life: f64,
-    decayed: Option<DecayingHistogram>,
-    plain: DecayingHistogram,
-    /// Peak (value, time) per (task, instance): the VPA takes one memory
-    /// peak per container and aggregation window.
+    decayed: DecayingHistogram,
+    plain: Histogram,
+    /// Peak (value, time) per (task, instance): one memory peak per task.
     peaks: HashMap<(u64, u32), (f64, f64)>,
+    /// The VPA's peaks: one per replica and 24 h window, kept as it keeps
+    /// them (a higher sample replaces its window's peak).
+    window_peaks: DecayingHistogram,
+    /// Current window per instance, indexed as `instances`.
+    windows: Vec<Option<Window>>,
     /// Instance names, indexed as in `peaks`.
     instances: Vec<String>,
     /// Maximum per instance, indexed as `instances`.
@@ -31,17 +57,32 @@ pub struct Summary {
     positive: u64,
     oldest: f64,
     newest: f64,
+    /// The `auto` family's replay (usage resources only).
+    autopilot: Option<Box<Autopilot>>,
 }
 
 impl Summary {
+    /// An empty summary of `resource` (by wire name) decaying with
+    /// `half_life` seconds; usage resources also fold the `auto` family.
+    pub fn for_resource(resource: &str, half_life: f64) -> Self {
+        let mut s = Self::new(Kind::of(resource), half_life);
+        if !headroom_proto::resource::is_usage(resource) {
+            s.autopilot = None;
+        }
+        s
+    }
+
     /// An empty summary decaying with `half_life` seconds.
     pub fn new(kind: Kind, half_life: f64) -> Self {
         Self {
+            autopilot: Some(Box::new(Autopilot::new(kind))),
             kind,
             half_life,
-            decayed: None,
-            plain: DecayingHistogram::new(kind, f64::INFINITY, 0.0),
+            decayed: DecayingHistogram::new(kind, half_life),
+            plain: Histogram::new(Buckets::of(kind)),
             peaks: HashMap::new(),
+            window_peaks: DecayingHistogram::new(kind, half_life),
+            windows: Vec::new(),
             instances: Vec::new(),
             instance_max: Vec::new(),
             max: 0.0,
@@ -73,6 +114,7 @@ impl Summary {
             None => {
                 self.instances.push(instance.to_string());
                 self.instance_max.push(value);
+                self.windows.push(None);
                 self.instances.len() - 1
             }
         };
@@ -80,20 +122,58 @@ impl Summary {
         if value > 0.0 {
             self.positive += 1;
         }
-        let half_life = self.half_life;
-        let kind = self.kind;
-        self.decayed
-            .get_or_insert_with(|| DecayingHistogram::new(kind, half_life, ts))
-            .add(value, ts);
-        self.plain.add(value, 0.0);
+        self.decayed.add(value, ts);
+        self.plain.add(value, 1.0);
         let peak = self.peaks.entry((task, i as u32)).or_insert((value, ts));
         if value > peak.0 {
             *peak = (value, ts);
+        }
+        self.add_window_peak(i, value, ts);
+        if let Some(a) = &mut self.autopilot {
+            a.add(value, ts);
         }
         self.max = self.max.max(value);
         self.count += 1;
         self.oldest = self.oldest.min(ts);
         self.newest = self.newest.max(ts);
+    }
+
+    /// The VPA's `ContainerState.addMemorySample`: inside the current
+    /// window a higher sample replaces the window's peak; past it, the
+    /// window moves on by whole windows and the sample opens a new peak.
+    /// Out-of-order samples are dropped, as the VPA drops them.
+    fn add_window_peak(&mut self, i: usize, value: f64, ts: f64) {
+        let w = &mut self.windows[i];
+        match w {
+            Some(win) if ts < win.last => {}
+            Some(win) if ts < win.end => {
+                win.last = ts;
+                if value > win.peak {
+                    if win.peak > 0.0 {
+                        self.window_peaks.subtract_weighted(win.peak, 1.0, win.end);
+                    }
+                    win.peak = value;
+                    self.window_peaks.add_weighted(value, 1.0, win.end);
+                }
+            }
+            _ => {
+                let end = match w {
+                    Some(win) => {
+                        let gap = ts - win.end;
+                        win.end
+                            + (gap / MEMORY_WINDOW_SECONDS).floor() * MEMORY_WINDOW_SECONDS
+                            + MEMORY_WINDOW_SECONDS
+                    }
+                    None => ts + MEMORY_WINDOW_SECONDS,
+                };
+                *w = Some(Window {
+                    end,
+                    peak: value,
+                    last: ts,
+                });
+                self.window_peaks.add_weighted(value, 1.0, end);
+            }
+        }
     }
 
     /// Samples summarised.
@@ -133,6 +213,27 @@ impl Summary {
         self.half_life
     }
 
+    /// Seconds from the first to the last sample (0 when empty).
+    pub fn span(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.newest - self.oldest
+        }
+    }
+
+    /// The plain percentile `p` (a fraction) of every sample.
+    pub fn plain_percentile(&self, p: f64) -> f64 {
+        self.plain.percentile(p)
+    }
+
+    /// The VPA's confidence in this history, in days: the smaller of its
+    /// span in days and its samples counted as days at one a minute
+    /// (`getConfidence`, `pkg/recommender/logic/estimator.go`).
+    pub fn confidence(&self) -> f64 {
+        (self.span() / 86_400.0).min(self.count as f64 / SAMPLES_PER_CONFIDENT_DAY)
+    }
+
     /// The answer for `request`: its limit, and its slack and risk over
     /// the summarised samples (nothing observed lies above a limit at or
     /// over the maximum).
@@ -164,48 +265,177 @@ pub fn max(history: &Summary, params: &Params) -> Alloc {
     )
 }
 
-/// `percentile`: the VPA recommender over `history` (see the module doc).
-/// The request is the target percentile plus the margin, never below the
-/// plain median of the history; the lower (p50) and upper (p95) bounds
-/// widen as the history is shorter than a week, as the VPA's confidence.
-pub fn percentile(history: &Summary, params: &Params) -> Alloc {
+/// The VPA's estimate of one series: target, lower and upper bound.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Estimate {
+    /// The recommended request.
+    pub target: f64,
+    /// Lower bound: p50 with the margin, shrunk while confidence is low.
+    pub lower: f64,
+    /// Upper bound: p95 with the margin, widened while confidence is low
+    /// (infinite with no history, as the VPA's 1e14 cap).
+    pub upper: f64,
+}
+
+/// The VPA's confidence multiplier `(1 + multiplier / confidence)^exponent`
+/// (`WithCPUConfidenceMultiplier`, `pkg/recommender/logic/estimator.go`):
+/// infinite or 0 with no confidence, depending on the exponent's sign.
+pub(crate) fn confidence_multiplier(multiplier: f64, exponent: f64, confidence: f64) -> f64 {
+    (1.0 + multiplier / confidence).powf(exponent)
+}
+
+/// The VPA recommender's estimators over `history` with `params`'
+/// percentiles, margin and Headroom's departures where `params` asks for
+/// them: target = percentile × (1 + margin); lower = p50 × (1 + margin) ×
+/// (1 + 0.001 / confidence)⁻²; upper = p95 × (1 + margin) × (1 + 1 /
+/// confidence); each at least the VPA's minimum when `params.minimum`
+/// (`pkg/recommender/logic/recommender.go`, `estimator.go`).
+pub fn estimate(history: &Summary, params: &Params) -> Estimate {
     let kind = history.kind;
-    let (p, what, peaks);
-    let hist = match kind {
+    let (p, hist);
+    let task_peaks;
+    match kind {
         Kind::Memory => {
-            // Peaks per task and replica, each at the time it happened.
-            let mut h = DecayingHistogram::new(kind, history.half_life, history.newest);
-            for (value, ts) in history.peaks.values() {
-                h.add(*value, *ts);
-            }
-            peaks = h;
-            (p, what) = (params.memory_percentile, "per-task peaks");
-            &peaks
+            p = params.memory_percentile / 100.0;
+            hist = match params.memory_peaks {
+                Peaks::PerWindow => &history.window_peaks,
+                Peaks::PerTask => {
+                    let mut h = DecayingHistogram::new(kind, history.half_life);
+                    let mut peaks: Vec<&(f64, f64)> = history.peaks.values().collect();
+                    peaks.sort_by(|a, b| a.1.total_cmp(&b.1));
+                    for (value, ts) in peaks {
+                        h.add(*value, *ts);
+                    }
+                    task_peaks = h;
+                    &task_peaks
+                }
+            };
         }
         _ => {
-            (p, what) = (params.cpu_percentile, "samples");
-            match &history.decayed {
-                Some(h) => h,
-                None => &history.plain,
-            }
+            p = params.cpu_percentile / 100.0;
+            hist = &history.decayed;
         }
-    };
-    let median = history.plain.percentile(50.0);
+    }
     let scale = 1.0 + params.margin;
-    let target = hist.percentile(p) * scale;
-    let request = target.max(median);
-    let days = ((history.newest - history.oldest) / 86_400.0).max(1.0 / 24.0);
-    let lower = hist.percentile(50.0) * scale * (1.0 + 0.001 / days).powi(-2);
-    let upper = hist.percentile(95.0) * scale * (1.0 + 1.0 / days);
+    let confidence = history.confidence();
+    let floor = if params.minimum {
+        kind.vpa_minimum()
+    } else {
+        0.0
+    };
+    let mut target = (hist.percentile(p) * scale).max(floor);
+    if params.median_floor {
+        target = target.max(history.plain.percentile(0.5));
+    }
+    let lower =
+        (hist.percentile(0.5) * scale * confidence_multiplier(0.001, -2.0, confidence)).max(floor);
+    let upper =
+        (hist.percentile(0.95) * scale * confidence_multiplier(1.0, 1.0, confidence)).max(floor);
+    Estimate {
+        target,
+        lower: if lower.is_nan() { floor } else { lower },
+        upper: if upper.is_nan() { f64::INFINITY } else { upper },
+    }
+}
+
+fn describe(history: &Summary, params: &Params, e: &Estimate, what: &str) -> String {
+    let p = match history.kind {
+        Kind::Memory => params.memory_percentile,
+        _ => params.cpu_percentile,
+    };
+    let of = match (history.kind, params.memory_peaks) {
+        (Kind::Memory, Peaks::PerTask) => "per-task peaks",
+        (Kind::Memory, Peaks::PerWindow) => "per-replica 24 h peaks",
+        _ => "samples",
+    };
+    let mut departures = Vec::new();
+    if params.median_floor {
+        departures.push("never below the observed median");
+    }
+    if params.minimum {
+        departures.push("at least the VPA's minimum");
+    }
+    let confidence = history.confidence();
+    let hours = history.span() / 3600.0;
+    let thin = if confidence < 1.0 {
+        format!(
+            "; low confidence: {} samples over {hours:.1} hours, so the bounds are wide",
+            history.count
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{what}: p{p} of {of} in a histogram decaying with a {}h half-life, plus {:.0} % margin{}; bounds [{:.4}, {:.4}] from {:.1} days of confidence{thin}",
+        history.half_life / 3600.0,
+        params.margin * 100.0,
+        if departures.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", departures.join(", "))
+        },
+        e.lower,
+        e.upper,
+        confidence,
+    )
+}
+
+/// `percentile`: the VPA recommender's target over `history` with
+/// Headroom's departures as `params` names them (see [`estimate`]).
+pub fn percentile(history: &Summary, params: &Params) -> Alloc {
+    let e = estimate(history, params);
+    history.alloc(
+        e.target,
+        params,
+        describe(history, params, &e, "percentile"),
+    )
+}
+
+/// `auto`: the cheapest of the Autopilot family on this series' recent
+/// history (see [`crate::strategy::auto`]); with too little history to
+/// charge a window, the VPA's recommender instead (said in the detail).
+pub fn auto(history: &Summary, params: &Params) -> Alloc {
+    let weights = auto::weights(history.kind, params);
+    let Some((c, request, cost)) = history.autopilot.as_ref().and_then(|a| a.best(&weights)) else {
+        let mut a = vpa(history, params);
+        a.detail = format!(
+            "auto: under {:.0} h of history to compare candidates on, so the VPA's recommender: {}",
+            auto::WINDOW_SECONDS / 3600.0,
+            a.detail
+        );
+        return a;
+    };
+    let request = request.max(if params.minimum {
+        history.kind.vpa_minimum()
+    } else {
+        0.0
+    });
     history.alloc(
         request,
         params,
         format!(
-            "p{p} of {what} in a histogram decaying with a {}h half-life, plus {:.0} % margin; bounds [{lower:.4}, {upper:.4}] from {days:.1} days of history",
-            history.half_life / 3600.0,
-            params.margin * 100.0
+            "auto: p{} of samples decaying with a {}h half-life plus {:.0} % margin had the lowest recent cost {:.4} of {} candidates (overrun {:.2} %, relative slack {:.1} %, resizes in {:.1} % of hours; weights {} / {} / {})",
+            c.percentile * 100.0,
+            auto::HALF_LIVES[c.half_life] / 3600.0,
+            c.margin * 100.0,
+            cost.total(&weights),
+            auto::Candidate::all().len(),
+            cost.overrun() * 100.0,
+            cost.underrun() * 100.0,
+            cost.change_rate() * 100.0,
+            weights.overrun,
+            weights.underrun,
+            weights.changes,
         ),
     )
+}
+
+/// `vpa`: the Kubernetes VPA's recommender, faithfully: `params` resolved
+/// for [`crate::strategy::Strategy::Vpa`] carry the VPA's choices (no
+/// median floor, 24 h window peaks, minimums).
+pub fn vpa(history: &Summary, params: &Params) -> Alloc {
+    let e = estimate(history, params);
+    history.alloc(e.target, params, describe(history, params, &e, "vpa"))
 }
 
 #[cfg(test)]
@@ -240,6 +470,115 @@ mod tests {
             &Params::default(),
         );
         assert_eq!(a.request, 20.0 * 1048576.0);
+    }
+
+    const DAY: f64 = 86_400.0;
+    const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+    fn vpa_params() -> Params {
+        Params::resolve(&Default::default(), crate::strategy::Strategy::Vpa).unwrap()
+    }
+
+    /// One sample a minute for `days`, `value(day)` each.
+    fn minutely(kind: Kind, days: f64, value: impl Fn(f64) -> f64) -> Summary {
+        let mut s = Summary::new(kind, DAY);
+        let start = 1_700_000_000.0;
+        for m in 0..(days * 1440.0) as u64 {
+            let t = m as f64 * 60.0;
+            s.add(0, value(t / DAY), start + t);
+        }
+        s
+    }
+
+    // kubernetes/autoscaler vertical-pod-autoscaler/pkg/recommender/logic/
+    // estimator_test.go: TestPercentileEstimator (CPU p20 of 1, 2, 3 cores
+    // is 1 core; memory p50 of peaks 1e9, 2e9, 3e9 is 2e9; 5 % error).
+    #[test]
+    fn vpa_percentile_estimator() {
+        let params = Params {
+            cpu_percentile: 20.0,
+            memory_percentile: 50.0,
+            margin: 0.0,
+            minimum: false,
+            ..vpa_params()
+        };
+        let mut cpu = Summary::new(Kind::Cpu, f64::INFINITY);
+        for v in [1.0, 2.0, 3.0] {
+            cpu.add(0, v, 0.0);
+        }
+        let e = estimate(&cpu, &params).target;
+        assert!((e - 1.0).abs() <= 0.05, "{e}");
+        let mut memory = Summary::new(Kind::Memory, f64::INFINITY);
+        for (i, v) in [1e9, 2e9, 3e9].iter().enumerate() {
+            memory.add(0, *v, i as f64 * DAY);
+        }
+        let e = estimate(&memory, &params).target;
+        assert!((e - 2e9).abs() <= 0.05 * 2e9, "{e}");
+    }
+
+    // estimator_test.go: TestConfidenceMultiplier and
+    // TestConfidenceMultiplierNoHistory (9 samples 2 minutes apart give a
+    // confidence of 0.00625; 3.14 × (1 + 0.1/0.00625)² = 907.46).
+    #[test]
+    #[allow(clippy::approx_constant)] // 3.14 is the VPA test's own constant
+    fn vpa_confidence_multiplier() {
+        let mut s = Summary::new(Kind::Cpu, DAY);
+        for i in 0..9 {
+            s.add(0, 1.0, i as f64 * 120.0);
+        }
+        assert_eq!(s.confidence(), 0.00625);
+        let x = 3.14 * confidence_multiplier(0.1, 2.0, s.confidence());
+        assert!((x - 907.46).abs() < 1e-9, "{x}");
+        let empty = Summary::new(Kind::Cpu, DAY);
+        assert_eq!(
+            confidence_multiplier(1.0, 1.0, empty.confidence()),
+            f64::INFINITY
+        );
+        assert_eq!(confidence_multiplier(1.0, -1.0, empty.confidence()), 0.0);
+    }
+
+    // estimator_test.go: TestMarginEstimator, TestMinResourcesEstimator;
+    // recommender.go: the pod minimums (25 millicores, 250 MiB).
+    #[test]
+    fn vpa_margin_and_minimum() {
+        let tiny = minutely(Kind::Cpu, 2.0, |_| 0.005);
+        assert_eq!(vpa(&tiny, &vpa_params()).request, 0.025);
+        let small = minutely(Kind::Memory, 2.0, |_| 11e6);
+        assert_eq!(vpa(&small, &vpa_params()).request, 250.0 * 1048576.0);
+        let busy = minutely(Kind::Cpu, 2.0, |_| 3.0);
+        let r = vpa(&busy, &vpa_params()).request;
+        assert!((3.0 * 1.15..3.0 * 1.15 * 1.06).contains(&r), "{r}");
+        // Headroom's percentile has no minimum by default.
+        assert!(percentile(&tiny, &Params::default()).request < 0.025);
+    }
+
+    // Usage dropping from 2.0 to 0.5 cores for the last 3.4 of 7 days: the
+    // VPA follows the drop (0.587 cores), a median floor holds the old level.
+    #[test]
+    fn vpa_follows_a_drop_and_the_median_floor_does_not() {
+        let s = minutely(Kind::Cpu, 7.0, |d| if d < 3.6 { 2.0 } else { 0.5 });
+        let v = vpa(&s, &vpa_params()).request;
+        assert!((v - 0.587).abs() < 0.01, "{v}");
+        let p = percentile(&s, &Params::default()).request;
+        assert!(p > 2.0, "{p}");
+        // The VPA's p20 of the same history is about the 0.5-core level.
+        let p20 = Params {
+            cpu_percentile: 20.0,
+            ..vpa_params()
+        };
+        let v = vpa(&s, &p20).request;
+        assert!(v < 0.6, "{v}");
+    }
+
+    // 2 GiB on day 0 then 1 GiB for 7 days in one long task: the VPA's 24 h
+    // window peaks decay (1.24e9 bytes); one peak per task does not.
+    #[test]
+    fn vpa_memory_peaks_are_per_window() {
+        let s = minutely(Kind::Memory, 8.0, |d| if d < 1.0 { 2.0 * GIB } else { GIB });
+        let v = vpa(&s, &vpa_params()).request;
+        assert!((v - 1.24e9).abs() < 0.01 * 1.24e9, "{v}");
+        let p = percentile(&s, &Params::default()).request;
+        assert!(p > 2.0 * GIB, "{p}");
     }
 
     proptest! {

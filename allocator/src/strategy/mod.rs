@@ -3,27 +3,39 @@
 //! unit, the slack and violation risk it expects, and what it used.
 //!
 //! - [`max`]: the prototype's rule, the historical maximum rounded up.
-//! - [`percentile`]: the Kubernetes VPA's recommender — a decaying
+//! - [`vpa`]: the Kubernetes VPA's recommender, faithfully — a decaying
 //!   histogram, CPU at its 90th percentile, memory at the 90th percentile
-//!   of per-task peaks, plus a 15 % margin, with lower and upper bounds.
+//!   of per-replica 24 h peaks, plus a 15 % margin, at least 25 millicores
+//!   and 250 MiB, with bounds widened by its confidence.
+//! - [`percentile`]: the same with Headroom's departures as named
+//!   parameters (a median floor, per-task memory peaks, no minimum).
 //! - [`predictive`]: the predictor's quantile curves for this task's mix,
 //!   read at `1 − target_violation_rate` and held over the whole horizon.
 //! - [`plan`]: the same curve cut into at most `max_resizes + 1`
 //!   piecewise-constant segments of at least `min_segment_seconds`, chosen
 //!   to minimise the allocated area (an exact dynamic programme).
 
+pub mod auto;
 mod history;
 mod predicted;
 
 use std::{fmt, str::FromStr};
 
-pub use history::{Summary, max, percentile};
+pub use history::{Estimate, Summary, auto, estimate, max, percentile, vpa};
 pub use predicted::{plan, predictive};
 
 use crate::error::Error;
 
 /// The strategies [`Strategy::from_str`] knows.
-pub const STRATEGIES: [&str; 5] = ["max", "percentile", "predictive", "plan", "provisioned"];
+pub const STRATEGIES: [&str; 7] = [
+    "max",
+    "percentile",
+    "vpa",
+    "predictive",
+    "plan",
+    "auto",
+    "provisioned",
+];
 
 /// The strategy a request that names none gets.
 pub const DEFAULT_STRATEGY: Strategy = Strategy::Percentile;
@@ -33,12 +45,18 @@ pub const DEFAULT_STRATEGY: Strategy = Strategy::Percentile;
 pub enum Strategy {
     /// Historical maximum, rounded up.
     Max,
-    /// VPA-style decaying-histogram percentile.
+    /// VPA-style decaying-histogram percentile, with Headroom's named
+    /// departures ([`crate::params::HEADROOM_DEPARTURES`]).
     Percentile,
+    /// The Kubernetes VPA's recommender, faithfully.
+    Vpa,
     /// The model's upper quantile over the horizon.
     Predictive,
     /// Time-varying segments of the model's upper quantile.
     Plan,
+    /// Per series, the candidate with the lowest cost on its recent
+    /// history (as Google's Autopilot).
+    Auto,
     /// What the trace's operators allocated (backtests of imported traces).
     Provisioned,
 }
@@ -65,6 +83,8 @@ impl FromStr for Strategy {
         Ok(match s {
             "max" => Self::Max,
             "percentile" => Self::Percentile,
+            "vpa" => Self::Vpa,
+            "auto" => Self::Auto,
             "predictive" => Self::Predictive,
             "plan" => Self::Plan,
             "provisioned" => Self::Provisioned,

@@ -1,0 +1,197 @@
+//! Calibration of the model-based strategies on what happened, not on the
+//! training fit: the rule (`predictive` or `plan` at the target violation
+//! rate α) is replayed over the series' own recent tasks with the model's
+//! curves for each task's mix, and every sample yields a score `s = used /
+//! limit(t)`. The allocation is then scaled by `c`, the weighted conformal
+//! quantile of the scores at level `1 − α`, so that on the replayed history
+//! a share α of samples lies above `c × limit(t)`.
+//!
+//! The scores come from usage the network never fitted (the tasks held out
+//! of its training, and those after its training window): split conformal
+//! prediction. The quantile is the weighted one for data that drift
+//! (Barber, Candès, Ramdas and Tibshirani, "Conformal prediction beyond
+//! exchangeability", Annals of Statistics 2023): sample `i` weighs
+//! `2^(−age_i / half-life)`, the half-life the shortest of 1, 2, 4 and 7
+//! days that leaves enough samples, the next sample (weight 1) is counted
+//! at +∞, and `c` is the smallest score whose weighted share reaches `1 − α`.
+//! When the weights cannot reach it (too little history for so small an α)
+//! the series cannot be calibrated alone: it borrows the scores of the
+//! same resource's other series in the request ([`pooled`]), and with none
+//! falls back to the history-based strategy.
+
+/// Half-life of the calibration's weights when no shorter one leaves
+/// enough samples: a week, so that a 0.1 % target can be calibrated from 8
+/// days of five-minute samples.
+pub const HALF_LIFE_SECONDS: f64 = 7.0 * 86_400.0;
+
+/// Shorter half-lives tried first (1, 2 and 4 days): the first whose
+/// effective number of scores is at least four times [`needed`] is used.
+pub const ADAPTIVE_HALF_LIVES_SECONDS: [f64; 3] = [86_400.0, 2.0 * 86_400.0, 4.0 * 86_400.0];
+
+/// One replayed sample: its score and its age.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Score {
+    /// `used / limit` at that moment (`used` over the uncalibrated limit).
+    pub ratio: f64,
+    /// Seconds before the calibration's reference time (the newest sample
+    /// or the backtest's split).
+    pub age: f64,
+}
+
+/// The outcome of calibrating one series.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Calibration {
+    /// What the uncalibrated request and limit are multiplied by.
+    pub factor: f64,
+    /// Scores that made it (its own, or the pool's).
+    pub scores: usize,
+    /// Their effective number (Σw)² / Σw², after decay.
+    pub effective: f64,
+    /// Whether the scores were borrowed from the resource's other series.
+    pub pooled: bool,
+}
+
+/// The weighted conformal quantile of `scores` at level `1 − rate` (see
+/// the module doc), with `HALF_LIFE_SECONDS` decay; `None` when the
+/// weights cannot reach it or there are no scores.
+pub fn factor(scores: &[Score], rate: f64) -> Option<Calibration> {
+    // Usage drifts: the shortest half-life that still leaves four times the
+    // samples the level needs follows it best.
+    for h in ADAPTIVE_HALF_LIVES_SECONDS {
+        if let Some(c) = factor_with(scores, rate, h)
+            && c.effective >= 4.0 * needed(rate)
+        {
+            return Some(c);
+        }
+    }
+    factor_with(scores, rate, HALF_LIFE_SECONDS)
+}
+
+fn factor_with(scores: &[Score], rate: f64, half_life: f64) -> Option<Calibration> {
+    if scores.is_empty() {
+        return None;
+    }
+    let mut w: Vec<(f64, f64)> = scores
+        .iter()
+        .filter(|s| s.ratio.is_finite() && s.ratio >= 0.0)
+        .map(|s| (s.ratio, (-s.age.max(0.0) / half_life).exp2()))
+        .collect();
+    if w.is_empty() {
+        return None;
+    }
+    w.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let sum: f64 = w.iter().map(|x| x.1).sum();
+    let squares: f64 = w.iter().map(|x| x.1 * x.1).sum();
+    // The next sample weighs 1 and sits at +∞.
+    let total = sum + 1.0;
+    let want = (1.0 - rate) * total;
+    let mut seen = 0.0;
+    for (ratio, weight) in &w {
+        seen += weight;
+        if seen >= want * (1.0 - 1e-12) {
+            return Some(Calibration {
+                factor: *ratio,
+                scores: w.len(),
+                effective: sum * sum / squares,
+                pooled: false,
+            });
+        }
+    }
+    None
+}
+
+/// The calibration of a series from its own scores, else from `pool` (the
+/// same resource's scores across the request's series); `None` when
+/// neither can reach the level.
+pub fn own_or_pooled(own: &[Score], pool: &[Score], rate: f64) -> Option<Calibration> {
+    factor(own, rate).or_else(|| pooled(own, pool, rate))
+}
+
+/// The calibration from `pool`, for a series whose own `own` scores are
+/// too few: only when it has some history at all (a series never seen
+/// running falls back instead).
+pub fn pooled(own: &[Score], pool: &[Score], rate: f64) -> Option<Calibration> {
+    if own.is_empty() {
+        return None;
+    }
+    factor(pool, rate).map(|c| Calibration { pooled: true, ..c })
+}
+
+/// The least effective number of scores that can calibrate `rate`: the
+/// next sample's weight 1 must fit in the share `rate` above the quantile.
+pub fn needed(rate: f64) -> f64 {
+    (1.0 - rate) / rate
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::{prop, prop_assert, proptest};
+
+    use super::*;
+
+    fn fresh(ratios: &[f64]) -> Vec<Score> {
+        ratios
+            .iter()
+            .map(|r| Score {
+                ratio: *r,
+                age: 0.0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_factor_is_the_conformal_quantile() {
+        // 999 scores 1..=999 and the next at +∞: the 99 % level needs
+        // 0.99 × 1000 = 990 of the weight, reached at the 990th score.
+        let s: Vec<f64> = (1..=999).map(f64::from).collect();
+        let c = factor(&fresh(&s), 0.01).unwrap();
+        assert_eq!(c.factor, 990.0);
+        assert_eq!(c.scores, 999);
+        // Too few scores for 0.1 %: 999 weigh less than 999 + 1 needs.
+        assert!(factor(&fresh(&s[..500]), 0.001).is_none());
+        assert!(needed(0.001) > 500.0);
+    }
+
+    #[test]
+    fn old_scores_weigh_less() {
+        // Old high scores, recent low ones: the factor follows the recent.
+        let mut s = Vec::new();
+        for i in 0..2000 {
+            s.push(Score {
+                ratio: 2.0,
+                age: 42.0 * 86_400.0 + i as f64,
+            });
+            s.push(Score {
+                ratio: 1.0,
+                age: i as f64,
+            });
+        }
+        let c = factor(&s, 0.05).unwrap();
+        assert_eq!(c.factor, 1.0);
+        assert!(c.effective < 4000.0);
+    }
+
+    #[test]
+    fn a_thin_series_borrows_and_a_new_one_falls_back() {
+        let pool: Vec<f64> = (1..=1000).map(f64::from).collect();
+        let thin = fresh(&[3.0, 4.0]);
+        let c = own_or_pooled(&thin, &fresh(&pool), 0.01).unwrap();
+        assert!(c.pooled);
+        assert!(own_or_pooled(&[], &fresh(&pool), 0.01).is_none());
+    }
+
+    proptest! {
+        /// On the scores it was fitted to, at most a share `rate` lies
+        /// above the factor (the conformal guarantee, in sample).
+        #[test]
+        fn at_most_the_rate_lies_above(
+            ratios in prop::collection::vec(0.0f64..10.0, 50..600),
+            rate in 0.01f64..0.5,
+        ) {
+            if let Some(c) = factor(&fresh(&ratios), rate) {
+                let above = ratios.iter().filter(|r| **r > c.factor).count();
+                prop_assert!(above as f64 <= rate * (ratios.len() + 1) as f64);
+            }
+        }
+    }
+}

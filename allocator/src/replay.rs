@@ -1,0 +1,229 @@
+//! The model-based strategies as they are served: the rule over the
+//! predictor's curves, calibrated on the series' own replayed history
+//! ([`crate::calibrate`]), and the per-series fallback to the history-based
+//! strategy when the model does not know a service or its history is too
+//! thin to calibrate.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::{
+    backtest::{Allocation, by_task},
+    calibrate::{self, Calibration, Score},
+    error::Result,
+    grpc::sources::{Collector, ModelInfo, Predictor},
+    history::{History, TaskInfo, expected_duration},
+    params::Params,
+    quantiles::{Curves, curve_step},
+    segments::Segment,
+    strategy::{self, Alloc, Strategy},
+};
+
+/// Most past tasks (the newest) whose mixes are replayed to calibrate.
+pub const MAX_REPLAYED_TASKS: usize = 64;
+
+/// The uncalibrated rule of `strategy` (`predictive` or `plan`) over
+/// `curves`: the allocation and, for `plan`, its segments.
+pub fn rule(
+    strategy: Strategy,
+    curves: &Curves,
+    horizon: f64,
+    params: &Params,
+) -> (Vec<Segment>, Alloc) {
+    match strategy {
+        Strategy::Plan => strategy::plan(curves, horizon, params),
+        _ => (Vec::new(), strategy::predictive(curves, params)),
+    }
+}
+
+/// The rule's allocation over a task, as a backtest replays it.
+pub fn as_allocation(segments: &[Segment], alloc: &Alloc) -> Allocation {
+    if segments.is_empty() {
+        Allocation::Constant(alloc.request, alloc.limit)
+    } else {
+        Allocation::Segments(segments.to_vec())
+    }
+}
+
+/// Scales a calibrated answer: request, limit and every segment by
+/// `c.factor`, with the detail saying so.
+pub fn apply(c: &Calibration, segments: &mut [Segment], alloc: &mut Alloc, rate: f64) {
+    let f = c.factor;
+    alloc.request *= f;
+    alloc.limit *= f;
+    for s in segments.iter_mut() {
+        s.request *= f;
+        s.limit *= f;
+    }
+    alloc.violation_risk = rate;
+    alloc.detail.push_str(&format!(
+        "; calibrated ×{f:.3} so that {:.2} % of {} replayed samples of {} (effective {:.0}) lie above it",
+        rate * 100.0,
+        c.scores,
+        if c.pooled {
+            "this resource's series in the request, this one's too few"
+        } else {
+            "its own recent tasks"
+        },
+        c.effective,
+    ));
+}
+
+/// Why a series could not be calibrated, for its fallback.
+pub fn thin_reason(own: &[Score], rate: f64) -> String {
+    if own.is_empty() {
+        "no replayable history (no recent task of this service with the model's curves)".into()
+    } else {
+        format!(
+            "{} replayed samples cannot calibrate a {:.2} % violation target (it needs an effective {:.0}), nor can its resource's pool",
+            own.len(),
+            rate * 100.0,
+            calibrate::needed(rate)
+        )
+    }
+}
+
+/// The history a model is calibrated on: usage it never fitted — the
+/// tasks held out of its training, and those after its training window —
+/// up to `reference` (unix seconds). `None` when the model names no
+/// held-out task (a model from before Headroom recorded them): the caller
+/// then calibrates in sample and says so.
+pub async fn out_of_sample(
+    collector: &Collector,
+    info: &ModelInfo,
+    services: &[String],
+    resources: &[String],
+    window_start: f64,
+    reference: f64,
+) -> Result<Option<History>> {
+    if info.held_out_tasks.is_empty() {
+        return Ok(None);
+    }
+    let held = collector
+        .history(
+            services,
+            resources,
+            &info.held_out_tasks,
+            None,
+            Some(reference),
+        )
+        .await?;
+    let after = match info.trained_to {
+        Some(to) if to < reference => {
+            collector
+                .history(
+                    services,
+                    resources,
+                    &[],
+                    Some(to.max(window_start)),
+                    Some(reference),
+                )
+                .await?
+        }
+        _ => History::default(),
+    };
+    let merged = held.merge(after);
+    Ok((!merged.tasks.is_empty()).then_some(merged))
+}
+
+/// Scores per (service, resource) of `past` replayed through `strategy`'s
+/// rule: for each of the newest [`MAX_REPLAYED_TASKS`] tasks, the model's
+/// curves for its mix (only the services in `known`) over the horizon
+/// `horizon(task)` gives — what a request for it would have got before it
+/// ran — (its own duration when `None`), the rule over them,
+/// and each sample's `used / limit`, aged from `reference` (unix seconds).
+#[allow(clippy::too_many_arguments)]
+pub async fn scores(
+    predictor: &Predictor,
+    known: &HashSet<String>,
+    past: &History,
+    resources: &[String],
+    strategy: Strategy,
+    params: &Params,
+    reference: f64,
+    horizon: &(dyn Fn(&TaskInfo) -> Option<f64> + Sync),
+) -> Result<HashMap<(String, String), Vec<Score>>> {
+    let samples = by_task(past);
+    let mut newest: Vec<usize> = (0..past.tasks.len()).collect();
+    newest.sort_by(|a, b| past.tasks[*b].start.total_cmp(&past.tasks[*a].start));
+    newest.truncate(MAX_REPLAYED_TASKS);
+    let replayed: HashSet<usize> = newest.iter().copied().collect();
+    // Each task is replayed as it would have been allocated: the horizon
+    // a task of its mix gets (the caller's rule), its known services' curves.
+    let key_of = |task: usize| -> (Vec<String>, u64) {
+        let t = &past.tasks[task];
+        let h = horizon(t)
+            .unwrap_or_else(|| t.end.map_or(0.0, |e| e - t.start))
+            .max(params.min_segment_seconds);
+        (known_mix(&t.services, known), h.to_bits())
+    };
+    let mut keys: BTreeMap<(Vec<String>, u64), ()> = BTreeMap::new();
+    for (task, service, _) in samples.keys() {
+        if replayed.contains(task) && known.contains(service) {
+            keys.insert(key_of(*task), ());
+        }
+    }
+    let mut curves_of = HashMap::new();
+    for (mix, h) in keys.keys() {
+        let horizon = f64::from_bits(*h);
+        let predicted = predictor
+            .task(mix, resources, horizon, curve_step(horizon))
+            .await?;
+        curves_of.insert((mix.clone(), *h), (predicted, horizon));
+    }
+    let mut out: HashMap<(String, String), Vec<Score>> = HashMap::new();
+    for ((task, service, resource), series) in &samples {
+        if !replayed.contains(task) || !known.contains(service) {
+            continue;
+        }
+        let t = &past.tasks[*task];
+        let Some((predicted, horizon)) = curves_of.get(&key_of(*task)) else {
+            continue;
+        };
+        let Some(curves) = predicted.curves.get(&(service.clone(), resource.clone())) else {
+            continue;
+        };
+        let (segments, alloc) = rule(strategy, curves, *horizon, params);
+        let a = as_allocation(&segments, &alloc);
+        let scores = out.entry((service.clone(), resource.clone())).or_default();
+        for &(seconds, used) in series {
+            let limit = a.at(seconds).1;
+            if limit > 0.0 {
+                scores.push(Score {
+                    ratio: used / limit,
+                    age: reference - (t.start + seconds),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The horizon a task of `task`'s mix would have been given before it
+/// started: `fixed`, else [`expected_duration`] over the tasks of `tasks`
+/// that had ended by then.
+pub fn horizon_before(tasks: &[TaskInfo], task: &TaskInfo, fixed: Option<f64>) -> Option<f64> {
+    fixed.or_else(|| {
+        let before: Vec<TaskInfo> = tasks
+            .iter()
+            .filter(|t| t.end.is_some_and(|e| e <= task.start))
+            .cloned()
+            .collect();
+        expected_duration(&before, &task.services)
+    })
+}
+
+/// The scores of every series of one resource, pooled.
+pub fn pools(scores: &HashMap<(String, String), Vec<Score>>) -> HashMap<String, Vec<Score>> {
+    let mut out: HashMap<String, Vec<Score>> = HashMap::new();
+    for ((_, resource), s) in scores {
+        out.entry(resource.clone()).or_default().extend(s);
+    }
+    out
+}
+
+/// The services of a mix the model knows, sorted.
+pub fn known_mix(mix: &[String], known: &HashSet<String>) -> Vec<String> {
+    let mut m: Vec<String> = mix.iter().filter(|s| known.contains(*s)).cloned().collect();
+    m.sort();
+    m
+}

@@ -1,0 +1,264 @@
+//! The recommender's promise over real gRPC, a real collector, a real
+//! predictor and models trained by the real `headroom-train`: calibrated
+//! violation rates on simulated tasks with interference and on a slice of
+//! real VMs, and series the model cannot answer falling back alone.
+
+mod support;
+
+use std::{collections::HashMap, path::Path};
+
+use headroom_allocator::ServiceOptions;
+use headroom_proto::v1::{self, allocator_client::AllocatorClient};
+use headroom_simulator::{SimOptions, Workload};
+use headroom_testkit as kit;
+use tonic::Code;
+
+/// Rows of a backtest keyed by (strategy, resource).
+fn rows(answer: &v1::BacktestResponse) -> HashMap<(String, String), v1::BacktestRow> {
+    answer
+        .rows
+        .iter()
+        .map(|r| ((r.strategy.clone(), r.resource.clone()), r.clone()))
+        .collect()
+}
+
+fn ts(t: chrono::DateTime<chrono::Utc>) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: 0,
+    })
+}
+
+/// Backtests `predictive` and `plan` at `target` after `split` and checks
+/// each violation rate lies within `[low, high] × target`.
+async fn promise_holds(
+    db: &kit::TestDb,
+    split: chrono::DateTime<chrono::Utc>,
+    target: f64,
+    (low, high): (f64, f64),
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = support::model_before(db, Some(split), "promise", dir.path()).await?;
+    let collector = support::collector(db).await?;
+    let predictor = support::predictor(model).await?;
+    let allocator =
+        support::allocator(&collector, &predictor.url(), ServiceOptions::default()).await?;
+    let mut client = AllocatorClient::new(allocator.channel().await?);
+    let answer = client
+        .backtest(v1::BacktestRequest {
+            split: ts(split),
+            strategies: vec!["predictive".into(), "plan".into(), "percentile".into()],
+            params: Some(v1::StrategyParams {
+                target_violation_rate: Some(target),
+                ..Default::default()
+            }),
+            max_tasks: 1000,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let by = rows(&answer);
+    for strategy in ["predictive", "plan", "percentile"] {
+        for resource in ["cpu", "memory"] {
+            let r = &by[&(strategy.to_string(), resource.to_string())];
+            println!(
+                "{strategy} {resource}: violations {:.2} % at a {:.1} % target, slack {:.1} %, fell back {:.0} %",
+                r.violation_rate * 100.0,
+                target * 100.0,
+                r.relative_slack * 100.0,
+                r.fallback_share * 100.0
+            );
+        }
+    }
+    for strategy in ["predictive", "plan"] {
+        for resource in ["cpu", "memory"] {
+            let r = &by[&(strategy.to_string(), resource.to_string())];
+            assert_eq!(r.fallback_share, 0.0, "{strategy} {resource} calibrated");
+            let ratio = r.violation_rate / target;
+            assert!(
+                (low..=high).contains(&ratio),
+                "{strategy} {resource}: {:.3} % violations for a {:.1} % target ({ratio:.2}x)",
+                r.violation_rate * 100.0,
+                target * 100.0
+            );
+        }
+    }
+    allocator.stop().await?;
+    predictor.stop().await?;
+    collector.stop().await
+}
+
+/// Simulated tasks whose services interfere: the calibrated model does
+/// not break its 5 % promise on the held-out tasks. It over-keeps it
+/// (about 0.3–0.5×): its calibration has only the dozen tasks the trainer
+/// held out per service, and the model's error depends on the mix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calibration_keeps_the_promise_on_simulated_tasks() -> anyhow::Result<()> {
+    kit::init_logs();
+    support::init_ort()?;
+    let db = kit::TestDb::new().await?;
+    let sim = Workload::new(&SimOptions {
+        seed: 5,
+        services: 6,
+        tasks: 120,
+        min_duration: std::time::Duration::from_secs(600),
+        max_duration: std::time::Duration::from_secs(900),
+        interval: std::time::Duration::from_secs(20),
+        spacing: std::time::Duration::from_secs(960),
+        ..SimOptions::default()
+    })?;
+    sim.write_postgres(&db.pool).await?;
+    promise_holds(&db, sim.tasks[90].start, 0.05, (0.2, 1.5)).await
+}
+
+/// Twelve days of three real VMs, daily tasks, the last three held out:
+/// within 2× of the target (real memory drifts between the days the trainer
+/// held out and the days replayed; `scripts/bench promise` measures 66 VMs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calibration_keeps_the_promise_on_real_vms() -> anyhow::Result<()> {
+    kit::init_logs();
+    support::init_ort()?;
+    let db = kit::TestDb::new().await?;
+    let slice = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bitbrains-slice");
+    let bin = kit::workspace_binary("headroom-collector")?;
+    let out = tokio::process::Command::new(bin)
+        .args(["import", "bitbrains", "--database-url", &db.url])
+        .arg(&slice)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = db
+        .scalar("SELECT EXTRACT(EPOCH FROM max(start_ts))::bigint FROM tasks")
+        .await?;
+    let split = chrono::DateTime::from_timestamp(last - 2 * 86_400, 0).unwrap_or_default();
+    promise_holds(&db, split, 0.05, (0.5, 2.0)).await
+}
+
+/// A service the model never saw, and a series with no history: each
+/// alone is answered differently, the rest as asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_the_model_cannot_answer_fall_back_alone() -> anyhow::Result<()> {
+    kit::init_logs();
+    support::init_ort()?;
+    let options = |services| SimOptions {
+        seed: 13,
+        services,
+        tasks: 40,
+        min_task_services: 2,
+        max_task_services: 4,
+        min_duration: std::time::Duration::from_secs(600),
+        max_duration: std::time::Duration::from_secs(600),
+        interval: std::time::Duration::from_secs(30),
+        spacing: std::time::Duration::from_secs(700),
+        ..SimOptions::default()
+    };
+    // The model learns four services; the history holds five.
+    let known = Workload::new(&options(4))?;
+    let all = Workload::new(&options(5))?;
+    let names = all.service_names();
+    let newcomer = names
+        .iter()
+        .find(|n| !known.service_names().contains(n))
+        .cloned()
+        .expect("a fifth service");
+    let familiar = names
+        .iter()
+        .find(|n| **n != newcomer)
+        .cloned()
+        .unwrap_or_default();
+    let split = all.tasks[30].start;
+    let (train_db, db) = (kit::TestDb::new().await?, kit::TestDb::new().await?);
+    known.write_postgres(&train_db.pool).await?;
+    all.write_postgres(&db.pool).await?;
+    let dir = tempfile::tempdir()?;
+    let model = support::model_before(&train_db, Some(split), "four", dir.path()).await?;
+    let collector = support::collector(&db).await?;
+    let predictor = support::predictor(model).await?;
+    let allocator =
+        support::allocator(&collector, &predictor.url(), ServiceOptions::default()).await?;
+    let mut client = AllocatorClient::new(allocator.channel().await?);
+
+    // Recommend: the newcomer falls back, the known service is predicted.
+    let answer = client
+        .recommend(v1::RecommendRequest {
+            workload: Some(v1::Workload {
+                services: vec![familiar.clone(), newcomer.clone()],
+                ..Default::default()
+            }),
+            strategy: "predictive".into(),
+            params: None,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(answer.allocations.len(), 4);
+    for a in &answer.allocations {
+        let e = a.explanation.clone().unwrap_or_default();
+        if a.service == newcomer {
+            let f = a.fallback.clone().expect("the newcomer fell back");
+            assert_eq!(
+                (f.from_strategy.as_str(), f.to_strategy.as_str()),
+                ("predictive", "percentile")
+            );
+            assert!(f.reason.contains("unknown to model"), "{}", f.reason);
+            assert_eq!(e.strategy, "percentile");
+            assert!(a.request > 0.0);
+        } else {
+            assert!(a.fallback.is_none(), "{:?}", a.fallback);
+            assert_eq!(e.strategy, "predictive");
+            assert!(e.detail.contains("calibrated"), "{}", e.detail);
+        }
+        assert!(a.status.is_none());
+    }
+
+    // Backtest: held-out tasks with the newcomer answer, its series marked.
+    let bt = client
+        .backtest(v1::BacktestRequest {
+            split: ts(split),
+            strategies: vec!["predictive".into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let by = rows(&bt);
+    let share = by[&("predictive".to_string(), "cpu".to_string())].fallback_share;
+    assert!(share > 0.0 && share < 1.0, "{share}");
+
+    // No cpu history: memory is answered, cpu says why it is not.
+    for table in ["samples", "series"] {
+        db.fixture(&format!(
+            "DELETE FROM {table} WHERE service_id = (SELECT id FROM services WHERE name = '{newcomer}') \
+             AND resource_id = (SELECT id FROM resources WHERE name = 'cpu')"
+        ))
+        .await?;
+    }
+    let answer = client
+        .recommend(v1::RecommendRequest {
+            workload: Some(v1::Workload {
+                services: vec![newcomer.clone()],
+                resources: vec!["cpu".into(), "memory".into()],
+                ..Default::default()
+            }),
+            strategy: "percentile".into(),
+            params: None,
+        })
+        .await?
+        .into_inner();
+    let of = |r: &str| answer.allocations.iter().find(|a| a.resource == r).cloned();
+    let cpu = of("cpu").expect("a cpu entry");
+    let status = cpu.status.expect("cpu unanswered");
+    assert_eq!(status.code, Code::FailedPrecondition as i32);
+    assert!(
+        status.message.contains("cpu") && status.message.contains(&newcomer),
+        "{}",
+        status.message
+    );
+    let memory = of("memory").expect("a memory entry");
+    assert!(memory.status.is_none() && memory.request > 0.0);
+    allocator.stop().await?;
+    predictor.stop().await?;
+    collector.stop().await
+}
