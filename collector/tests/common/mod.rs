@@ -99,7 +99,13 @@ pub fn collector_command(
     group: &str,
     metrics: std::net::SocketAddr,
 ) -> std::process::Command {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_headroom-collector"));
+    // Set when compiled as the collector's own test; this file is also
+    // included by other crates' tests, which find the built binary.
+    let bin = option_env!("CARGO_BIN_EXE_headroom-collector")
+        .map(std::path::PathBuf::from)
+        .or_else(|| kit::workspace_binary("headroom-collector").ok())
+        .unwrap_or_else(|| "headroom-collector".into());
+    let mut command = std::process::Command::new(bin);
     command
         .env("HEADROOM_METRICS_LISTEN", metrics.to_string())
         .env("HEADROOM_DATABASE_URL", db_url)
