@@ -160,29 +160,6 @@ async fn a_mixed_batch_stores_the_valid_records_and_dead_letters_the_rest() -> a
     server.stop().await
 }
 
-/// The collector binary, configured for a test topic and group, its
-/// Prometheus metrics on `metrics`; callers add settings and spawn it.
-fn collector_command(
-    db_url: &str,
-    topic: &str,
-    group: &str,
-    metrics: std::net::SocketAddr,
-) -> std::process::Command {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_headroom-collector"));
-    command
-        .env("HEADROOM_METRICS_LISTEN", metrics.to_string())
-        .env("HEADROOM_DATABASE_URL", db_url)
-        .env("HEADROOM_KAFKA_BROKERS", kit::kafka_brokers())
-        .env("HEADROOM_TOPIC", topic)
-        .env("HEADROOM_GROUP", group)
-        .env("HEADROOM_TOPIC_PARTITIONS", "3")
-        .env("HEADROOM_SESSION_TIMEOUT", "6s")
-        .env("HEADROOM_LISTEN", "127.0.0.1:0")
-        .env("HEADROOM_LOG", "warn")
-        .stdout(Stdio::null());
-    command
-}
-
 /// [`collector_command`] with small batches, spawned.
 fn spawn_collector_process(
     db_url: &str,

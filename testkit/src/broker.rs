@@ -1,4 +1,5 @@
-//! Brokers of a test's own: a private tansu that a test may kill and start
+//! Brokers of a test's own: a private nisshi (tansu's maintained successor,
+//! the broker `scripts/stack` installs) that a test may kill and start
 //! again (in memory, or on a SQLite file that keeps topics, records and
 //! group offsets across a kill), and a TLS front that puts a real TLS
 //! listener before a broker, so Kafka clients can be tested over SSL.
@@ -39,7 +40,7 @@ pub enum Storage {
     Durable,
 }
 
-/// A tansu broker of a test's own, on its own port, so a test can kill and
+/// A broker of a test's own, on its own port, so a test can kill and
 /// restart it without disturbing other tests.
 #[derive(Debug)]
 pub struct PrivateBroker {
@@ -67,14 +68,11 @@ impl PrivateBroker {
 
     /// A broker with `storage` that tells clients to reach it on
     /// `advertised_port` (default: its own port), as when a TLS front
-    /// stands before it. The binary comes from `HEADROOM_TANSU_BIN` (set by
-    /// `.stack/env`), else `tansu` on PATH.
+    /// stands before it. The binary comes from [`broker_bin`].
     pub fn start_with(storage: Storage, advertised_port: Option<u16>) -> anyhow::Result<Self> {
-        let bin = std::env::var_os("HEADROOM_TANSU_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| "tansu".into());
+        let bin = broker_bin();
         let port = free_port()?;
-        let dir = std::env::temp_dir().join(crate::unique_name("tansu"));
+        let dir = std::env::temp_dir().join(crate::unique_name("broker"));
         std::fs::create_dir_all(&dir)?;
         let mut broker = Self {
             bin,
@@ -106,7 +104,7 @@ impl PrivateBroker {
         self.advertised_port = advertised_port;
     }
 
-    /// Creates a SCRAM-SHA-512 user through the running broker (`tansu
+    /// Creates a SCRAM-SHA-512 user through the running broker (`nisshi
     /// user create`); with durable storage it outlives restarts.
     pub fn create_user(&self, name: &str, password: &str) -> anyhow::Result<()> {
         let broker = format!("tcp://{}", self.address());
@@ -116,7 +114,8 @@ impl PrivateBroker {
             .output()?;
         if !out.status.success() {
             bail!(
-                "tansu user create {name} failed: {}",
+                "{} user create {name} failed: {}",
+                self.bin.display(),
                 String::from_utf8_lossy(&out.stderr)
             );
         }
@@ -129,11 +128,11 @@ impl PrivateBroker {
         let advertised = format!("tcp://127.0.0.1:{}", self.advertised_port);
         // The SQLite path is relative to the working directory.
         let storage = match self.storage {
-            Storage::Memory => "memory://tansu/",
-            Storage::Durable => "sqlite://data/tansu.db",
+            Storage::Memory => "memory://broker/",
+            Storage::Durable => "sqlite://data/broker.db",
         };
         std::fs::create_dir_all(self.dir.join("data"))?;
-        let log = std::fs::File::create(self.dir.join("tansu.log"))?;
+        let log = std::fs::File::create(self.dir.join("broker.log"))?;
         let child = std::process::Command::new(&self.bin)
             .current_dir(&self.dir)
             .args(["broker", "--listener-url", &listener])
@@ -145,7 +144,7 @@ impl PrivateBroker {
             .spawn()
             .with_context(|| {
                 format!(
-                    "while starting {} (set HEADROOM_TANSU_BIN)",
+                    "while starting {} (set HEADROOM_BROKER_BIN: `scripts/stack up` and `source .stack/env`)",
                     self.bin.display()
                 )
             })?;
@@ -154,14 +153,20 @@ impl PrivateBroker {
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             if std::time::Instant::now() > deadline {
                 bail!(
-                    "tansu did not listen on {} within 20 s: {}",
+                    "{} did not listen on {} within 20 s: {}",
+                    self.bin.display(),
                     self.port,
-                    std::fs::read_to_string(self.dir.join("tansu.log")).unwrap_or_default()
+                    std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default()
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(())
+    }
+
+    /// The broker's log so far (its stderr), for a failing test's message.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default()
     }
 
     /// Kills the broker (SIGKILL: nothing is flushed on the way out).
@@ -178,6 +183,18 @@ impl Drop for PrivateBroker {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The broker binary private brokers run: `HEADROOM_BROKER_BIN` (set by
+/// `.stack/env`), else `HEADROOM_TANSU_BIN` (its former name), else
+/// `nisshi` on PATH.
+pub fn broker_bin() -> PathBuf {
+    ["HEADROOM_BROKER_BIN", "HEADROOM_TANSU_BIN"]
+        .into_iter()
+        .find_map(std::env::var_os)
+        .filter(|b| !b.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "nisshi".into())
 }
 
 /// A durable broker that requires SASL SCRAM-SHA-512 from `user` with

@@ -9,6 +9,7 @@
 
 pub mod bench;
 pub mod broker;
+pub mod group;
 pub mod pki;
 
 pub use broker::PrivateBroker;
@@ -196,8 +197,13 @@ pub fn producer_config() -> ClientConfig {
 /// Creates `topic` with `partitions` partitions (the broker does not create
 /// topics on first use). An existing topic is accepted.
 pub async fn create_topic(topic: &str, partitions: i32) -> anyhow::Result<()> {
+    create_topic_on(&kafka_brokers(), topic, partitions).await
+}
+
+/// [`create_topic`] on the broker at `brokers` (a private one).
+pub async fn create_topic_on(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
+        .set("bootstrap.servers", brokers)
         .create()
         .context("while creating a Kafka admin client")?;
     let results = admin
@@ -206,7 +212,7 @@ pub async fn create_topic(topic: &str, partitions: i32) -> anyhow::Result<()> {
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
         )
         .await
-        .with_context(|| format!("while creating topic {topic} on {}", kafka_brokers()))?;
+        .with_context(|| format!("while creating topic {topic} on {brokers}"))?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -555,6 +561,49 @@ pub async fn scrape_metric(addr: SocketAddr, name: &str) -> anyhow::Result<Optio
         *total.get_or_insert(0.0) += v;
     }
     Ok(total)
+}
+
+/// The values of the Prometheus metric `name` served at
+/// `http://addr/metrics`, by the value of its label `label` (lines without
+/// that label are skipped): e.g. `headroom_collector_partition_assigned`
+/// by `partition`.
+pub async fn scrape_by_label(
+    addr: SocketAddr,
+    name: &str,
+    label: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("while connecting to the metrics at {addr}"))?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await?;
+    let prefix = format!("{label}=\"");
+    let mut out = std::collections::BTreeMap::new();
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix(name).and_then(|r| r.strip_prefix('{')) else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let Some(v) = labels
+            .split(',')
+            .find_map(|kv| kv.trim().strip_prefix(&prefix))
+            .and_then(|v| v.strip_suffix('"'))
+        else {
+            continue;
+        };
+        let value: f64 = value
+            .trim()
+            .parse()
+            .with_context(|| format!("metric line {line:?}"))?;
+        out.insert(v.to_string(), value);
+    }
+    Ok(out)
 }
 
 /// Trains a model on a CSV dump (the collector's dump format, as

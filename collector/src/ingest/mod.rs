@@ -8,13 +8,15 @@
 mod deadletter;
 pub mod decode;
 pub mod lag;
+pub mod partitions;
+pub mod rebalance;
 mod writer;
 
 use std::{sync::Arc, time::Duration};
 
 use headroom_serving::retry::{Retried, RetryPolicy, retry};
 use rdkafka::{
-    ClientConfig, Message,
+    ClientConfig, Message, TopicPartitionList,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
     consumer::{CommitMode, Consumer, StreamConsumer},
@@ -31,6 +33,7 @@ use crate::{
 };
 use deadletter::Rejected;
 use decode::{Decoded, decode};
+use partitions::PartitionList;
 pub use writer::ConflictLog;
 use writer::{DeadLetters, Pending, Source};
 
@@ -58,11 +61,32 @@ pub struct IngestOptions {
     /// pipeline keeps its own dead letters.
     #[arg(long, env = "HEADROOM_DLQ_TOPIC", default_value = "")]
     pub dlq_topic: String,
-    /// Consumer group; collectors in one group share the partitions.
+    /// Consumer group; collectors in one group share the partitions (the
+    /// group hands each partition to one of them and moves it when one
+    /// dies), and commit their offsets to it.
     #[arg(long, env = "HEADROOM_GROUP", default_value = "headroom-collector")]
     pub group: String,
+    /// Static group membership: a name unique to this collector in its
+    /// group that outlives restarts (in a StatefulSet, the pod name). A
+    /// collector that restarts under the same name within the session
+    /// timeout gets its partitions back without a rebalance; one that
+    /// stays away longer loses them when the session times out. Off when
+    /// empty.
+    #[arg(long, env = "HEADROOM_GROUP_INSTANCE_ID", conflicts_with = "assign")]
+    pub group_instance_id: Option<String>,
+    /// Manual assignment, the fallback for brokers or platforms whose group
+    /// coordination is unreliable: read exactly these partitions of the
+    /// topic (`0-3`, `0,2,5-7`) instead of the ones the group hands out.
+    /// Offsets are still committed to the group; every partition must be
+    /// named by exactly one collector. Off when absent.
+    #[arg(long = "partitions", env = "HEADROOM_PARTITIONS", value_name = "LIST")]
+    pub assign: Option<PartitionList>,
     /// Partitions of the topics when the collector has to create them.
-    #[arg(long, env = "HEADROOM_TOPIC_PARTITIONS", default_value_t = 8)]
+    #[arg(
+        long = "topic-partitions",
+        env = "HEADROOM_TOPIC_PARTITIONS",
+        default_value_t = 8
+    )]
     pub partitions: i32,
     /// Most records in one batch (one transaction).
     #[arg(long, env = "HEADROOM_BATCH_RECORDS", default_value_t = 5000)]
@@ -73,9 +97,17 @@ pub struct IngestOptions {
     /// How far in the future a sample may lie before it is dead-lettered.
     #[arg(long, env = "HEADROOM_MAX_FUTURE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub max_future: Duration,
-    /// Consumer group session timeout.
+    /// Consumer group session timeout (`session.timeout.ms`): how long the
+    /// group waits for a silent collector before handing its partitions to
+    /// the others. A killed collector's partitions are read again after
+    /// about this long plus one rebalance (a few heartbeats).
     #[arg(long, env = "HEADROOM_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub session_timeout: Duration,
+    /// How often the collector tells the group it is alive
+    /// (`heartbeat.interval.ms`); also how soon it learns of a rebalance.
+    /// Must be below the session timeout, customarily a third of it.
+    #[arg(long, env = "HEADROOM_HEARTBEAT_INTERVAL", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
     /// Extra librdkafka settings as key=value (security.protocol, sasl.*,
     /// ssl.*), applied to the consumer and the dead-letter producer.
     #[arg(
@@ -98,11 +130,14 @@ impl std::fmt::Debug for IngestOptions {
             .field("topic", &self.topic)
             .field("dlq_topic", &self.dlq_topic)
             .field("group", &self.group)
+            .field("group_instance_id", &self.group_instance_id)
+            .field("assign", &self.assign.as_ref().map(ToString::to_string))
             .field("partitions", &self.partitions)
             .field("batch_records", &self.batch_records)
             .field("batch_wait", &self.batch_wait)
             .field("max_future", &self.max_future)
             .field("session_timeout", &self.session_timeout)
+            .field("heartbeat_interval", &self.heartbeat_interval)
             .field(
                 "kafka_options",
                 &headroom_serving::options::redact_key_values(&self.kafka_options),
@@ -131,6 +166,23 @@ impl IngestOptions {
             self.dlq_topic = format!("{}-dlq", self.topic);
         }
         self
+    }
+
+    /// Refuses settings that cannot work together, naming them.
+    pub fn validate(&self) -> Result<()> {
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval >= self.session_timeout {
+            return Err(Error::InvalidArgument(format!(
+                "--heartbeat-interval ({}) must be above zero and below --session-timeout ({})",
+                humantime::format_duration(self.heartbeat_interval),
+                humantime::format_duration(self.session_timeout)
+            )));
+        }
+        if self.group_instance_id.as_deref() == Some("") {
+            return Err(Error::InvalidArgument(
+                "--group-instance-id is empty; leave it out for dynamic membership".into(),
+            ));
+        }
+        Ok(())
     }
 
     fn client_config(&self) -> Result<ClientConfig> {
@@ -194,8 +246,41 @@ async fn ensure_topics(options: &IngestOptions) -> Result<()> {
     Ok(())
 }
 
-/// The usage-topic consumer, reporting its lag.
-type IngestConsumer = StreamConsumer<lag::LagContext>;
+/// The usage-topic consumer, reporting its lag and following rebalances.
+type IngestConsumer = StreamConsumer<rebalance::IngestContext>;
+
+/// Reads the partitions in `list`, from the group's committed offsets,
+/// after checking that the topic has them.
+async fn assign_manually(
+    consumer: &Arc<IngestConsumer>,
+    options: &IngestOptions,
+    list: &PartitionList,
+) -> Result<()> {
+    let (c, topic) = (consumer.clone(), options.topic.clone());
+    let count = tokio::task::spawn_blocking(move || {
+        c.fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .map(|m| m.topics().first().map_or(0, |t| t.partitions().len()))
+    })
+    .await
+    .map_err(|e| Error::InvalidArgument(format!("metadata lookup failed: {e}")))??;
+    if list.max() >= count as i32 {
+        return Err(Error::InvalidArgument(format!(
+            "--partitions {list} names partition {} but topic {} has {count} (0-{})",
+            list.max(),
+            options.topic,
+            count.saturating_sub(1)
+        )));
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in list.iter() {
+        tpl.add_partition_offset(&options.topic, p, rdkafka::Offset::Stored)?;
+    }
+    consumer.assign(&tpl)?;
+    consumer
+        .context()
+        .assigned(&list.iter().collect::<Vec<_>>());
+    Ok(())
+}
 
 /// Consumes until `shutdown`, then drains: the batch in hand is committed
 /// and its offsets committed to the group.
@@ -205,6 +290,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let options = options.with_dlq_default();
+    options.validate()?;
     // A configuration librdkafka refuses is final; a broker that does not
     // answer yet is waited for.
     let not_configuration = |e: &Error| !matches!(e, Error::InvalidArgument(_));
@@ -225,9 +311,12 @@ pub async fn run(
         Retried::GaveUp(e) => return Err(e),
         Retried::Cancelled => return Ok(()),
     }
+    let mut config = options.client_config()?;
+    if let Some(id) = &options.group_instance_id {
+        config.set("group.instance.id", id);
+    }
     let consumer: Arc<IngestConsumer> = Arc::new(
-        options
-            .client_config()?
+        config
             .set("group.id", &options.group)
             .set(
                 "statistics.interval.ms",
@@ -240,17 +329,30 @@ pub async fn run(
                 "session.timeout.ms",
                 options.session_timeout.as_millis().to_string(),
             )
-            .create_with_context(lag::LagContext::new(&options.topic))
+            .set(
+                "heartbeat.interval.ms",
+                options.heartbeat_interval.as_millis().to_string(),
+            )
+            .create_with_context(rebalance::IngestContext::new(&options.topic))
             .map_err(refused)?,
     );
-    consumer.subscribe(&[&options.topic])?;
+    match &options.assign {
+        Some(list) => assign_manually(&consumer, &options, list).await?,
+        None => consumer.subscribe(&[&options.topic])?,
+    }
     let producer: FutureProducer = options
         .client_config()?
         .set("compression.type", "lz4")
         .set("message.timeout.ms", "30000")
         .create()
         .map_err(refused)?;
-    tracing::info!(topic = %options.topic, group = %options.group, "ingest started");
+    tracing::info!(
+        topic = %options.topic,
+        group = %options.group,
+        group_instance_id = options.group_instance_id.as_deref().unwrap_or(""),
+        partitions = %options.assign.as_ref().map_or("assigned by the group".to_string(), ToString::to_string),
+        "ingest started"
+    );
 
     // Capacity 1: one batch is written while the next one is gathered; when
     // the writer is stuck (database down) the consumer stops taking records.
@@ -312,7 +414,7 @@ async fn gather(
     let mut next = Some(first);
     while let Some(result) = next.take() {
         match result {
-            Ok(message) => take(&message, options, &mut pending, &mut rejected),
+            Ok(message) => take(consumer, &message, options, &mut pending, &mut rejected),
             Err(e) => {
                 tracing::warn!(error = %e, "kafka consume error");
                 if pending.records == 0 {
@@ -331,18 +433,27 @@ async fn gather(
     (pending, rejected)
 }
 
+/// Adds one record to the batch, unless its partition is no longer owned
+/// (revoked while the record waited in the client's queue): its next owner
+/// reads it.
 fn take(
+    consumer: &IngestConsumer,
     message: &BorrowedMessage<'_>,
     options: &IngestOptions,
     pending: &mut Pending,
     rejected: &mut Vec<Rejected>,
 ) {
+    let Some(epoch) = consumer.context().ownership.epoch(message.partition()) else {
+        metrics::counter!("headroom_collector_records_of_revoked_partitions_total").increment(1);
+        tracing::debug!(
+            partition = message.partition(),
+            offset = message.offset(),
+            "record of a partition no longer owned left to its new owner"
+        );
+        return;
+    };
     pending.records += 1;
-    let offset = pending
-        .offsets
-        .entry(message.partition())
-        .or_insert(message.offset());
-    *offset = (*offset).max(message.offset());
+    pending.note_offset(message.partition(), message.offset(), epoch);
     let now_ms = chrono::Utc::now().timestamp_millis();
     let decoded = decode(
         message.payload(),

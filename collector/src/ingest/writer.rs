@@ -44,13 +44,26 @@ pub(super) struct Pending {
     pub(super) batch: Batch,
     /// The records the batch was made of, in order.
     pub(super) sources: Vec<Source>,
-    /// Highest offset seen per partition.
-    pub(super) offsets: std::collections::HashMap<i32, i64>,
+    /// Per partition: the highest offset read in the partition's latest
+    /// ownership epoch, and that epoch (see [`super::rebalance`]).
+    pub(super) offsets: std::collections::HashMap<i32, (i64, u64)>,
     /// Records consumed, stored or not.
     pub(super) records: usize,
 }
 
 impl Pending {
+    /// Notes a record at `offset` of `partition`, read while the partition
+    /// was owned in `epoch`. A later epoch replaces an earlier one: the
+    /// earlier epoch's offsets are no longer this collector's to store.
+    pub(super) fn note_offset(&mut self, partition: i32, offset: i64, epoch: u64) {
+        let entry = self.offsets.entry(partition).or_insert((offset, epoch));
+        if epoch > entry.1 {
+            *entry = (offset, epoch);
+        } else if epoch == entry.1 {
+            entry.0 = entry.0.max(offset);
+        }
+    }
+
     /// The batch of the sources in `range` alone.
     fn part(&self, range: Range<usize>) -> Batch {
         let mut part = Batch::default();
@@ -103,10 +116,27 @@ pub(super) async fn write_loop(
             dedup = stored.path == WritePath::Dedup,
             "batch stored"
         );
-        for (partition, offset) in &pending.offsets {
+        let ownership = &consumer.context().ownership;
+        for (partition, (offset, epoch)) in &pending.offsets {
             // store_offset stores offset + 1 itself: the next record to read.
-            if let Err(e) = consumer.store_offset(&topic, *partition, *offset) {
-                tracing::warn!(partition, offset, error = %e, "offset not stored; the batch may be replayed (harmless)");
+            match ownership.while_owned(*partition, *epoch, || {
+                consumer.store_offset(&topic, *partition, *offset)
+            }) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(partition, offset, error = %e, "offset not stored; the batch may be replayed (harmless)");
+                }
+                None => {
+                    // Revoked since it was read: the rows are stored, but
+                    // the offset belongs to the partition's next owner, who
+                    // replays them as no-ops.
+                    metrics::counter!("headroom_collector_offsets_abandoned_total").increment(1);
+                    tracing::info!(
+                        partition,
+                        offset,
+                        "partition revoked during its batch; offset left to its new owner"
+                    );
+                }
             }
         }
         if shared.live.receiver_count() > 0 {
@@ -271,5 +301,26 @@ impl ConflictLog {
             refused = c.refused,
             "conflicting sample: its key is stored with another value; the stored value is kept"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pending;
+
+    #[test]
+    fn a_later_epoch_replaces_the_offsets_of_an_earlier_one() {
+        let mut p = Pending::default();
+        p.note_offset(0, 10, 1);
+        p.note_offset(0, 12, 1);
+        p.note_offset(0, 11, 1);
+        assert_eq!(p.offsets[&0], (12, 1));
+        // Revoked and assigned again: the group's committed offset may be
+        // lower, and only the new epoch's records count.
+        p.note_offset(0, 5, 2);
+        assert_eq!(p.offsets[&0], (5, 2));
+        // A straggler of the old epoch changes nothing.
+        p.note_offset(0, 13, 1);
+        assert_eq!(p.offsets[&0], (5, 2));
     }
 }

@@ -91,8 +91,37 @@ pub async fn produce_with(
     Ok(())
 }
 
-/// Ingest options for a test topic, with a unique group and the short
-/// session timeout tansu wants.
+/// The collector binary, configured for a test topic and group, its
+/// Prometheus metrics on `metrics`; callers add settings and spawn it.
+pub fn collector_command(
+    db_url: &str,
+    topic: &str,
+    group: &str,
+    metrics: std::net::SocketAddr,
+) -> std::process::Command {
+    // Set when compiled as the collector's own test; this file is also
+    // included by other crates' tests, which find the built binary.
+    let bin = option_env!("CARGO_BIN_EXE_headroom-collector")
+        .map(std::path::PathBuf::from)
+        .or_else(|| kit::workspace_binary("headroom-collector").ok())
+        .unwrap_or_else(|| "headroom-collector".into());
+    let mut command = std::process::Command::new(bin);
+    command
+        .env("HEADROOM_METRICS_LISTEN", metrics.to_string())
+        .env("HEADROOM_DATABASE_URL", db_url)
+        .env("HEADROOM_KAFKA_BROKERS", kit::kafka_brokers())
+        .env("HEADROOM_TOPIC", topic)
+        .env("HEADROOM_GROUP", group)
+        .env("HEADROOM_TOPIC_PARTITIONS", "3")
+        .env("HEADROOM_SESSION_TIMEOUT", "6s")
+        .env("HEADROOM_LISTEN", "127.0.0.1:0")
+        .env("HEADROOM_LOG", "warn")
+        .stdout(std::process::Stdio::null());
+    command
+}
+
+/// Ingest options for a test topic, with a unique group and a short
+/// session timeout.
 pub fn ingest_options(topic: &str) -> IngestOptions {
     let mut options = IngestOptions::new(kit::kafka_brokers(), topic);
     options.group = kit::unique_name("collector");
