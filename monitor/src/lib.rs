@@ -228,6 +228,7 @@ async fn predict(
             resource: sel.resource.clone(),
             horizon_seconds: horizon,
             step_seconds: (horizon / 120.0).max(1.0),
+            ..Default::default()
         })
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.message()))?

@@ -424,6 +424,7 @@ async fn every_rpc_answers_hostile_requests_with_a_clear_status() -> anyhow::Res
             service,
             resource,
             seconds,
+            ..Default::default()
         },
     );
     check(
@@ -456,6 +457,7 @@ async fn every_rpc_answers_hostile_requests_with_a_clear_status() -> anyhow::Res
                     service_index,
                     resource_index,
                     seconds,
+                    ..Default::default()
                 })
                 .await)
             }
@@ -479,6 +481,7 @@ async fn every_rpc_answers_hostile_requests_with_a_clear_status() -> anyhow::Res
                     resource,
                     horizon_seconds,
                     step_seconds,
+                    ..Default::default()
                 })
                 .await)
             }
@@ -495,6 +498,7 @@ async fn every_rpc_answers_hostile_requests_with_a_clear_status() -> anyhow::Res
                     resources,
                     horizon_seconds,
                     step_seconds,
+                    ..Default::default()
                 })
                 .await)
             }

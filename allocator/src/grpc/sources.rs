@@ -316,6 +316,7 @@ impl Predictor {
                 resources: resources.to_vec(),
                 horizon_seconds: horizon,
                 step_seconds: step,
+                ..Default::default()
             })
             .await
             .map_err(upstream("the predictor"))?
