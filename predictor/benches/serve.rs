@@ -49,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         service: spec.services[i % 3].clone(),
         resource: spec.resources[i % spec.resources.len()].name.clone(),
         seconds: (i % 1800) as f64,
+        ..Default::default()
     };
 
     // Raw in-process ort: encode and run a session built the way the
@@ -69,6 +70,8 @@ async fn main() -> anyhow::Result<()> {
                 service: &q.service,
                 resource: &q.resource,
                 seconds: q.seconds,
+                context: None,
+                task_start: chrono::Utc::now(),
             })
             .collect();
         Ok(spec.encode(&queries)?)

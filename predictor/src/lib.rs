@@ -3,17 +3,24 @@
 //! Runtime. Queries are encoded with the spec stored in the model file, so
 //! a model is never served with the wrong encoding; `ReloadModel` swaps a
 //! new file in atomically and keeps the old one when the new one is bad.
+//!
+//! Each series is predicted with the context the request gives for it, or
+//! else the one the model stored at training time; a service the model
+//! never saw is predicted from its context and refused without one. The
+//! calendar features are read at `task_start + seconds`, `task_start`
+//! being the current time when the request leaves it out.
 
 pub mod error;
 pub mod model;
 
 use std::{
+    collections::HashMap,
     path::PathBuf,
     sync::{Arc, RwLock},
 };
 
 use chrono::{DateTime, Utc};
-use headroom_model::{Encoded, ModelSpec, Query};
+use headroom_model::{Encoded, ModelSpec, Query, RowInput, SeriesContext};
 use headroom_proto::v1::{
     self,
     predictor_server::{Predictor, PredictorServer},
@@ -198,7 +205,7 @@ struct PredictorApi {
 }
 
 /// Encodes resolved queries, runs them in the model's next batch and
-/// decodes each row.
+/// decodes each row with its series' scale.
 async fn infer(model: &LoadedModel, queries: &[Encoded]) -> Result<Vec<Vec<f64>>> {
     let w = model.spec.width();
     let mut x = vec![0.0; queries.len() * w];
@@ -210,20 +217,83 @@ async fn infer(model: &LoadedModel, queries: &[Encoded]) -> Result<Vec<Vec<f64>>
     Ok(queries
         .iter()
         .zip(out.chunks_exact(k))
-        .map(|(q, row)| model.spec.decode(q.resource, row))
+        .map(|(q, row)| {
+            let scale = model.spec.series_scale(q.resource, &q.context);
+            model.spec.decode(scale, row)
+        })
         .collect())
 }
 
+/// The contexts a request gives, by (service, resource), each checked.
+#[derive(Debug, Default)]
+struct Contexts<'a> {
+    given: HashMap<(&'a str, &'a str), SeriesContext>,
+}
+
+impl<'a> Contexts<'a> {
+    /// Reads `contexts` of a request; `field` names them in errors (e.g.
+    /// `contexts` or `queries[3].contexts`). Refuses a series given twice
+    /// and numbers that cannot describe usage, naming the entry.
+    fn of(contexts: &'a [v1::SeriesContext], field: &str) -> Result<Self> {
+        let mut given = HashMap::with_capacity(contexts.len());
+        for (i, c) in contexts.iter().enumerate() {
+            let context = SeriesContext {
+                p50: c.p50,
+                p90: c.p90,
+                p99: c.p99,
+                max: c.max,
+                samples: c.samples,
+            };
+            context.check().map_err(|reason| {
+                Error::InvalidArgument(format!(
+                    "{field}[{i}] ({}/{}): {reason}",
+                    c.service, c.resource
+                ))
+            })?;
+            if given
+                .insert((c.service.as_str(), c.resource.as_str()), context)
+                .is_some()
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "{field}[{i}]: {}/{} is given twice",
+                    c.service, c.resource
+                )));
+            }
+        }
+        Ok(Self { given })
+    }
+
+    fn get(&self, service: &'a str, resource: &'a str) -> Option<&SeriesContext> {
+        self.given.get(&(service, resource))
+    }
+}
+
+/// A request's task start, or now when it gives none.
+fn task_start(start: Option<&prost_types::Timestamp>, field: &str) -> Result<DateTime<Utc>> {
+    let Some(t) = start else {
+        return Ok(Utc::now());
+    };
+    u32::try_from(t.nanos)
+        .ok()
+        .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{field} {}s {}ns is not a valid time",
+                t.seconds, t.nanos
+            ))
+        })
+}
+
 /// A columnar batch encoded into model rows: `x` is `[n, width]`
-/// row-major, `resources[i]` is query i's resource index.
+/// row-major, `scales[i]` is the scale σ of query i's series.
 #[derive(Debug)]
 struct EncodedColumns {
     x: Vec<f32>,
-    resources: Vec<usize>,
+    scales: Vec<f64>,
 }
 
 /// Checks a `PredictBatchRequest` against the model and the batch limit and
-/// encodes it, resolving each name once.
+/// encodes it, resolving each name and each series' context once.
 fn encode_columns(
     spec: &ModelSpec,
     r: &v1::PredictBatchRequest,
@@ -238,45 +308,71 @@ fn encode_columns(
             r.resource_index.len()
         )));
     }
-    let services = r
-        .services
-        .iter()
-        .map(|s| spec.service_index(s))
-        .collect::<Result<Vec<_>, _>>()?;
+    let contexts = Contexts::of(&r.contexts, "contexts")?;
+    let start = headroom_model::unix_seconds(task_start(r.task_start.as_ref(), "task_start")?);
+    let services: Vec<Option<usize>> = r.services.iter().map(|s| spec.service_index(s)).collect();
     let resources = r
         .resources
         .iter()
         .map(|s| spec.resource_index(s))
         .collect::<Result<Vec<_>, _>>()?;
-    let mix = r
+    let mix: Vec<usize> = r
         .task_services
         .iter()
-        .map(|s| spec.service_index(s))
-        .collect::<Result<Vec<_>, _>>()?;
+        .filter_map(|s| spec.service_index(s))
+        .collect();
+    // Each (service, resource) pair's context, found on first use.
+    let mut series: Vec<Option<SeriesContext>> = vec![None; services.len() * resources.len()];
     let w = spec.width();
     let mut x = vec![0.0; n * w];
-    let mut query_resources = Vec::with_capacity(n);
+    let mut scales = Vec::with_capacity(n);
     let mut row_mix = Vec::with_capacity(mix.len() + 1);
     for (i, row) in x.chunks_exact_mut(w).enumerate() {
+        let si = r.service_index[i] as usize;
+        let ri = r.resource_index[i] as usize;
         let service = *services
-            .get(r.service_index[i] as usize)
+            .get(si)
             .ok_or_else(|| out_of_range(i, "service_index", r.service_index[i], services.len()))?;
-        let resource = *resources.get(r.resource_index[i] as usize).ok_or_else(|| {
+        let resource = *resources.get(ri).ok_or_else(|| {
             out_of_range(i, "resource_index", r.resource_index[i], resources.len())
         })?;
         let seconds = r.seconds[i];
         headroom_model::check_seconds(seconds)
             .map_err(|e| Error::InvalidArgument(format!("query {i}: {e}")))?;
+        let slot = &mut series[si * resources.len() + ri];
+        let context = match slot {
+            Some(c) => *c,
+            None => {
+                let name = &r.services[si];
+                let c = spec
+                    .context_for(
+                        name,
+                        service,
+                        resource,
+                        contexts.get(name, &r.resources[ri]),
+                    )
+                    .map_err(|e| Error::InvalidArgument(format!("query {i}: {e}")))?;
+                *slot = Some(c);
+                c
+            }
+        };
         row_mix.clear();
         row_mix.extend_from_slice(&mix);
-        row_mix.push(service);
-        spec.encode_row(&row_mix, service, resource, seconds, row);
-        query_resources.push(resource);
+        row_mix.extend(service);
+        spec.encode_row(
+            &RowInput {
+                mix: &row_mix,
+                service,
+                resource,
+                context: &context,
+                task_start: start,
+                seconds,
+            },
+            row,
+        );
+        scales.push(spec.series_scale(resource, &context));
     }
-    Ok(EncodedColumns {
-        x,
-        resources: query_resources,
-    })
+    Ok(EncodedColumns { x, scales })
 }
 
 /// Refuses empty batches and batches above the configured limit.
@@ -390,6 +486,8 @@ impl Predictor for PredictorApi {
             .iter()
             .enumerate()
             .map(|(i, q)| {
+                let contexts = Contexts::of(&q.contexts, &format!("queries[{i}].contexts"))?;
+                let start = task_start(q.task_start.as_ref(), &format!("queries[{i}].task_start"))?;
                 model
                     .spec
                     .resolve(&Query {
@@ -397,10 +495,12 @@ impl Predictor for PredictorApi {
                         service: &q.service,
                         resource: &q.resource,
                         seconds: q.seconds,
+                        context: contexts.get(&q.service, &q.resource),
+                        task_start: start,
                     })
-                    .map_err(|e| Status::invalid_argument(format!("query {i}: {e}")))
+                    .map_err(|e| Error::InvalidArgument(format!("query {i}: {e}")))
             })
-            .collect::<Result<Vec<_>, Status>>()?;
+            .collect::<Result<Vec<_>>>()?;
         let values = infer(&model, &encoded).await?;
         let quantiles = &model.spec.quantiles;
         Ok(Response::new(v1::PredictResponse {
@@ -428,12 +528,12 @@ impl Predictor for PredictorApi {
         let model = self.state.current()?;
         let r = request.into_inner();
         let encoded = encode_columns(&model.spec, &r, self.state.config.max_batch)?;
-        let n = encoded.resources.len();
+        let n = encoded.scales.len();
         let k = model.spec.quantiles.len();
         let out = model.run(encoded.x, n).await?;
         let mut values = Vec::with_capacity(n * k);
-        for (row, resource) in out.chunks_exact(k).zip(&encoded.resources) {
-            model.spec.decode_into(*resource, row, &mut values);
+        for (row, scale) in out.chunks_exact(k).zip(&encoded.scales) {
+            model.spec.decode_into(*scale, row, &mut values);
         }
         Ok(Response::new(v1::PredictBatchResponse {
             quantiles: model.spec.quantiles.clone(),
@@ -454,6 +554,8 @@ impl Predictor for PredictorApi {
             self.state.config.max_points,
             1,
         )?;
+        let contexts = Contexts::of(&r.contexts, "contexts")?;
+        let start = task_start(r.task_start.as_ref(), "task_start")?;
         let encoded = seconds
             .iter()
             .map(|s| {
@@ -462,6 +564,8 @@ impl Predictor for PredictorApi {
                     service: &r.service,
                     resource: &r.resource,
                     seconds: *s,
+                    context: contexts.get(&r.service, &r.resource),
+                    task_start: start,
                 })
             })
             .collect::<Result<Vec<_>, _>>()
@@ -507,6 +611,8 @@ impl Predictor for PredictorApi {
             self.state.config.max_points,
             curves,
         )?;
+        let contexts = Contexts::of(&r.contexts, "contexts")?;
+        let start = task_start(r.task_start.as_ref(), "task_start")?;
         let mut encoded = Vec::with_capacity(curves * seconds.len());
         for service in &services {
             for resource in &resources {
@@ -517,6 +623,8 @@ impl Predictor for PredictorApi {
                             service,
                             resource,
                             seconds: *s,
+                            context: contexts.get(service, resource),
+                            task_start: start,
                         })
                         .map_err(Error::from)?,
                     );
@@ -583,10 +691,15 @@ impl Predictor for PredictorApi {
 
 #[cfg(test)]
 mod tests {
-    use headroom_model::{ModelSpec, Query};
-    use headroom_proto::v1::PredictBatchRequest;
+    use chrono::{DateTime, Utc};
+    use headroom_model::{ModelSpec, Query, SeriesContext};
+    use headroom_proto::v1::{self, PredictBatchRequest};
 
     use super::{curve_seconds, encode_columns};
+
+    fn start() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000, 0).unwrap()
+    }
 
     fn columns() -> PredictBatchRequest {
         PredictBatchRequest {
@@ -596,6 +709,11 @@ mod tests {
             service_index: vec![1, 0, 1],
             resource_index: vec![0, 1, 1],
             seconds: vec![150.0, 0.0, 3.5],
+            contexts: vec![],
+            task_start: Some(prost_types::Timestamp {
+                seconds: start().timestamp(),
+                nanos: 0,
+            }),
         }
     }
 
@@ -604,30 +722,82 @@ mod tests {
         let spec = ModelSpec::example();
         let got = encode_columns(&spec, &columns(), 10).unwrap();
         let mix = vec!["web".to_string()];
+        let q = |service, resource, seconds| Query {
+            task_services: &mix,
+            service,
+            resource,
+            seconds,
+            context: None,
+            task_start: start(),
+        };
         let want = spec
             .encode(&[
-                Query {
-                    task_services: &mix,
-                    service: "api",
-                    resource: "memory",
-                    seconds: 150.0,
-                },
-                Query {
-                    task_services: &mix,
-                    service: "db",
-                    resource: "cpu",
-                    seconds: 0.0,
-                },
-                Query {
-                    task_services: &mix,
-                    service: "api",
-                    resource: "cpu",
-                    seconds: 3.5,
-                },
+                q("api", "memory", 150.0),
+                q("db", "cpu", 0.0),
+                q("api", "cpu", 3.5),
             ])
             .unwrap();
         assert_eq!(got.x, want);
-        assert_eq!(got.resources, [1, 0, 0]);
+        // σ of each series' stored context: p90 (2 × p50) above the floor.
+        assert_eq!(got.scales, [2e8, 2.0, 1.0]);
+    }
+
+    #[test]
+    fn an_unknown_service_is_encoded_from_its_context() {
+        let spec = ModelSpec::example();
+        let mut r = columns();
+        r.services[0] = "billing".into();
+        let e = encode_columns(&spec, &r, 10).unwrap_err().to_string();
+        assert!(
+            e.starts_with("query 1: service \"billing\" is unknown")
+                && e.contains("pass a SeriesContext"),
+            "{e}"
+        );
+        r.contexts.push(v1::SeriesContext {
+            service: "billing".into(),
+            resource: "cpu".into(),
+            p50: 1.0,
+            p90: 3.0,
+            p99: 4.0,
+            max: 5.0,
+            samples: 12,
+        });
+        let got = encode_columns(&spec, &r, 10).unwrap();
+        assert_eq!(got.scales[1], 3.0);
+        // A given context also overrides a stored one.
+        r.contexts.push(v1::SeriesContext {
+            service: "api".into(),
+            resource: "cpu".into(),
+            p50: 10.0,
+            p90: 30.0,
+            p99: 40.0,
+            max: 50.0,
+            samples: 12,
+        });
+        assert_eq!(encode_columns(&spec, &r, 10).unwrap().scales[2], 30.0);
+        let given = SeriesContext {
+            p50: 10.0,
+            p90: 30.0,
+            p99: 40.0,
+            max: 50.0,
+            samples: 12,
+        };
+        let mix = vec!["web".to_string()];
+        let want = spec
+            .encode(&[Query {
+                task_services: &mix,
+                service: "api",
+                resource: "cpu",
+                seconds: 3.5,
+                context: Some(&given),
+                task_start: start(),
+            }])
+            .unwrap();
+        let w = spec.width();
+        assert_eq!(
+            &encode_columns(&spec, &r, 10).unwrap().x[2 * w..],
+            &want[..]
+        );
     }
 
     #[test]
@@ -658,14 +828,52 @@ mod tests {
         assert!(e.contains("query 1: resource_index 9"), "{e}");
         let e = refused(&|r| r.services[0] = "nginx".into(), 10);
         assert!(e.contains("nginx") && e.contains("api, db, web"), "{e}");
-        let e = refused(&|r| r.task_services.push("redis".into()), 10);
-        assert!(e.contains("redis"), "{e}");
         let e = refused(&|r| r.resources[1] = "gpu".into(), 10);
         assert!(e.contains("gpu") && e.contains("cpu, memory"), "{e}");
         let e = refused(&|r| r.seconds[1] = f64::NAN, 10);
         assert!(e.starts_with("query 1:"), "{e}");
         let e = refused(&|r| r.seconds[2] = -1.0, 10);
         assert!(e.starts_with("query 2:"), "{e}");
+        let bad = v1::SeriesContext {
+            service: "api".into(),
+            resource: "cpu".into(),
+            p50: 1.0,
+            p90: f64::INFINITY,
+            p99: 4.0,
+            max: 5.0,
+            samples: 12,
+        };
+        let e = refused(&|r| r.contexts.push(bad.clone()), 10);
+        assert_eq!(
+            e,
+            "contexts[0] (api/cpu): p90 must be a finite number at least 0, got inf"
+        );
+        let twice = v1::SeriesContext {
+            p90: 3.0,
+            ..bad.clone()
+        };
+        let e = refused(&|r| r.contexts = vec![twice.clone(), twice.clone()], 10);
+        assert_eq!(e, "contexts[1]: api/cpu is given twice");
+        let e = refused(
+            &|r| {
+                r.task_start = Some(prost_types::Timestamp {
+                    seconds: i64::MAX,
+                    nanos: 0,
+                })
+            },
+            10,
+        );
+        assert!(
+            e.starts_with("task_start ") && e.contains("not a valid time"),
+            "{e}"
+        );
+        // A service of the mix the model never saw is left out, not refused.
+        let mut r = columns();
+        r.task_services.push("redis".into());
+        assert_eq!(
+            encode_columns(&spec, &r, 10).unwrap().x,
+            encode_columns(&spec, &columns(), 10).unwrap().x
+        );
     }
 
     #[test]

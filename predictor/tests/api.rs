@@ -1,7 +1,8 @@
 //! The predictor against a real ONNX Runtime and models trained here by the
 //! real `headroom-train` binary: answers match a plain `ort` session's,
-//! bad queries get INVALID_ARGUMENT naming the problem, and reloads swap
-//! models atomically, keeping the old one when the new file is bad.
+//! bad queries get INVALID_ARGUMENT naming the problem, a service the model
+//! never saw is predicted from its context, and reloads swap models
+//! atomically, keeping the old one when the new file is bad.
 
 use std::path::{Path, PathBuf};
 
@@ -43,6 +44,15 @@ async fn trained_model(
     Ok((path, spec))
 }
 
+/// A fixed task start, so that in-process and served answers see the same
+/// calendar features.
+fn start() -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: 1_700_000_000,
+        nanos: 0,
+    }
+}
+
 fn config(model_path: PathBuf) -> PredictorConfig {
     PredictorConfig {
         model_path,
@@ -67,11 +77,29 @@ fn raw_ort(
     let mut session = ort::session::Session::builder()?.commit_from_file(path)?;
     let mut answers = Vec::new();
     for q in queries {
+        let t = q
+            .task_start
+            .as_ref()
+            .context("the test's queries name their task start")?;
+        let context = q
+            .contexts
+            .iter()
+            .find(|c| c.service == q.service && c.resource == q.resource)
+            .map(|c| headroom_model::SeriesContext {
+                p50: c.p50,
+                p90: c.p90,
+                p99: c.p99,
+                max: c.max,
+                samples: c.samples,
+            });
         let query = headroom_model::Query {
             task_services: &q.task_services,
             service: &q.service,
             resource: &q.resource,
             seconds: q.seconds,
+            context: context.as_ref(),
+            task_start: chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32)
+                .context("a valid task start")?,
         };
         let e = spec.resolve(&query)?;
         let x = spec.encode(&[query])?;
@@ -84,7 +112,7 @@ fn raw_ort(
             .iter()
             .copied()
             .collect();
-        answers.push(spec.decode(e.resource, &row));
+        answers.push(spec.decode(spec.series_scale(e.resource, &e.context), &row));
     }
     Ok(answers)
 }
@@ -128,6 +156,8 @@ async fn predicts_profiles_and_reloads_models() -> anyhow::Result<()> {
             service: spec.services[1].clone(),
             resource: (*r).to_string(),
             seconds: *s,
+            task_start: Some(start()),
+            ..Default::default()
         })
         .collect();
     let answer = client
@@ -153,6 +183,8 @@ async fn predicts_profiles_and_reloads_models() -> anyhow::Result<()> {
         service_index: vec![0; 3],
         resource_index: vec![0, 1, 2],
         seconds: queries.iter().map(|q| q.seconds).collect(),
+        contexts: vec![],
+        task_start: Some(start()),
     };
     let batch = client.predict_batch(columns.clone()).await?.into_inner();
     assert_eq!(batch.model_version, "first");
@@ -228,6 +260,7 @@ async fn predicts_profiles_and_reloads_models() -> anyhow::Result<()> {
             resource: "memory".into(),
             horizon_seconds: 600.0,
             step_seconds: 60.0,
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -251,6 +284,7 @@ async fn predicts_profiles_and_reloads_models() -> anyhow::Result<()> {
             resource: "memory".into(),
             horizon_seconds: 1e6,
             step_seconds: 1.0,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -263,6 +297,7 @@ async fn predicts_profiles_and_reloads_models() -> anyhow::Result<()> {
             resources: vec![],
             horizon_seconds: 120.0,
             step_seconds: 30.0,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -448,6 +483,8 @@ async fn reload_under_load_loses_no_request() -> anyhow::Result<()> {
                 service: spec.services[(c + i) % 2].clone(),
                 resource: spec.resources[(c + i) % spec.resources.len()].name.clone(),
                 seconds: (c * 97 + i * 13) as f64,
+                task_start: Some(start()),
+                ..Default::default()
             })
             .collect();
         let want_a = raw_ort(&a_path, &spec, &queries)?;
@@ -504,5 +541,129 @@ async fn reload_under_load_loses_no_request() -> anyhow::Result<()> {
         served[0] > 0 && served[1] > 0,
         "both versions served: {served:?}"
     );
+    server.stop().await
+}
+
+/// The transfer test: a service absent from training, given a
+/// context ten times that of a known service (a 10× copy of it), is
+/// predicted at about ten times the known service's level; without a
+/// context it is refused naming the service and what to pass; a task
+/// holding it is answered when its contexts are given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_the_model_never_saw_is_predicted_from_its_context() -> anyhow::Result<()> {
+    init_ort()?;
+    let dir = tempfile::tempdir()?;
+    let workload = Workload::new(&SimOptions {
+        seed: 21,
+        services: 4,
+        tasks: 60,
+        interval: std::time::Duration::from_secs(30),
+        ..SimOptions::default()
+    })?;
+    let csv = dir.path().join("history.csv");
+    headroom_simulator::write_csv_file(&workload, &csv)?;
+    let path = dir.path().join("model.onnx");
+    kit::train_from_csv(&csv, &path, "transfer", 20).await?;
+    let server =
+        kit::spawn_server(|l, s| headroom_predictor::run(l, s, config(path.clone()))).await?;
+    let mut client = PredictorClient::new(server.channel().await?);
+
+    let known = workload.services[0].name.clone();
+    let copy = format!("{known}-copy");
+    let mut values: std::collections::HashMap<&str, Vec<f64>> = Default::default();
+    workload.for_each_sample(|s| {
+        if s.service == 0 {
+            values.entry(s.resource).or_default().push(s.value);
+        }
+        anyhow::Ok(())
+    })?;
+    let context = |service: &str, resource: &str, factor: f64| {
+        let v: Vec<f64> = values[resource].iter().map(|x| x * factor).collect();
+        let c = headroom_model::SeriesContext::of(&v).expect("samples");
+        v1::SeriesContext {
+            service: service.to_string(),
+            resource: resource.to_string(),
+            p50: c.p50,
+            p90: c.p90,
+            p99: c.p99,
+            max: c.max,
+            samples: c.samples,
+        }
+    };
+    let other = workload.services[1].name.clone();
+    for resource in ["cpu", "memory"] {
+        let query = |service: &str, factor: f64| v1::PredictQuery {
+            task_services: vec![service.to_string(), other.clone()],
+            service: service.to_string(),
+            resource: resource.to_string(),
+            seconds: 600.0,
+            contexts: vec![context(service, resource, factor)],
+            task_start: Some(start()),
+        };
+        let answer = client
+            .predict(v1::PredictRequest {
+                queries: vec![query(&known, 1.0), query(&copy, 10.0)],
+            })
+            .await?
+            .into_inner();
+        let median = |p: &v1::Prediction| p.quantiles[0].value;
+        let (base, scaled) = (
+            median(&answer.predictions[0]),
+            median(&answer.predictions[1]),
+        );
+        let actual = context(&known, resource, 1.0).p50;
+        println!(
+            "{resource}: {known} median {actual:.4e}, predicted {base:.4e}; its 10x copy predicted {scaled:.4e} ({:.2}x)",
+            scaled / base
+        );
+        assert!(
+            (5.0..=20.0).contains(&(scaled / base)),
+            "{resource}: the 10x copy is predicted at {:.2}x the original",
+            scaled / base
+        );
+        assert!(
+            (actual * 10.0 / 3.0..=actual * 10.0 * 3.0).contains(&scaled),
+            "{resource}: the copy's median {scaled:.4e} against 10 x {actual:.4e} actual"
+        );
+
+        // Without a context the copy is refused, saying what to pass.
+        let e = client
+            .predict(v1::PredictRequest {
+                queries: vec![v1::PredictQuery {
+                    contexts: vec![],
+                    ..query(&copy, 10.0)
+                }],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message()
+                .contains(&format!("service \"{copy}\" is unknown"))
+                && e.message().contains("pass a SeriesContext"),
+            "{}",
+            e.message()
+        );
+    }
+    // A whole task with the new service: answered once its contexts come.
+    let task = |contexts| v1::PredictTaskRequest {
+        task_services: vec![copy.clone(), other.clone()],
+        resources: vec!["cpu".into(), "memory".into()],
+        horizon_seconds: 600.0,
+        step_seconds: 60.0,
+        contexts,
+        task_start: Some(start()),
+    };
+    let e = client.predict_task(task(vec![])).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains(&copy), "{}", e.message());
+    let answer = client
+        .predict_task(task(vec![
+            context(&copy, "cpu", 10.0),
+            context(&copy, "memory", 10.0),
+        ]))
+        .await?
+        .into_inner();
+    assert_eq!(answer.profiles.len(), 4);
     server.stop().await
 }

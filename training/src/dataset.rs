@@ -2,11 +2,22 @@
 //! PostgreSQL (the collector's schema) or from a CSV dump, and split into
 //! training and validation **by task** so validation measures tasks the
 //! model never saw.
+//!
+//! Each (task, series) gets the [`SeriesContext`] of that series' samples
+//! in the [`CONTEXT_WINDOW_SECONDS`] before the task started, never later
+//! ones, so no row sees its own future. A series' first task (nothing
+//! before it in the window) takes its context from its own warm-up, the
+//! first `min(1 h, ¼ of the series' span in the task)` (at least its first
+//! sample), and only the rows after the warm-up are trained and scored on.
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+};
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt as _;
+use headroom_model::{CONTEXT_WINDOW_SECONDS, SeriesContext};
 use headroom_proto::resource;
 use headroom_store as store;
 use rand::{SeedableRng as _, rngs::StdRng, seq::SliceRandom as _};
@@ -26,7 +37,16 @@ pub struct Row {
     pub seconds: f32,
     /// Value in the resource's unit.
     pub value: f32,
+    /// Index into [`Dataset::contexts`]: the series' context for this
+    /// row's task.
+    pub context: u32,
+    /// The row is part of its series' warm-up (its own context was built
+    /// from it), so it is neither trained nor scored on.
+    pub warm_up: bool,
 }
+
+/// Longest warm-up of a series' first task, seconds.
+pub const WARM_UP_SECONDS: f64 = 3600.0;
 
 /// One task.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +55,9 @@ pub struct Task {
     pub id: String,
     /// Its services (the mix), as sorted indices into [`Dataset::services`].
     pub mix: Vec<usize>,
+    /// Start, seconds since the Unix epoch (sample time − seconds into the
+    /// task); 0 (1970-01-01) when the source had no sample times.
+    pub start: f64,
 }
 
 /// Samples with their vocabularies.
@@ -48,6 +71,12 @@ pub struct Dataset {
     pub tasks: Vec<Task>,
     /// The samples.
     pub rows: Vec<Row>,
+    /// Series contexts the rows refer to ([`Row::context`]).
+    pub contexts: Vec<SeriesContext>,
+    /// Per service then resource, the context of the series' last
+    /// [`CONTEXT_WINDOW_SECONDS`] of data (what the model stores for
+    /// queries that bring none); `None` for a series without samples.
+    pub latest: Vec<Vec<Option<SeriesContext>>>,
     /// Earliest sample time, where known.
     pub from: Option<DateTime<Utc>>,
     /// Latest sample time, where known.
@@ -74,6 +103,7 @@ pub struct Builder {
     tasks: HashMap<String, u32>,
     task_ids: Vec<String>,
     task_mix: Vec<Vec<u16>>,
+    task_start: Vec<Option<f64>>,
     rows: Vec<Row>,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
@@ -104,6 +134,7 @@ impl Builder {
         self.tasks.insert(id.to_string(), i);
         self.task_ids.push(id.to_string());
         self.task_mix.push(Vec::new());
+        self.task_start.push(None);
         i
     }
 
@@ -156,6 +187,9 @@ impl Builder {
         if let Some(ts) = ts {
             self.from = Some(self.from.map_or(ts, |f| f.min(ts)));
             self.to = Some(self.to.map_or(ts, |t| t.max(ts)));
+            let start = headroom_model::unix_seconds(ts) - seconds;
+            let known = &mut self.task_start[task as usize];
+            *known = Some(known.map_or(start, |s| s.min(start)));
         }
         self.rows.push(Row {
             task,
@@ -163,6 +197,8 @@ impl Builder {
             resource,
             seconds: seconds as f32,
             value: value as f32,
+            context: 0,
+            warm_up: false,
         });
         Ok(())
     }
@@ -200,10 +236,14 @@ impl Builder {
                     .map(|s| service_map[*s as usize] as usize)
                     .collect();
                 mix.sort_unstable();
-                tasks.push(Task { id, mix });
+                tasks.push(Task {
+                    id,
+                    mix,
+                    start: self.task_start[i].unwrap_or(0.0),
+                });
             }
         }
-        let rows = self
+        let mut rows: Vec<Row> = self
             .rows
             .into_iter()
             .map(|r| Row {
@@ -213,19 +253,99 @@ impl Builder {
                 ..r
             })
             .collect();
-        let services = order
+        let services: Vec<String> = order
             .into_iter()
             .map(|i| self.service_names[i].clone())
             .collect();
+        let (contexts, latest) =
+            attach_contexts(&tasks, &mut rows, services.len(), resources.len());
         Dataset {
             services,
             resources,
             tasks,
             rows,
+            contexts,
+            latest,
             from: self.from,
             to: self.to,
         }
     }
+}
+
+/// Gives every row its series' context for its task (see the module docs)
+/// and returns the contexts with each series' latest one.
+fn attach_contexts(
+    tasks: &[Task],
+    rows: &mut [Row],
+    services: usize,
+    resources: usize,
+) -> (Vec<SeriesContext>, Vec<Vec<Option<SeriesContext>>>) {
+    let time = |r: &Row| tasks[r.task as usize].start + f64::from(r.seconds);
+    let mut by_series: Vec<Vec<u32>> = vec![Vec::new(); services * resources];
+    for (i, r) in rows.iter().enumerate() {
+        by_series[r.service as usize * resources + r.resource as usize].push(i as u32);
+    }
+    let mut contexts = Vec::new();
+    let mut latest = vec![vec![None; resources]; services];
+    let mut scratch: Vec<f64> = Vec::new();
+    for (key, mut series) in by_series.into_iter().enumerate() {
+        if series.is_empty() {
+            continue;
+        }
+        series.sort_by(|a, b| time(&rows[*a as usize]).total_cmp(&time(&rows[*b as usize])));
+        let times: Vec<f64> = series.iter().map(|i| time(&rows[*i as usize])).collect();
+        let values: Vec<f64> = series
+            .iter()
+            .map(|i| f64::from(rows[*i as usize].value))
+            .collect();
+        let window = |from: f64, to: f64| {
+            times.partition_point(|t| *t < from)..times.partition_point(|t| *t < to)
+        };
+        let end = times[times.len() - 1];
+        let recent = times.partition_point(|t| *t < end - CONTEXT_WINDOW_SECONDS);
+        scratch.clear();
+        scratch.extend_from_slice(&values[recent..]);
+        latest[key / resources][key % resources] = SeriesContext::of_mut(&mut scratch);
+
+        // The series' rows grouped by task, each group in time order.
+        let mut by_task: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for i in &series {
+            by_task.entry(rows[*i as usize].task).or_default().push(*i);
+        }
+        for (task, members) in by_task {
+            let start = tasks[task as usize].start;
+            let before = window(start - CONTEXT_WINDOW_SECONDS, start);
+            scratch.clear();
+            scratch.extend_from_slice(&values[before]);
+            let mut warm_up = 0;
+            if scratch.is_empty() {
+                let seconds = |i: &u32| f64::from(rows[*i as usize].seconds);
+                let first = seconds(&members[0]);
+                let last = seconds(&members[members.len() - 1]);
+                let end = first + WARM_UP_SECONDS.min((last - first) / 4.0);
+                warm_up = members
+                    .iter()
+                    .take_while(|i| seconds(i) < end)
+                    .count()
+                    .max(1);
+                scratch.extend(
+                    members[..warm_up]
+                        .iter()
+                        .map(|i| f64::from(rows[*i as usize].value)),
+                );
+            }
+            let context =
+                SeriesContext::of_mut(&mut scratch).expect("a task's series has a sample");
+            let index = contexts.len() as u32;
+            contexts.push(context);
+            for (n, i) in members.iter().enumerate() {
+                let row = &mut rows[*i as usize];
+                row.context = index;
+                row.warm_up = n < warm_up;
+            }
+        }
+    }
+    (contexts, latest)
 }
 
 /// Which stored samples to train on.
@@ -362,6 +482,7 @@ impl Dataset {
 
     /// Splits rows by task: a seeded shuffle of the tasks, the first
     /// `fraction` of them held out (at least one, and at least one kept).
+    /// Warm-up rows ([`Row::warm_up`]) are in neither part.
     pub fn split(&self, fraction: f64, seed: u64) -> Result<Split> {
         if self.tasks.len() < 2 {
             return Err(Error::Data(format!(
@@ -385,6 +506,9 @@ impl Dataset {
             ..Split::default()
         };
         for (i, r) in self.rows.iter().enumerate() {
+            if r.warm_up {
+                continue;
+            }
             if held[r.task as usize] {
                 split.validation.push(i);
             } else {
@@ -430,22 +554,36 @@ mod tests {
         assert!(b.push("t", "s", "cpu", 1.0, f64::NAN, None).is_err());
     }
 
+    fn at(seconds: f64) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp(1_700_000_000 + seconds as i64, 0)
+    }
+
     #[test]
     fn split_keeps_whole_tasks_apart_and_is_reproducible() {
         let mut b = Builder::new();
         for t in 0..20 {
             for s in 0..10 {
-                b.push(&format!("t{t}"), "svc", "cpu", s as f64, 1.0, None)
-                    .unwrap();
+                let s = f64::from(s);
+                b.push(
+                    &format!("t{t}"),
+                    "svc",
+                    "cpu",
+                    s,
+                    1.0,
+                    at(f64::from(t) * 100.0 + s),
+                )
+                .unwrap();
             }
         }
         let d = b.finish();
+        let warm_up: Vec<usize> = (0..d.rows.len()).filter(|i| d.rows[*i].warm_up).collect();
+        assert_eq!(warm_up, [0, 1, 2], "t0's first quarter is its warm-up");
         let a = d.split(0.25, 7).unwrap();
         assert_eq!(a.held_out.len(), 5);
-        assert_eq!(a.validation.len(), 50);
-        assert_eq!(a.train.len(), 150);
+        assert_eq!(a.validation.len() + a.train.len(), 197);
         let val_tasks: std::collections::HashSet<u32> =
             a.validation.iter().map(|i| d.rows[*i].task).collect();
+        assert_eq!(val_tasks.len(), 5);
         assert!(
             a.train
                 .iter()
@@ -454,5 +592,60 @@ mod tests {
         assert_eq!(d.split(0.25, 7).unwrap().held_out, a.held_out);
         assert_ne!(d.split(0.25, 8).unwrap().held_out, a.held_out);
         assert!(Dataset::default().split(0.2, 1).is_err());
+    }
+
+    #[test]
+    fn a_context_sees_only_its_series_history_before_the_task() {
+        let mut b = Builder::new();
+        // Three day-long tasks a day apart, one sample an hour; the
+        // value is the hour since the first start.
+        for t in 0..3 {
+            for h in 0..24 {
+                let since = f64::from(t * 24 + h) * 3600.0;
+                let v = f64::from(t * 24 + h);
+                b.push(
+                    &format!("d{t}"),
+                    "vm",
+                    "cpu",
+                    f64::from(h) * 3600.0,
+                    v,
+                    at(since),
+                )
+                .unwrap();
+                b.push(
+                    &format!("d{t}"),
+                    "vm",
+                    "memory",
+                    f64::from(h) * 3600.0,
+                    1e9,
+                    at(since),
+                )
+                .unwrap();
+            }
+        }
+        let d = b.finish();
+        assert_eq!(d.tasks[1].start - d.tasks[0].start, 86_400.0);
+        let cpu = |t: u32, h: f32| {
+            d.rows
+                .iter()
+                .find(|r| r.task == t && r.resource == 0 && r.seconds == h * 3600.0)
+                .unwrap()
+        };
+        // The first day: its first hour (a quarter of 23 h is over 1 h)
+        // is the warm-up; later rows use that hour's one sample.
+        assert!(cpu(0, 0.0).warm_up && !cpu(0, 1.0).warm_up);
+        assert_eq!(cpu(0, 0.0).context, cpu(0, 5.0).context);
+        let first = d.contexts[cpu(0, 5.0).context as usize];
+        assert_eq!((first.max, first.samples), (0.0, 1));
+        // The third day sees the two days before it, nothing of its own.
+        let third = d.contexts[cpu(2, 0.0).context as usize];
+        assert_eq!(third.samples, 48);
+        assert_eq!(third.max, 47.0, "no sample of the task itself");
+        assert_eq!(third.p50, 23.0);
+        assert_eq!(d.contexts[cpu(2, 20.0).context as usize], third);
+        // What the model stores: the last 8 days of everything.
+        let latest = d.latest[0][0].unwrap();
+        assert_eq!((latest.samples, latest.max), (72, 71.0));
+        assert_eq!(d.latest[0][1].unwrap().p99, 1e9);
     }
 }

@@ -1,12 +1,15 @@
 //! The validation report on held-out tasks: per resource, the pinball loss
-//! (in the resource's training scale, so resources compare), the MAE of the
-//! median, and the coverage of every quantile, for the model and for two
-//! baselines fitted on the same training tasks:
+//! (in each series' own scale σ, so resources and sizes compare), the MAE
+//! of the median, and the coverage of every quantile, for the model and
+//! for two baselines fitted on the same training tasks:
 //! - **historical max**: the service's largest value of the resource (the
 //!   prototype's "take the maximum"), used for every quantile;
 //! - **bucket percentile**: the service's empirical quantiles of the
 //!   resource at that time into the task (buckets of `bucket_seconds`),
 //!   falling back to the service's quantiles over the whole task.
+//!
+//! The model is also scored as if every held-out service were new to it
+//! (identity hidden, only its context given): how well it transfers.
 
 use std::{collections::HashMap, fmt::Write as _};
 
@@ -17,13 +20,14 @@ use crate::{
     Result,
     dataset::{Dataset, Split},
     network::pinball,
-    train::{Trained, predict_rows},
+    train::{Trained, predict_rows, predict_rows_as, row_context},
 };
 
 /// How well one method did on one set of samples.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Scores {
-    /// Mean pinball loss over samples and quantiles, in scaled units.
+    /// Mean pinball loss over samples and quantiles, in units of each
+    /// series' scale σ.
     pub pinball: f64,
     /// Mean absolute error of the median (the quantile nearest 0.5), in the
     /// resource's unit.
@@ -47,6 +51,9 @@ pub struct ResourceReport {
     pub historical_max: Scores,
     /// The service's per-time-bucket percentiles.
     pub bucket_percentile: Scores,
+    /// The model with the service's identity hidden (a service it never
+    /// saw, described by its context only).
+    pub unseen_service: Scores,
 }
 
 /// The whole report, also written as JSON.
@@ -70,14 +77,20 @@ pub struct Report {
     pub best_epoch: usize,
     /// Training wall time, seconds.
     pub train_seconds: f64,
-    /// Over all resources (pinball averaged over every held-out sample).
-    pub overall: [Scores; 3],
+    /// Over all resources (pinball averaged over every held-out sample),
+    /// in the order of [`METHODS`].
+    pub overall: [Scores; 4],
     /// Per resource.
     pub resources: Vec<ResourceReport>,
 }
 
 /// Names of the three methods, in the order of [`Report::overall`].
-pub const METHODS: [&str; 3] = ["model", "historical max", "bucket percentile"];
+pub const METHODS: [&str; 4] = [
+    "model",
+    "historical max",
+    "bucket percentile",
+    "model, unseen svc",
+];
 
 #[derive(Debug, Clone, Default)]
 struct Tally {
@@ -88,8 +101,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, spec: &ModelSpec, resource: usize, predicted: &[f64], actual: f64) {
-        let scale = spec.resources[resource].scale;
+    fn add(&mut self, spec: &ModelSpec, scale: f64, predicted: &[f64], actual: f64) {
         let k = spec.quantiles.len();
         self.covered.resize(k, 0);
         self.n += 1;
@@ -232,20 +244,22 @@ pub fn evaluate(data: &Dataset, trained: &Trained, bucket_seconds: f64) -> Resul
     let k = spec.quantiles.len();
     let baselines = Baselines::fit(data, &split.train, &spec.quantiles, bucket_seconds);
     let predicted = predict_rows(&trained.net, data, spec, &split.validation)?;
-    let mut tallies =
-        vec![[Tally::default(), Tally::default(), Tally::default()]; spec.resources.len()];
+    let unseen = predict_rows_as(&trained.net, data, spec, &split.validation, true)?;
+    let mut tallies = vec![<[Tally; 4]>::default(); spec.resources.len()];
     for (j, &i) in split.validation.iter().enumerate() {
         let r = &data.rows[i];
         let res = r.resource as usize;
         let actual = f64::from(r.value);
-        let model = spec.decode(res, &predicted[j * k..(j + 1) * k]);
+        let (_, scale) = row_context(data, spec, i);
+        let model = spec.decode(scale, &predicted[j * k..(j + 1) * k]);
         let max = baselines.historical_max(r.service, r.resource, k);
         let bucket = baselines.bucket_percentile(r.service, r.resource, r.seconds, k);
-        for (t, p) in tallies[res].iter_mut().zip([model, max, bucket]) {
-            t.add(spec, res, &p, actual);
+        let new = spec.decode(scale, &unseen[j * k..(j + 1) * k]);
+        for (t, p) in tallies[res].iter_mut().zip([model, max, bucket, new]) {
+            t.add(spec, scale, &p, actual);
         }
     }
-    let mut overall = [Tally::default(), Tally::default(), Tally::default()];
+    let mut overall = <[Tally; 4]>::default();
     for per in &tallies {
         for (o, t) in overall.iter_mut().zip(per) {
             o.merge(t);
@@ -266,13 +280,14 @@ pub fn evaluate(data: &Dataset, trained: &Trained, bucket_seconds: f64) -> Resul
             .resources
             .iter()
             .zip(&tallies)
-            .map(|(r, [m, x, b])| ResourceReport {
+            .map(|(r, [m, x, b, u])| ResourceReport {
                 resource: r.name.clone(),
                 unit: r.unit.clone(),
                 samples: m.n,
                 model: m.scores(),
                 historical_max: x.scores(),
                 bucket_percentile: b.scores(),
+                unseen_service: u.scores(),
             })
             .collect(),
     })
@@ -291,7 +306,7 @@ impl Report {
             value,
         };
         let mut out = Vec::new();
-        let mut push = |resource: &str, s: &Scores, base: [&Scores; 2]| {
+        let mut push = |resource: &str, s: &Scores, base: [&Scores; 3]| {
             out.push(metric("pinball_loss".into(), resource, s.pinball));
             out.push(metric("mae_p50".into(), resource, s.mae_p50));
             for (q, c) in self.quantiles.iter().zip(&s.coverage) {
@@ -307,13 +322,22 @@ impl Report {
                 resource,
                 base[1].pinball,
             ));
+            out.push(metric(
+                "unseen_service_pinball_loss".into(),
+                resource,
+                base[2].pinball,
+            ));
         };
-        push("", &self.overall[0], [&self.overall[1], &self.overall[2]]);
+        push(
+            "",
+            &self.overall[0],
+            [&self.overall[1], &self.overall[2], &self.overall[3]],
+        );
         for r in &self.resources {
             push(
                 &r.resource,
                 &r.model,
-                [&r.historical_max, &r.bucket_percentile],
+                [&r.historical_max, &r.bucket_percentile, &r.unseen_service],
             );
         }
         out
@@ -337,7 +361,7 @@ impl Report {
             "MAE p50",
             cov.iter().map(|c| format!("{c:>9}")).collect::<String>()
         );
-        let mut rows = |name: &str, unit: &str, n: usize, scores: [&Scores; 3]| {
+        let mut rows = |name: &str, unit: &str, n: usize, scores: [&Scores; 4]| {
             for (i, (method, sc)) in METHODS.iter().zip(scores).enumerate() {
                 let covs: String = sc
                     .coverage
@@ -365,14 +389,24 @@ impl Report {
                 &r.resource,
                 &r.unit,
                 r.samples,
-                [&r.model, &r.historical_max, &r.bucket_percentile],
+                [
+                    &r.model,
+                    &r.historical_max,
+                    &r.bucket_percentile,
+                    &r.unseen_service,
+                ],
             );
         }
         rows(
             "all",
             "",
             self.validation_samples,
-            [&self.overall[0], &self.overall[1], &self.overall[2]],
+            [
+                &self.overall[0],
+                &self.overall[1],
+                &self.overall[2],
+                &self.overall[3],
+            ],
         );
         s
     }

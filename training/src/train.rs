@@ -1,14 +1,19 @@
-//! The training loop: targets scaled per resource, minibatches from a seeded
-//! shuffle, AdamW on the pinball loss, early stopping on the held-out tasks'
-//! loss, and a checkpoint (weights and optimizer state) after every epoch
-//! from which a run resumes exactly where it stopped.
+//! The training loop: targets scaled per series (by the robust scale of the
+//! series' context, [`SeriesContext::scale`]), minibatches from a seeded
+//! shuffle with the service's identity hidden from a share of rows (so the
+//! network learns to predict a service it never saw from its context),
+//! AdamW on the pinball loss, early stopping on the held-out tasks' loss,
+//! and a checkpoint (weights and optimizer state) after every epoch from
+//! which a run resumes exactly where it stopped.
 
 use std::{collections::HashMap, path::Path, time::Instant};
 
 use candle_core::{Device, Tensor, Var};
 use candle_nn::{Optimizer as _, ParamsAdamW};
-use headroom_model::{FEATURE_LAYOUT, ModelSpec, ResourceSpec, TimeEncoding};
-use rand::{SeedableRng as _, rngs::StdRng, seq::SliceRandom as _};
+use headroom_model::{
+    FEATURE_LAYOUT, ModelSpec, ResourceSpec, RowInput, SeriesContext, TimeEncoding,
+};
+use rand::{Rng as _, SeedableRng as _, rngs::StdRng, seq::SliceRandom as _};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -59,6 +64,12 @@ pub struct TrainOptions {
     /// Periods encoded as time features (repeatable), e.g. `1m`.
     #[arg(long = "period", env = "HEADROOM_TRAIN_PERIOD", value_parser = humantime::parse_duration)]
     pub periods: Vec<std::time::Duration>,
+    /// Share of training rows whose service identity (its one-hot and its
+    /// place in the mix) is hidden, so that the network also learns to
+    /// predict from the usage context alone, as it must for a service it
+    /// never saw. In [0, 1).
+    #[arg(long, env = "HEADROOM_TRAIN_IDENTITY_DROPOUT", default_value_t = 0.2)]
+    pub identity_dropout: f64,
     /// Seed of the initial weights, the split and the shuffles.
     #[arg(long, env = "HEADROOM_TRAIN_SEED", default_value_t = 42)]
     pub seed: u64,
@@ -82,6 +93,12 @@ impl TrainOptions {
         }
         if !(self.validation_fraction > 0.0 && self.validation_fraction < 1.0) {
             return bad("--validation-fraction must be in (0, 1)");
+        }
+        if !(0.0..1.0).contains(&self.identity_dropout) {
+            return Err(Error::Options(format!(
+                "--identity-dropout must be in [0, 1), got {}",
+                self.identity_dropout
+            )));
         }
         Ok(())
     }
@@ -117,38 +134,53 @@ pub struct Trained {
     pub seconds: f64,
 }
 
-/// The encoding learned from the training rows: vocabularies, per-resource
-/// scales (the 99th percentile of the training values, so a few spikes do
-/// not squash everything else), and the longest task as the time scale.
+/// The encoding learned from the training rows: vocabularies, per
+/// resource the floor of its series' scales and the centre and spread of
+/// `ln σ` over its training rows, the longest task as the time scale, and
+/// each series' latest context.
 pub fn fit_spec(data: &Dataset, split: &Split, opts: &TrainOptions, version: &str) -> ModelSpec {
-    let mut values: Vec<Vec<f32>> = vec![Vec::new(); data.resources.len()];
+    let floors: Vec<f64> = data
+        .resources
+        .iter()
+        .map(|r| headroom_model::default_floor(r))
+        .collect();
+    // Sum, sum of squares, count, min and max of ln σ per resource.
+    let mut moments =
+        vec![(0.0_f64, 0.0_f64, 0usize, f64::INFINITY, f64::NEG_INFINITY); data.resources.len()];
     let mut longest = 1.0_f64;
     for &i in &split.train {
         let r = &data.rows[i];
-        values[r.resource as usize].push(r.value.abs());
+        let res = r.resource as usize;
+        let l = data.contexts[r.context as usize].scale(floors[res]).ln();
+        let m = &mut moments[res];
+        m.0 += l;
+        m.1 += l * l;
+        m.2 += 1;
+        m.3 = m.3.min(l);
+        m.4 = m.4.max(l);
         longest = longest.max(f64::from(r.seconds));
     }
     let resources = data
         .resources
         .iter()
-        .zip(values)
-        .map(|(name, mut v)| {
-            v.sort_unstable_by(f32::total_cmp);
-            let p99 = v
-                .get(v.len().saturating_sub(1) * 99 / 100)
-                .copied()
-                .unwrap_or(0.0);
-            let max = v.last().copied().unwrap_or(0.0);
-            let scale = [p99, max, 1.0]
-                .into_iter()
-                .find(|s| *s > 0.0)
-                .unwrap_or(1.0);
+        .zip(moments)
+        .zip(&floors)
+        .map(|((name, (sum, squares, n, min, max)), floor)| {
+            let n = n.max(1) as f64;
+            let centre = sum / n;
+            let spread = (squares / n - centre * centre).max(0.0).sqrt().max(1.0);
+            // A resource without training rows: every size encodes as 0.
+            let (min, max) = if min <= max { (min, max) } else { (0.0, 0.0) };
             ResourceSpec {
                 name: name.clone(),
                 unit: headroom_proto::resource::unit(name)
                     .unwrap_or("")
                     .to_string(),
-                scale: f64::from(scale),
+                floor: *floor,
+                log_scale_centre: centre,
+                log_scale_spread: spread,
+                log_scale_min: min,
+                log_scale_max: max,
             }
         })
         .collect();
@@ -164,26 +196,60 @@ pub fn fit_spec(data: &Dataset, split: &Split, opts: &TrainOptions, version: &st
         },
         trained_from: data.from,
         trained_to: data.to,
+        contexts: data.latest.clone(),
         metrics: Vec::new(),
         held_out_tasks: split.held_out.clone(),
     }
 }
 
-/// Features and scaled targets of some rows, row-major.
+/// The context and scale σ of a row.
+pub fn row_context<'a>(
+    data: &'a Dataset,
+    spec: &ModelSpec,
+    row: usize,
+) -> (&'a SeriesContext, f64) {
+    let r = &data.rows[row];
+    let c = &data.contexts[r.context as usize];
+    (c, spec.series_scale(r.resource as usize, c))
+}
+
+/// Features and scaled targets (usage / σ) of some rows, row-major.
 pub fn encode_rows(data: &Dataset, spec: &ModelSpec, rows: &[usize]) -> (Vec<f32>, Vec<f32>) {
+    encode_rows_hiding(data, spec, rows, || false)
+}
+
+/// [`encode_rows`], hiding the service's identity (one-hot and mix entry)
+/// from the rows for which `hide` says so, as for a service never seen.
+pub fn encode_rows_hiding(
+    data: &Dataset,
+    spec: &ModelSpec,
+    rows: &[usize],
+    mut hide: impl FnMut() -> bool,
+) -> (Vec<f32>, Vec<f32>) {
     let w = spec.width();
+    let s = spec.services.len();
     let mut x = vec![0.0; rows.len() * w];
     let mut y = Vec::with_capacity(rows.len());
     for (&i, out) in rows.iter().zip(x.chunks_exact_mut(w)) {
         let r = &data.rows[i];
+        let task = &data.tasks[r.task as usize];
+        let (context, scale) = row_context(data, spec, i);
         spec.encode_row(
-            &data.tasks[r.task as usize].mix,
-            r.service as usize,
-            r.resource as usize,
-            f64::from(r.seconds),
+            &RowInput {
+                mix: &task.mix,
+                service: Some(r.service as usize),
+                resource: r.resource as usize,
+                context,
+                task_start: task.start,
+                seconds: f64::from(r.seconds),
+            },
             out,
         );
-        y.push((f64::from(r.value) / spec.resources[r.resource as usize].scale) as f32);
+        if hide() {
+            out[r.service as usize] = 0.0;
+            out[s + r.service as usize] = 0.0;
+        }
+        y.push((f64::from(r.value) / scale) as f32);
     }
     (x, y)
 }
@@ -195,9 +261,22 @@ pub fn predict_rows(
     spec: &ModelSpec,
     rows: &[usize],
 ) -> Result<Vec<f32>> {
+    predict_rows_as(net, data, spec, rows, false)
+}
+
+/// [`predict_rows`], with every row's service identity hidden when
+/// `unseen` (as if the model had never seen the service: its one-hot and
+/// mix entry are 0, only its context describes it).
+pub fn predict_rows_as(
+    net: &Mlp,
+    data: &Dataset,
+    spec: &ModelSpec,
+    rows: &[usize],
+    unseen: bool,
+) -> Result<Vec<f32>> {
     let mut out = Vec::with_capacity(rows.len() * spec.quantiles.len());
     for chunk in rows.chunks(16_384) {
-        let (x, _) = encode_rows(data, spec, chunk);
+        let (x, _) = encode_rows_hiding(data, spec, chunk, || unseen);
         out.extend(net.predict(&x)?);
     }
     Ok(out)
@@ -215,6 +294,10 @@ fn loss_on(net: &Mlp, data: &Dataset, spec: &ModelSpec, rows: &[usize]) -> Resul
     }
     Ok(total / rows.len().max(1) as f64)
 }
+
+/// Mixed into the epoch's seed for the identity-hiding draws, so they are
+/// independent of the shuffle's.
+const HIDING_SEED: u64 = 0x1d_e5_71_7e;
 
 /// What a checkpoint remembers besides tensors.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -413,8 +496,11 @@ pub fn train(
             opts.seed.wrapping_add(epoch as u64),
         ));
         let mut total = 0.0;
+        let mut hiding = StdRng::seed_from_u64(opts.seed.wrapping_add(epoch as u64) ^ HIDING_SEED);
         for batch in order.chunks(opts.batch_size) {
-            let (x, y) = encode_rows(data, &spec, batch);
+            let (x, y) = encode_rows_hiding(data, &spec, batch, || {
+                hiding.random_bool(opts.identity_dropout)
+            });
             let x = Tensor::from_vec(x, (batch.len(), w), &Device::Cpu)?;
             let y = Tensor::from_vec(y, batch.len(), &Device::Cpu)?;
             let loss = pinball_loss(&net.forward(&x)?, &y, &spec.quantiles)?;
