@@ -386,7 +386,7 @@ impl Allocator {
         } else {
             Some(
                 self.predictor
-                    .task(&mix, &predictable, horizon, curve_step(horizon))
+                    .task(&mix, &predictable, horizon, curve_step(horizon), now())
                     .await?,
             )
         };
