@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{TableFormat, json, unit};
+use super::{TableFormat, json};
 use crate::{
     backtest::{BacktestReport, BacktestRow, FrontierPoint, Trace},
     error::{Error, Result},
@@ -195,7 +195,7 @@ pub fn chart_path(path: &Path, service: &str, resource: &str) -> PathBuf {
 
 /// Draws usage of one traced series against each strategy's request.
 pub fn chart(path: &Path, t: &Trace) -> Result<()> {
-    use headroom_charts::{PALETTE, Series, line_chart};
+    use headroom_charts::{Axis, PALETTE, Series, line_chart};
     let points = |values: &[f64]| {
         t.seconds
             .iter()
@@ -221,8 +221,11 @@ pub fn chart(path: &Path, t: &Trace) -> Result<()> {
             "{} {} in task {}: usage and allocations",
             t.service, t.resource, t.task_id
         ),
-        "seconds into the task",
-        &format!("{} ({})", t.resource, unit(&t.resource)),
+        Axis::plain("seconds into the task"),
+        Axis {
+            title: &t.resource,
+            unit: super::unit_of(&t.resource),
+        },
         &series,
     )
     .map_err(|e| Error::Chart {
