@@ -6,6 +6,7 @@ pub mod client;
 pub mod convert;
 pub mod service;
 pub mod sources;
+pub mod usage;
 
 use headroom_proto::v1::allocator_server::AllocatorServer;
 use headroom_serving::{
