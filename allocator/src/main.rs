@@ -499,14 +499,11 @@ async fn report(r: Report) -> anyhow::Result<()> {
         workload,
         params: r.tuning.params(),
         backtest: r.split.map(|split| BacktestAsk {
-            strategies: Vec::new(),
             split: Some(split.timestamp_micros() as f64 * 1e-6),
-            task_ids: Vec::new(),
-            services: Vec::new(),
             resources: r.resources.clone(),
             params: r.tuning.params(),
             max_tasks: Some(DEFAULT_MAX_TASKS),
-            trace_services: Vec::new(),
+            ..BacktestAsk::default()
         }),
         collector: (!r.collector.is_empty()).then(|| {
             (
