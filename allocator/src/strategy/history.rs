@@ -531,7 +531,8 @@ mod tests {
             a.violation_risk
         );
         assert!(
-            a.detail.contains("low confidence: 100 samples over 1.6 hours"),
+            a.detail
+                .contains("low confidence: 100 samples over 1.6 hours"),
             "{}",
             a.detail
         );
