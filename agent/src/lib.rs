@@ -110,6 +110,7 @@ pub async fn run(
     let served = grpc::serve(
         listener,
         Routes::new(health_service).add_service(api),
+        &[SERVICE_NAME],
         &config.grpc,
         shutdown.clone(),
     )

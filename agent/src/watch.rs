@@ -483,10 +483,11 @@ impl Agent for AgentApi {
         &self,
         request: Request<v1::WatchRequest>,
     ) -> Result<Response<v1::WatchResponse>, Status> {
-        let target = request
-            .into_inner()
-            .target
-            .ok_or_else(|| Status::invalid_argument("missing target"))?;
+        let target = request.into_inner().target.ok_or_else(|| {
+            Status::invalid_argument(
+                "target is missing: give a service and a pid, name, cmd or cgroup",
+            )
+        })?;
         let spec =
             TargetSpec::from_proto(&target).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mut state = self.state.lock().expect("state lock");

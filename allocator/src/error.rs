@@ -82,8 +82,12 @@ pub enum Error {
     #[error("give a split time or held-out task_ids")]
     NoSplit,
     /// A backtest has nothing to replay.
-    #[error("no finished held-out task to replay")]
-    NothingHeldOut,
+    #[error("no finished held-out task to replay{hint}")]
+    NothingHeldOut {
+        /// What to do, starting with "; ": for a split after the newest
+        /// task, that task and its start.
+        hint: String,
+    },
     /// None of the services a backtest names ran in the held-out tasks.
     #[error("none of the requested services ran in the held-out tasks")]
     NoHeldOutService,

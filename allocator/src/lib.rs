@@ -17,6 +17,7 @@ pub mod pressure;
 pub mod quantiles;
 pub mod render;
 pub mod replay;
+pub mod report;
 pub mod segments;
 pub mod snapshot;
 pub mod strategy;

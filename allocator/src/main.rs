@@ -93,6 +93,10 @@ enum Command {
     },
     /// Replay held-out tasks through the strategies and score them.
     Backtest(Backtest),
+    /// One self-contained HTML page (and optionally its numbers as JSON)
+    /// to forward to a service's owners: usage against every strategy,
+    /// the plan as a timeline, the backtest with its charts.
+    Report(Report),
     /// Assign the services to nodes.
     Place {
         #[command(flatten)]
@@ -163,6 +167,40 @@ struct Backtest {
     /// Frontier points as CSV into this file; implies --frontier.
     #[arg(long, env = "HEADROOM_FRONTIER_CSV")]
     frontier_csv: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct Report {
+    #[command(flatten)]
+    server: Server,
+    /// The page to write (one HTML file, no external assets).
+    #[arg(long, env = "HEADROOM_REPORT_HTML")]
+    html: PathBuf,
+    /// Also write the page's numbers as JSON (base units), as the
+    /// `recommend`, `plan` and `backtest` JSON outputs write them.
+    #[arg(long, env = "HEADROOM_REPORT_JSON")]
+    json: Option<PathBuf>,
+    /// A stored task whose mix is reported on.
+    #[arg(long, env = "HEADROOM_TASK", conflicts_with = "services")]
+    task: Option<String>,
+    /// Services reported on, comma-separated.
+    #[arg(long, env = "HEADROOM_SERVICES", value_delimiter = ',')]
+    services: Vec<String>,
+    /// Resources (cpu and memory when empty), comma-separated.
+    #[arg(long, env = "HEADROOM_RESOURCES", value_delimiter = ',')]
+    resources: Vec<String>,
+    #[command(flatten)]
+    tuning: Tuning,
+    /// Backtest tasks started at or after this time (RFC 3339); no
+    /// backtest when absent.
+    #[arg(long, env = "HEADROOM_SPLIT")]
+    split: Option<chrono::DateTime<chrono::Utc>>,
+    /// Collector URL, for current usage ("" to leave it out).
+    #[arg(long, env = "HEADROOM_COLLECTOR_URL", default_value = DEFAULT_COLLECTOR_URL)]
+    collector: String,
+    /// Current usage over this much history, back from now.
+    #[arg(long, env = "HEADROOM_HISTORY", default_value_t = DEFAULT_HISTORY.into())]
+    history: humantime::Duration,
 }
 
 /// The allocator a client command talks to.
@@ -390,6 +428,7 @@ async fn ask(command: Command) -> anyhow::Result<()> {
             render::placement(&answer, ask.output)?
         }
         Command::Backtest(b) => return backtest(b).await,
+        Command::Report(r) => return report(r).await,
     };
     print!("{out}");
     Ok(())
@@ -445,6 +484,46 @@ async fn backtest(b: Backtest) -> anyhow::Result<()> {
             eprintln!("frontier chart: {}", file.display());
         }
     }
+    Ok(())
+}
+
+async fn report(r: Report) -> anyhow::Result<()> {
+    use headroom_allocator::report;
+    let client = r.server.client().await?;
+    let workload = Workload {
+        task_id: r.task.clone(),
+        services: r.services.clone(),
+        resources: r.resources.clone(),
+    };
+    let ask = report::ReportAsk {
+        workload,
+        params: r.tuning.params(),
+        backtest: r.split.map(|split| BacktestAsk {
+            split: Some(split.timestamp_micros() as f64 * 1e-6),
+            resources: r.resources.clone(),
+            params: r.tuning.params(),
+            max_tasks: Some(DEFAULT_MAX_TASKS),
+            ..BacktestAsk::default()
+        }),
+        collector: (!r.collector.is_empty()).then(|| {
+            (
+                r.collector.clone(),
+                r.server.tls.clone(),
+                r.history.as_secs_f64(),
+            )
+        }),
+    };
+    let page = report::gather(&client, &ask).await?;
+    std::fs::write(&r.html, report::html(&page)?)
+        .with_context(|| format!("while writing {}", r.html.display()))?;
+    if let Some(path) = &r.json {
+        std::fs::write(path, report::json(&page)?)
+            .with_context(|| format!("while writing {}", path.display()))?;
+    }
+    for note in &page.notes {
+        eprintln!("headroom-allocator: not in the report: {note}");
+    }
+    eprintln!("report: {}", r.html.display());
     Ok(())
 }
 

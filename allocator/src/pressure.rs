@@ -2,7 +2,11 @@
 //! memory, CPU throttled at its limit is a lower bound on demand, and
 //! replicas that differ a lot are named. Pure functions over summaries.
 
-use crate::strategy::{Alloc, Summary};
+use crate::{
+    params::Kind,
+    render::amount,
+    strategy::{Alloc, Summary},
+};
 
 /// Memory added after an OOM kill, at least: 100 MiB (the VPA's
 /// `OOMMinBumpUp`, kubernetes/autoscaler
@@ -41,8 +45,10 @@ pub fn after_oom_kills(
     let floor = (peak + OOM_MIN_BUMP_BYTES).max(peak * OOM_BUMP_RATIO);
     raise_to(alloc, floor, || {
         format!(
-            "OOM killed in {} sample(s) of the window: raised to max(peak + 100 MiB, 1.2 × peak) = {floor:.0} bytes from a peak of {peak:.0} (the VPA's rule; computed from the peak, so repeated kills do not compound)",
-            kills.positive()
+            "OOM killed in {} sample(s) of the window: raised to max(peak + 100 MiB, 1.2 × peak) = {} from a peak of {} (the VPA's rule; computed from the peak, so repeated kills do not compound)",
+            kills.positive(),
+            amount(Kind::Memory, floor),
+            amount(Kind::Memory, peak)
         )
     });
 }
@@ -75,9 +81,11 @@ pub fn after_throttling(alloc: &mut Alloc, throttled: Option<&Summary>, limit: O
     let floor = hit * (1.0 + THROTTLED_HEADROOM);
     raise_to(alloc, floor, || {
         format!(
-            "throttled in {:.1} % of samples at its {hit:.3}-core limit, so its usage is censored there: requested {:.0} % above the limit ({floor:.3} cores) since demand above a quota is never observed",
+            "throttled in {:.1} % of samples at its {} limit, so its usage is censored there: requested {:.0} % above the limit ({}) since demand above a quota is never observed",
             share * 100.0,
-            THROTTLED_HEADROOM * 100.0
+            amount(Kind::Cpu, hit),
+            THROTTLED_HEADROOM * 100.0,
+            amount(Kind::Cpu, floor)
         )
     });
 }
@@ -107,14 +115,16 @@ pub fn name_skew(alloc: &mut Alloc, summary: &Summary) {
         "what one replica gets covers it".to_string()
     } else {
         format!(
-            "what one replica gets does NOT cover it: {hottest} would pass the {:.4} limit (use `max`, a higher percentile, or give that replica its own service)",
-            alloc.limit
+            "what one replica gets does NOT cover it: {hottest} would pass the {} limit (use `max`, a higher percentile, or give that replica its own service)",
+            amount(summary.kind(), alloc.limit)
         )
     };
     alloc.detail.push_str(&format!(
-        "; replicas differ: the hottest of {}, {hottest}, peaked at {top:.4}, {:.1}× the median of the others ({median:.4}); {verdict}",
+        "; replicas differ: the hottest of {}, {hottest}, peaked at {}, {:.1}× the median of the others ({}); {verdict}",
         peaks.len(),
-        top / median
+        amount(summary.kind(), top),
+        top / median,
+        amount(summary.kind(), median)
     ));
 }
 
@@ -152,6 +162,11 @@ mod tests {
         after_oom_kills(&mut a, &memory, Some(&kills), None);
         assert_eq!(a.request, 600.0 * MIB, "1.2 × 500 MiB beats + 100 MiB");
         assert!(a.detail.contains("OOM killed"), "{}", a.detail);
+        assert!(
+            a.detail.contains("= 600Mi from a peak of 500Mi"),
+            "{}",
+            a.detail
+        );
         // The same kills seen again give the same answer, not 1.2 × 600.
         let mut again = alloc(a.request);
         after_oom_kills(&mut again, &memory, Some(&kills), None);
@@ -178,6 +193,11 @@ mod tests {
         after_throttling(&mut a, Some(&throttled), Some(&limit));
         assert!((a.request - 0.25).abs() < 1e-12, "{}", a.request);
         assert!(a.detail.contains("10.0 % of samples"), "{}", a.detail);
+        assert!(
+            a.detail.contains("at its 200m limit") && a.detail.contains("(250m)"),
+            "{}",
+            a.detail
+        );
         // Rarely throttled (≤ 1 %): usage is demand.
         let mut rare = vec![("a", 0.0); 200];
         rare.push(("a", 0.4));

@@ -505,6 +505,32 @@ async fn backtests_every_strategy_on_held_out_tasks() -> anyhow::Result<()> {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 
+    // A split after every task names the newest task and its start.
+    let newest = workload.tasks.last().context("tasks")?;
+    let e = client
+        .backtest(v1::BacktestRequest {
+            split: Some(prost_types::Timestamp {
+                seconds: newest.start.timestamp() + 86_400,
+                nanos: 0,
+            }),
+            strategies: vec!["max".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    let started = newest
+        .start
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    assert!(
+        e.message().contains(&format!(
+            "after the newest task, {}, which started at {started}",
+            newest.id
+        )) && e.message().contains(&format!("at or before {started}")),
+        "{}",
+        e.message()
+    );
+
     // The CLI: the backtest as CSV with a chart, a recommendation as a
     // Kubernetes patch, the plan as a resize schedule.
     let cli = |args: Vec<String>| {

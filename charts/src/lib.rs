@@ -1,6 +1,8 @@
-//! PNG line charts drawn with plotters: training's loss curve, the
-//! allocator's backtest charts (usage against each strategy's allocation)
-//! and the monitor's finished-task charts.
+//! Line charts drawn with plotters (PNG, SVG files or SVG strings):
+//! training's loss curve, the allocator's backtest charts (usage against
+//! each strategy's allocation), the monitor's finished-task charts and the
+//! report page. Axes start at 0 and are labelled in the unit people read
+//! (`headroom-units`: `memory (MiB)`, ticks `0 50 100`).
 //!
 //! Text needs a TrueType font. plotters' `ab_glyph` backend takes the font's
 //! bytes, so the first of a few common system fonts (or `HEADROOM_FONT`) is
@@ -9,6 +11,8 @@
 use std::{path::Path, sync::OnceLock};
 
 use plotters::prelude::*;
+
+pub use headroom_units::{Scale, Unit};
 
 /// A chart that could not be drawn.
 #[derive(Debug, thiserror::Error)]
@@ -68,102 +72,181 @@ pub struct Series {
     pub color: (u8, u8, u8),
 }
 
+/// One axis: what it measures and in which unit its values are.
+#[derive(Debug, Clone, Copy)]
+pub struct Axis<'a> {
+    /// What the axis measures, e.g. `memory` or `seconds into the task`.
+    pub title: &'a str,
+    /// The unit of the values (base units); tick labels and the axis title
+    /// use the scale the largest value needs (`memory (MiB)`).
+    pub unit: Unit,
+}
+
+impl<'a> Axis<'a> {
+    /// An axis of plain numbers (epochs, seconds, losses).
+    pub fn plain(title: &'a str) -> Self {
+        Self {
+            title,
+            unit: Unit::Other(""),
+        }
+    }
+}
+
+const SIZE: (u32, u32) = (900, 540);
+
 /// Draws `series` as lines into `path`: SVG when it ends in `.svg`, else
-/// PNG.
+/// PNG. The y axis starts at 0 (below it only for negative values), so a
+/// small gap between two lines looks small.
+///
+/// Errors: nothing to plot, or the file cannot be written.
 pub fn line_chart(
     path: &Path,
     title: &str,
-    x_label: &str,
-    y_label: &str,
+    x: Axis<'_>,
+    y: Axis<'_>,
     series: &[Series],
 ) -> Result<(), ChartError> {
-    const SIZE: (u32, u32) = (900, 540);
+    let fail = |e: String| ChartError(format!("cannot draw {}: {e}", path.display()));
     if path.extension().is_some_and(|e| e == "svg") {
         draw(
             SVGBackend::new(path, SIZE).into_drawing_area(),
-            path,
             title,
-            x_label,
-            y_label,
+            x,
+            y,
             series,
         )
     } else {
         draw(
             BitMapBackend::new(path, SIZE).into_drawing_area(),
-            path,
             title,
-            x_label,
-            y_label,
+            x,
+            y,
             series,
         )
+    }
+    .map_err(fail)
+}
+
+/// The same chart as [`line_chart`], as an SVG document in a string (for
+/// pages that inline their charts). Text is SVG `<text>`, drawn by the
+/// viewer's fonts.
+///
+/// Errors: nothing to plot.
+pub fn line_chart_svg(
+    title: &str,
+    x: Axis<'_>,
+    y: Axis<'_>,
+    series: &[Series],
+) -> Result<String, ChartError> {
+    let mut out = String::new();
+    draw(
+        SVGBackend::with_string(&mut out, SIZE).into_drawing_area(),
+        title,
+        x,
+        y,
+        series,
+    )
+    .map_err(|e| ChartError(format!("cannot draw {title}: {e}")))?;
+    Ok(out)
+}
+
+/// An axis title with its scale: `memory (MiB)`.
+fn titled(axis: Axis<'_>, scale: &Scale) -> String {
+    if scale.name.is_empty() || axis.title.contains(&format!("({})", scale.name)) {
+        axis.title.to_string()
+    } else {
+        format!("{} ({})", axis.title, scale.name)
     }
 }
 
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, plotters::coord::Shift>,
-    path: &Path,
     title: &str,
-    x_label: &str,
-    y_label: &str,
+    x: Axis<'_>,
+    y: Axis<'_>,
     series: &[Series],
-) -> Result<(), ChartError> {
-    let fail = |e: String| ChartError(format!("cannot draw {}: {e}", path.display()));
+) -> Result<(), String> {
     let points = series.iter().flat_map(|s| s.points.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for (x, y) in points {
-        x0 = x0.min(*x);
-        x1 = x1.max(*x);
-        y0 = y0.min(*y);
-        y1 = y1.max(*y);
+    for (px, py) in points.filter(|(a, b)| a.is_finite() && b.is_finite()) {
+        x0 = x0.min(*px);
+        x1 = x1.max(*px);
+        y0 = y0.min(*py);
+        y1 = y1.max(*py);
     }
     if x0 > x1 {
-        return Err(fail("nothing to plot".into()));
+        return Err("nothing to plot".into());
     }
     if x1 <= x0 {
         x1 = x0 + 1.0;
     }
-    let pad = ((y1 - y0) * 0.05).max(1e-9);
-    let (y0, y1) = (y0.min(0.0).max(y0 - pad), y1 + pad);
+    // From 0: a 2 % gap must not look like a cliff.
+    let y0 = y0.min(0.0);
+    let y1 = if y1 > y0 {
+        y1 + (y1 - y0) * 0.05
+    } else {
+        y0 + 1.0
+    };
+    let (x_scale, y_scale) = (
+        x.unit.scale(x1.abs().max(x0.abs())),
+        y.unit.scale(y1.abs().max(y0.abs())),
+    );
     let text = font_ready();
-    root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
     let mut builder = ChartBuilder::on(&root);
     builder.margin(15);
     if text {
         builder
-            .caption(title, ("sans-serif", 24))
-            .x_label_area_size(40)
-            .y_label_area_size(70);
+            .caption(title, ("sans-serif", 22))
+            .x_label_area_size(45)
+            .y_label_area_size(80);
     }
     let mut chart = builder
         .build_cartesian_2d(x0..x1, y0..y1)
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
+    let (x_title, y_title) = (titled(x, &x_scale), titled(y, &y_scale));
+    let x_ticks = |v: &f64| x_scale.label(*v);
+    let y_ticks = |v: &f64| y_scale.label(*v);
     let mut mesh = chart.configure_mesh();
     if text {
-        mesh.x_desc(x_label).y_desc(y_label);
+        mesh.x_desc(x_title)
+            .y_desc(y_title)
+            .x_label_formatter(&x_ticks)
+            .y_label_formatter(&y_ticks)
+            .axis_desc_style(("sans-serif", 16))
+            .label_style(("sans-serif", 14));
     } else {
         mesh.disable_x_mesh()
             .disable_y_mesh()
             .x_labels(0)
             .y_labels(0);
     }
-    mesh.draw().map_err(|e| fail(e.to_string()))?;
+    mesh.draw().map_err(|e| e.to_string())?;
     for s in series {
         let color = RGBColor(s.color.0, s.color.1, s.color.2);
         chart
             .draw_series(LineSeries::new(
-                s.points.iter().copied(),
+                s.points
+                    .iter()
+                    .copied()
+                    .filter(|(a, b)| a.is_finite() && b.is_finite()),
                 color.stroke_width(2),
             ))
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         if s.points.len() <= 40 {
             // Few points are results (a frontier), not a signal: mark each.
             chart
-                .draw_series(s.points.iter().map(|p| Circle::new(*p, 4, color.filled())))
-                .map_err(|e| fail(e.to_string()))?;
+                .draw_series(
+                    s.points
+                        .iter()
+                        .filter(|(a, b)| a.is_finite() && b.is_finite())
+                        .map(|p| Circle::new(*p, 4, color.filled())),
+                )
+                .map_err(|e| e.to_string())?;
         }
         let drawn = chart
             .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         if text {
             drawn.label(s.label.clone()).legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
@@ -173,12 +256,13 @@ fn draw<DB: DrawingBackend>(
     if text {
         chart
             .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
     }
-    root.present().map_err(|e| fail(e.to_string()))?;
+    root.present().map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -186,32 +270,49 @@ fn draw<DB: DrawingBackend>(
 mod tests {
     use super::*;
 
+    fn line(points: Vec<(f64, f64)>) -> Series {
+        Series {
+            label: "x".into(),
+            points,
+            color: PALETTE[0],
+        }
+    }
+
     #[test]
     fn draws_a_png_and_refuses_an_empty_chart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.png");
-        let s = Series {
-            label: "x".into(),
-            points: vec![(0.0, 1.0), (1.0, 2.0)],
-            color: PALETTE[0],
-        };
-        line_chart(&path, "t", "x", "y", &[s]).unwrap();
+        let (x, y) = (Axis::plain("x"), Axis::plain("y"));
+        line_chart(&path, "t", x, y, &[line(vec![(0.0, 1.0), (1.0, 2.0)])]).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");
-        assert!(line_chart(&path, "t", "x", "y", &[]).is_err());
+        assert!(line_chart(&path, "t", x, y, &[]).is_err());
         let svg = dir.path().join("c.svg");
-        line_chart(
-            &svg,
+        line_chart(&svg, "t", x, y, &[line(vec![(0.0, 1.0), (1.0, 2.0)])]).unwrap();
+        assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
+    }
+
+    #[test]
+    fn the_y_axis_starts_at_zero_and_speaks_the_unit() {
+        let memory = Axis {
+            title: "memory",
+            unit: Unit::Bytes,
+        };
+        // Two lines 2 % apart, far from 0.
+        let svg = line_chart_svg(
             "t",
-            "x",
-            "y",
-            &[Series {
-                label: "x".into(),
-                points: vec![(0.0, 1.0), (1.0, 2.0)],
-                color: PALETTE[1],
-            }],
+            Axis::plain("seconds into the task"),
+            memory,
+            &[
+                line(vec![(0.0, 245e6), (60.0, 250e6)]),
+                line(vec![(0.0, 250e6), (60.0, 255e6)]),
+            ],
         )
         .unwrap();
-        assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
+        if font_ready() {
+            assert!(svg.contains("memory (MiB)"), "whole axis title");
+            assert!(svg.contains(">\n0\n</text>"), "the y axis starts at 0");
+            assert!(!svg.contains("250000000"), "no raw bytes on the axis");
+        }
     }
 }

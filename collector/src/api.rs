@@ -111,7 +111,11 @@ fn parse_series_token(token: &str) -> Result<Option<(String, i32, i32)>> {
     if token.is_empty() {
         return Ok(None);
     }
-    let bad = || Error::InvalidArgument("malformed page_token".into());
+    let bad = || {
+        Error::InvalidArgument(format!(
+            "page_token {token:?} is malformed: pass the next_page_token of the previous answer"
+        ))
+    };
     let mut parts = token.rsplitn(3, '\u{1f}');
     let r = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
     let s = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
@@ -166,10 +170,12 @@ impl Collector for CollectorApi {
         let offset: i64 = if r.page_token.is_empty() {
             0
         } else {
-            r.page_token
-                .parse::<u32>()
-                .map(i64::from)
-                .map_err(|_| Error::InvalidArgument("malformed page_token".into()))?
+            r.page_token.parse::<u32>().map(i64::from).map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "page_token {:?} is malformed: pass the next_page_token of the previous answer",
+                    r.page_token
+                ))
+            })?
         };
         check_names("service", [&r.service])?;
         let service = (!r.service.is_empty()).then_some(r.service.as_str());
@@ -201,7 +207,7 @@ impl Collector for CollectorApi {
     ) -> Result<Response<v1::Task>, Status> {
         let id = request.into_inner().id;
         if id.is_empty() {
-            return Err(Error::InvalidArgument("missing task id".into()).into());
+            return Err(Error::InvalidArgument("id is empty: name the task to get".into()).into());
         }
         check_names("task id", [&id])?;
         match store::get_task(&self.shared.pool, &id)
@@ -223,7 +229,11 @@ impl Collector for CollectorApi {
         let step_us = match &r.step {
             None => None,
             Some(d) if d.seconds < 0 || d.nanos < 0 => {
-                return Err(Error::InvalidArgument("step must not be negative".into()).into());
+                return Err(Error::InvalidArgument(format!(
+                    "step must not be negative, got {}s {}ns",
+                    d.seconds, d.nanos
+                ))
+                .into());
             }
             Some(d) => Some(d.seconds.saturating_mul(1_000_000) + i64::from(d.nanos) / 1000)
                 .filter(|us| *us > 0),
@@ -243,9 +253,11 @@ impl Collector for CollectorApi {
                 StepAggregate::Percentile(r.percentile / 100.0)
             }
             Err(_) => {
-                return Err(
-                    Error::InvalidArgument(format!("unknown aggregate {}", r.aggregate)).into(),
-                );
+                return Err(Error::InvalidArgument(format!(
+                    "aggregate {} is unknown (AGGREGATE_MEAN, _MIN, _MAX or _PERCENTILE)",
+                    r.aggregate
+                ))
+                .into());
             }
         };
         let filter = resolve(&self.shared, r.filter.as_ref()).await?;

@@ -15,8 +15,11 @@
 //! - cpu cores = `cpu_util_percent / 100 × cpu_request / 100` (a request of
 //!   100 is one core); memory bytes = `mem_util_percent / 100 × mem_size ×
 //!   --memory-unit` (the trace normalises `mem_size`; the unit, 1 GiB by
-//!   default, is an assumption to state with any result). Containers of one
-//!   app unit on one machine are summed per timestamp.
+//!   default, is an assumption to state with any result). Utilisations
+//!   outside [0, 100] are refused and counted (the trace uses such values,
+//!   −1 and 101, as sentinels). Each container is its own instance
+//!   (replica) of its app unit: what an app unit gets is what one of its
+//!   containers needs, and rows need no summing, so the file streams.
 //! - provisioned: `cpu_request / 100` cores, `mem_size × --memory-unit`.
 //! - `time_stamp` counts seconds from the trace's start, placed at
 //!   `--start`.
@@ -27,8 +30,8 @@
 //! [KB]; Disk read throughput [KB/s]; Disk write throughput [KB/s]; Network
 //! received throughput [KB/s]; Network transmitted throughput [KB/s]`):
 //! - the header says milliseconds but the published files hold Unix
-//!   seconds: a file whose median timestamp exceeds 10¹¹ is read as
-//!   milliseconds, otherwise as seconds;
+//!   seconds: a timestamp above 10¹¹ (the year 5138 in seconds, 1973 in
+//!   milliseconds) is read as milliseconds, otherwise as seconds;
 //! - service = the VM (the file's stem); task = all imported VMs over one
 //!   `--window` (1 day): id `bitbrains-W`;
 //! - cpu cores = usage MHz ÷ (capacity MHz ÷ cores); memory and IO: KB and
@@ -36,32 +39,53 @@
 //! - provisioned: the cores and the memory capacity.
 //!
 //! Both shift the trace so that it starts at `--start` (default: so that it
-//! ends now), keeping it inside the raw retention. Malformed rows are
-//! counted, and the first few reported with their line, never silently
-//! skipped.
+//! ends now: a first pass reads only the timestamps), keeping it inside
+//! the raw retention. Malformed rows are counted, and the first few
+//! reported with their line, never silently skipped; an import where every
+//! row is malformed is an error.
+//!
+//! **Memory is bounded whatever the file's size.** Files are parsed row by
+//! row (the `csv` crate) on a blocking thread and the rows written through
+//! the store's normal write path (`write_batch`: series, tasks, rollups) in
+//! batches of [`BATCH_ROWS`] samples, at most two batches in flight. Only
+//! the container table of the Alibaba meta file (one entry per container)
+//! is held whole. Progress (rows, rows/s, malformed) shows on a terminal.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    io::BufRead,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
+    time::Instant,
 };
 
 use chrono::{DateTime, Utc};
 use headroom_proto::resource;
 use headroom_store::{self as store, Batch, Lookups, PgPool, Row, TaskSeen};
+use tokio::sync::mpsc;
 
 use crate::{Error, Result};
+
+/// Samples written per transaction.
+pub const BATCH_ROWS: usize = 20_000;
+/// Examples of malformed rows kept for the report.
+const EXAMPLES: usize = 5;
+/// Distinct (task, service, resource) keys whose provisioned value is
+/// remembered; past this the memory is cleared (costing repeated writes,
+/// which the store ignores, never memory).
+const PROVISIONED_SEEN: usize = 100_000;
 
 /// What an import did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ImportReport {
     /// Data rows read.
     pub rows: u64,
-    /// Rows refused as malformed.
+    /// Rows refused as malformed (including the out-of-range ones).
     pub malformed: u64,
+    /// Of the malformed rows, those with a utilisation outside [0, 100]
+    /// (Alibaba's sentinels such as −1 and 101).
+    pub out_of_range: u64,
     /// The first malformed rows, with file, line and reason.
     pub examples: Vec<String>,
-    /// Samples stored (after summing containers).
+    /// Samples stored.
     pub samples: u64,
     /// Provisioned values stored.
     pub provisioned: u64,
@@ -69,120 +93,299 @@ pub struct ImportReport {
     pub tasks: u64,
     /// Distinct services.
     pub services: u64,
+    /// Seconds the import took.
+    pub seconds: f64,
 }
 
 impl ImportReport {
-    fn bad(&mut self, file: &Path, line: usize, why: impl std::fmt::Display) {
+    fn bad(&mut self, file: &Path, line: u64, why: impl std::fmt::Display) {
         self.malformed += 1;
-        if self.examples.len() < 5 {
+        if self.examples.len() < EXAMPLES {
             self.examples
                 .push(format!("{}:{line}: {why}", file.display()));
         }
     }
 
-    /// One paragraph for the operator.
+    /// One paragraph for the operator: a summary line, then the first
+    /// malformed rows.
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "{} rows read, {} malformed; {} samples and {} provisioned values stored over {} tasks and {} services",
-            self.rows, self.malformed, self.samples, self.provisioned, self.tasks, self.services
+            "{} rows read in {:.1} s ({:.0} rows/s), {} malformed ({} utilisations outside [0, 100]); {} samples and {} provisioned values stored over {} tasks and {} services",
+            self.rows,
+            self.seconds,
+            self.rows as f64 / self.seconds.max(1e-9),
+            self.malformed,
+            self.out_of_range,
+            self.samples,
+            self.provisioned,
+            self.tasks,
+            self.services
         );
         for e in &self.examples {
             s.push_str(&format!("\n  malformed: {e}"));
         }
         s
     }
-}
 
-/// Where imported series go before they are written: per task, its start,
-/// end and mix; per (task, service, resource, ts) a summed value.
-#[derive(Debug, Default)]
-struct Gathered {
-    tasks: BTreeMap<String, (i64, i64, BTreeSet<String>)>,
-    usage: BTreeMap<(String, String, &'static str, i64), f64>,
-    provisioned: BTreeMap<(String, String, &'static str, i64), f64>,
-}
-
-impl Gathered {
-    fn task(&mut self, id: &str, start_us: i64, end_us: i64, service: &str) {
-        let t = self
-            .tasks
-            .entry(id.to_string())
-            .or_insert_with(|| (start_us, end_us, BTreeSet::new()));
-        t.0 = t.0.min(start_us);
-        t.1 = t.1.max(end_us);
-        t.2.insert(service.to_string());
-    }
-
-    fn add(&mut self, task: &str, service: &str, r: &'static str, ts_us: i64, value: f64) {
-        *self
-            .usage
-            .entry((task.to_string(), service.to_string(), r, ts_us))
-            .or_default() += value;
-    }
-
-    fn provision(&mut self, task: &str, service: &str, r: &'static str, ts_us: i64, value: f64) {
-        *self
-            .provisioned
-            .entry((task.to_string(), service.to_string(), r, ts_us))
-            .or_default() += value;
-    }
-
-    /// Writes everything, 20 tasks per transaction.
-    async fn write(self, pool: &PgPool, report: &mut ImportReport) -> Result<()> {
-        store::migrate(pool).await?;
-        let lookups = Lookups::new();
-        let services: BTreeSet<&String> = self.tasks.values().flat_map(|t| t.2.iter()).collect();
-        report.services = services.len() as u64;
-        report.tasks = self.tasks.len() as u64;
-        let ids: Vec<&String> = self.tasks.keys().collect();
-        for chunk in ids.chunks(20) {
-            let (first, last) = (chunk[0].clone(), chunk[chunk.len() - 1].clone());
-            let in_chunk = |k: &(String, String, &'static str, i64)| k.0 >= first && k.0 <= last;
-            let mut batch = Batch::default();
-            for id in chunk {
-                let (start, end, mix) = &self.tasks[*id];
-                batch.merge_task(TaskSeen {
-                    id: (*id).clone(),
-                    start_us: *start,
-                    end_us: Some(*end),
-                    services: mix.iter().cloned().collect(),
-                });
-            }
-            let rows = |m: &BTreeMap<(String, String, &'static str, i64), f64>| -> Vec<Row> {
-                m.range((first.clone(), String::new(), "", i64::MIN)..)
-                    .take_while(|(k, _)| in_chunk(k))
-                    .map(|((task, service, r, ts), v)| Row {
-                        task_id: task.clone(),
-                        service: service.clone(),
-                        // One instance per imported unit: an Alibaba app
-                        // unit's containers on a machine are summed, a
-                        // Bitbrains VM is one machine.
-                        instance: crate::ingest::decode::DEFAULT_INSTANCE.to_string(),
-                        resource: r,
-                        value: *v,
-                        ts_us: *ts,
-                    })
-                    .collect()
-            };
-            batch.rows = rows(&self.usage);
-            report.samples += store::write_batch(pool, &lookups, &batch, true)
-                .await?
-                .inserted;
-            report.provisioned +=
-                store::write_provisioned(pool, &lookups, &rows(&self.provisioned)).await?;
+    /// Refuses an import that stored nothing because every usage row was
+    /// bad (or there was none).
+    fn check(self, usage_rows: u64, usage_malformed: u64) -> Result<Self> {
+        if usage_rows > 0 && usage_malformed == usage_rows {
+            return Err(Error::InvalidArgument(format!(
+                "every one of the {usage_rows} usage rows is malformed, nothing imported; for example {}",
+                self.examples.last().map_or("", String::as_str)
+            )));
         }
-        Ok(())
+        if usage_rows == 0 {
+            return Err(Error::InvalidArgument(
+                "no data rows in the given files, nothing imported".into(),
+            ));
+        }
+        Ok(self)
     }
 }
 
-fn open(path: &Path) -> Result<std::io::BufReader<std::fs::File>> {
-    std::fs::File::open(path)
-        .map(std::io::BufReader::new)
-        .map_err(|e| Error::InvalidArgument(format!("cannot read {}: {e}", path.display())))
+/// Rows ready for the store: samples with their tasks' facts, and
+/// provisioned values.
+#[derive(Debug, Default)]
+struct Chunk {
+    batch: Batch,
+    provisioned: Vec<Row>,
 }
 
-fn field(parts: &[&str], i: usize, name: &str) -> std::result::Result<f64, String> {
-    let text = parts.get(i).map(|s| s.trim()).unwrap_or("");
+/// Where the parsing thread puts rows: it fills a chunk and hands it to
+/// the writer when full, remembering which provisioned values it has sent.
+#[derive(Debug)]
+struct Sink {
+    chunk: Chunk,
+    out: mpsc::Sender<Chunk>,
+    provisioned_seen: HashMap<(String, String, &'static str), f64>,
+    progress: Progress,
+}
+
+impl Sink {
+    fn new(out: mpsc::Sender<Chunk>, progress: Progress) -> Self {
+        Self {
+            chunk: Chunk::default(),
+            out,
+            provisioned_seen: HashMap::new(),
+            progress,
+        }
+    }
+
+    fn task(&mut self, id: &str, start_us: i64, end_us: i64, service: &str) {
+        match self.chunk.batch.tasks.get_mut(id) {
+            Some(t) if t.services.iter().any(|s| s == service) => {
+                t.start_us = t.start_us.min(start_us);
+                t.end_us = t.end_us.max(Some(end_us));
+            }
+            _ => self.chunk.batch.merge_task(TaskSeen {
+                id: id.to_string(),
+                start_us,
+                end_us: Some(end_us),
+                services: vec![service.to_string()],
+            }),
+        }
+    }
+
+    fn sample(
+        &mut self,
+        task: &str,
+        service: &str,
+        instance: &str,
+        r: &'static str,
+        ts_us: i64,
+        value: f64,
+    ) {
+        self.chunk.batch.rows.push(Row {
+            task_id: task.to_string(),
+            service: service.to_string(),
+            instance: instance.to_string(),
+            resource: r,
+            value,
+            ts_us,
+        });
+    }
+
+    /// What the operators allocated, written when it changes (a step).
+    fn provision(&mut self, task: &str, service: &str, r: &'static str, ts_us: i64, value: f64) {
+        let key = (task.to_string(), service.to_string(), r);
+        if self.provisioned_seen.get(&key) == Some(&value) {
+            return;
+        }
+        if self.provisioned_seen.len() >= PROVISIONED_SEEN {
+            self.provisioned_seen.clear();
+        }
+        self.provisioned_seen.insert(key, value);
+        self.chunk.provisioned.push(Row {
+            task_id: task.to_string(),
+            service: service.to_string(),
+            instance: crate::ingest::decode::DEFAULT_INSTANCE.to_string(),
+            resource: r,
+            value,
+            ts_us,
+        });
+    }
+
+    /// Hands the chunk to the writer when it is full (or `force`d).
+    /// Errors when the writer has stopped (its error is the import's).
+    fn flush(&mut self, force: bool) -> std::result::Result<(), ()> {
+        let full = self.chunk.batch.rows.len() + self.chunk.provisioned.len() >= BATCH_ROWS;
+        if !(full || force) || (self.chunk.batch.is_empty() && self.chunk.provisioned.is_empty()) {
+            return Ok(());
+        }
+        let chunk = std::mem::take(&mut self.chunk);
+        self.out.blocking_send(chunk).map_err(|_| ())
+    }
+}
+
+/// Rows, rows/s and malformed rows: a bar on a terminal, nothing
+/// otherwise (the summary line says it at the end).
+#[derive(Debug, Clone)]
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new(what: &str) -> Self {
+        use std::io::IsTerminal as _;
+        if !std::io::stderr().is_terminal() {
+            return Self(None);
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} {prefix}: {human_pos} rows, {per_sec}, {msg} [{elapsed}]",
+        ) {
+            bar.set_style(style);
+        }
+        bar.set_prefix(what.to_string());
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        Self(Some(bar))
+    }
+
+    fn set(&self, rows: u64, malformed: u64) {
+        if let Some(bar) = &self.0
+            && rows.is_multiple_of(4096)
+        {
+            bar.set_position(rows);
+            bar.set_message(format!("{malformed} malformed"));
+        }
+    }
+
+    fn stage(&self, what: &str) {
+        if let Some(bar) = &self.0 {
+            bar.set_prefix(what.to_string());
+            bar.set_position(0);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Writes what the parser sends, in order, through the store's write path.
+/// What the writer stored: samples, provisioned values, and the distinct
+/// tasks and services (as hashes: 8 bytes each, whatever the names).
+type Written = (u64, u64, HashSet<u64>, HashSet<u64>);
+
+async fn write_all(pool: PgPool, mut chunks: mpsc::Receiver<Chunk>) -> Result<Written> {
+    use std::hash::{BuildHasher as _, RandomState};
+    store::migrate(&pool).await?;
+    let lookups = Lookups::new();
+    let (mut samples, mut provisioned) = (0, 0);
+    let (mut tasks, mut services) = (HashSet::new(), HashSet::new());
+    let hasher = RandomState::new();
+    while let Some(chunk) = chunks.recv().await {
+        for t in chunk.batch.tasks.values() {
+            tasks.insert(hasher.hash_one(&t.id));
+            for s in &t.services {
+                services.insert(hasher.hash_one(s));
+            }
+        }
+        samples += store::write_batch(&pool, &lookups, &chunk.batch, true)
+            .await?
+            .inserted;
+        provisioned += store::write_provisioned(&pool, &lookups, &chunk.provisioned).await?;
+    }
+    Ok((samples, provisioned, tasks, services))
+}
+
+/// Runs `parse` on a blocking thread feeding a [`Sink`], and the writer
+/// here; the report of both.
+/// `parse` returns its report with the usage rows it read and how many of
+/// them were malformed.
+async fn pipeline<F>(pool: &PgPool, what: &str, parse: F) -> Result<ImportReport>
+where
+    F: FnOnce(&mut Sink) -> Result<(ImportReport, u64, u64)> + Send + 'static,
+{
+    let started = Instant::now();
+    let (tx, rx) = mpsc::channel(2);
+    let progress = Progress::new(what);
+    let writer = tokio::spawn(write_all(pool.clone(), rx));
+    let parser = {
+        let progress = progress.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut sink = Sink::new(tx, progress);
+            let report = parse(&mut sink);
+            let _ = sink.flush(true);
+            report
+        })
+    };
+    let parsed = parser
+        .await
+        .map_err(|e| Error::InvalidArgument(format!("the import stopped: {e}")))?;
+    let written = writer
+        .await
+        .map_err(|e| Error::InvalidArgument(format!("the import stopped: {e}")))?;
+    progress.finish();
+    // A writer's error (the database) explains a parser that stopped.
+    let (samples, provisioned, tasks, services) = written?;
+    let (mut report, usage_rows, usage_malformed) = parsed?;
+    report.samples = samples;
+    report.provisioned = provisioned;
+    report.tasks = tasks.len() as u64;
+    report.services = services.len() as u64;
+    report.seconds = started.elapsed().as_secs_f64();
+    report.check(usage_rows, usage_malformed)
+}
+
+/// A CSV reader over `path` that takes rows of any length (they are
+/// checked here, with their line).
+fn reader(path: &Path, delimiter: u8, headers: bool) -> Result<csv::Reader<std::fs::File>> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::InvalidArgument(format!("cannot read {}: {e}", path.display())))?;
+    Ok(csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .has_headers(headers)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(file))
+}
+
+/// Reads a row, or says why the file cannot be read further.
+fn next_row(
+    rows: &mut csv::Reader<std::fs::File>,
+    record: &mut csv::StringRecord,
+    path: &Path,
+) -> Result<bool> {
+    match rows.read_record(record) {
+        Ok(more) => Ok(more),
+        // A row that is not UTF-8 is one bad row, not a broken file.
+        Err(e) if matches!(e.kind(), csv::ErrorKind::Utf8 { .. }) => {
+            record.clear();
+            record.push_field("\u{fffd}");
+            Ok(true)
+        }
+        Err(e) => Err(Error::InvalidArgument(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+fn field(row: &csv::StringRecord, i: usize, name: &str) -> std::result::Result<f64, String> {
+    let text = row.get(i).unwrap_or("");
     let v: f64 = text
         .parse()
         .map_err(|_| format!("{name} is {text:?}, not a number"))?;
@@ -221,152 +424,206 @@ struct Container {
     mem_units: f64,
 }
 
+/// Why a utilisation is refused: outside [0, 100].
+const OUT_OF_RANGE: &str = "outside [0, 100]";
+
+/// One usage row's figures, checked: seconds from the trace's start,
+/// utilisations in percent, network when given.
+#[derive(Debug, Clone, Copy)]
+struct UsageRow {
+    ts: f64,
+    cpu: f64,
+    mem: f64,
+    net_in: Option<f64>,
+    net_out: Option<f64>,
+}
+
+/// One usage row, checked.
+fn alibaba_row(
+    row: &csv::StringRecord,
+    containers: &HashMap<String, Container>,
+) -> std::result::Result<UsageRow, String> {
+    if row.len() != 11 {
+        return Err(format!("{} fields, expected 11", row.len()));
+    }
+    let id = &row[0];
+    if !containers.contains_key(id) {
+        return Err(format!("container {id:?} is not in the meta file"));
+    }
+    let ts = field(row, 2, "time_stamp")?;
+    if ts < 0.0 {
+        return Err(format!("time_stamp {ts} is negative"));
+    }
+    let cpu = field(row, 3, "cpu_util_percent")?;
+    let mem = field(row, 4, "mem_util_percent")?;
+    for (name, v) in [("cpu_util_percent", cpu), ("mem_util_percent", mem)] {
+        if !(0.0..=100.0).contains(&v) {
+            return Err(format!("{name} {v} is {OUT_OF_RANGE}"));
+        }
+    }
+    // Network columns are often empty in the public files.
+    let opt = |i: usize, name: &str| {
+        if row[i].is_empty() {
+            Ok(None)
+        } else {
+            field(row, i, name).map(Some)
+        }
+    };
+    Ok(UsageRow {
+        ts,
+        cpu,
+        mem,
+        net_in: opt(8, "net_in")?,
+        net_out: opt(9, "net_out")?,
+    })
+}
+
 /// Imports an Alibaba v2018 container trace (see the module doc).
 pub async fn alibaba(pool: &PgPool, o: &AlibabaOptions) -> Result<ImportReport> {
-    let mut report = ImportReport::default();
-    let mut containers: HashMap<String, Container> = HashMap::new();
-    for (n, line) in open(&o.meta)?.lines().enumerate() {
-        let line =
-            line.map_err(|e| Error::InvalidArgument(format!("{}: {e}", o.meta.display())))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        report.rows += 1;
-        let p: Vec<&str> = line.split(',').collect();
-        let parsed = (|| {
-            if p.len() != 8 {
-                return Err(format!("{} fields, expected 8", p.len()));
+    // Unreadable files are refused before the store is touched.
+    reader(&o.meta, b',', false)?;
+    reader(&o.usage, b',', false)?;
+    let o = o.clone();
+    pipeline(pool, "alibaba", move |sink| {
+        let mut report = ImportReport::default();
+        let mut containers: HashMap<String, Container> = HashMap::new();
+        let mut meta = reader(&o.meta, b',', false)?;
+        let mut row = csv::StringRecord::new();
+        let mut line = 0u64;
+        sink.progress.stage("alibaba meta");
+        while next_row(&mut meta, &mut row, &o.meta)? {
+            line += 1;
+            if row.iter().all(str::is_empty) {
+                continue;
             }
-            if p[0].trim().is_empty() || p[3].trim().is_empty() {
-                return Err("no container_id or app_du".into());
-            }
-            let cpu = field(&p, 5, "cpu_request")?;
-            let mem = field(&p, 7, "mem_size")?;
-            if cpu <= 0.0 || mem <= 0.0 {
-                return Err(format!(
-                    "cpu_request {cpu} and mem_size {mem} must be positive"
-                ));
-            }
-            Ok(Container {
-                machine: p[1].trim().to_string(),
-                app: p[3].trim().to_string(),
-                cpu_cores: cpu / 100.0,
-                mem_units: mem,
-            })
-        })();
-        match parsed {
-            // A container's later rows (status changes) restate its facts.
-            Ok(c) => {
-                containers.insert(p[0].trim().to_string(), c);
-            }
-            Err(why) => report.bad(&o.meta, n + 1, why),
-        }
-    }
-    struct Sample {
-        ts: f64,
-        container: String,
-        cpu: f64,
-        mem: f64,
-        net_in: Option<f64>,
-        net_out: Option<f64>,
-    }
-    let mut samples = Vec::new();
-    for (n, line) in open(&o.usage)?.lines().enumerate() {
-        let line =
-            line.map_err(|e| Error::InvalidArgument(format!("{}: {e}", o.usage.display())))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        report.rows += 1;
-        let p: Vec<&str> = line.split(',').collect();
-        let parsed = (|| {
-            if p.len() != 11 {
-                return Err(format!("{} fields, expected 11", p.len()));
-            }
-            let id = p[0].trim();
-            if !containers.contains_key(id) {
-                return Err(format!("container {id:?} is not in the meta file"));
-            }
-            let ts = field(&p, 2, "time_stamp")?;
-            let cpu = field(&p, 3, "cpu_util_percent")?;
-            let mem = field(&p, 4, "mem_util_percent")?;
-            if ts < 0.0 || cpu < 0.0 || !(0.0..=100.0).contains(&mem) {
-                return Err(format!(
-                    "time_stamp {ts}, cpu_util_percent {cpu}, mem_util_percent {mem} out of range"
-                ));
-            }
-            // Network columns are often empty in the public files.
-            let opt = |i: usize, name: &str| {
-                if p[i].trim().is_empty() {
-                    Ok(None)
-                } else {
-                    field(&p, i, name).map(Some)
+            report.rows += 1;
+            let parsed = (|| {
+                if row.len() != 8 {
+                    return Err(format!("{} fields, expected 8", row.len()));
                 }
-            };
-            Ok(Sample {
+                if row[0].is_empty() || row[3].is_empty() {
+                    return Err("no container_id or app_du".into());
+                }
+                let cpu = field(&row, 5, "cpu_request")?;
+                let mem = field(&row, 7, "mem_size")?;
+                if cpu <= 0.0 || mem <= 0.0 {
+                    return Err(format!(
+                        "cpu_request {cpu} and mem_size {mem} must be positive"
+                    ));
+                }
+                Ok(Container {
+                    machine: row[1].to_string(),
+                    app: row[3].to_string(),
+                    cpu_cores: cpu / 100.0,
+                    mem_units: mem,
+                })
+            })();
+            match parsed {
+                // A container's later rows (status changes) restate its facts.
+                Ok(c) => {
+                    containers.insert(row[0].to_string(), c);
+                }
+                Err(why) => report.bad(&o.meta, line, format!("meta: {why}")),
+            }
+        }
+        // The trace's span, to place its end at now: timestamps only.
+        let origin_us = match o.start {
+            Some(start) => start.timestamp_micros(),
+            None => {
+                sink.progress.stage("alibaba usage (time span)");
+                let mut span = 0.0f64;
+                let mut usage = reader(&o.usage, b',', false)?;
+                let mut n = 0;
+                while next_row(&mut usage, &mut row, &o.usage)? {
+                    n += 1;
+                    sink.progress.set(n, 0);
+                    if let Some(ts) = row.get(2).and_then(|t| t.parse::<f64>().ok()) {
+                        span = span.max(ts);
+                    }
+                }
+                (Utc::now() - chrono::Duration::seconds(span as i64) - chrono::Duration::minutes(1))
+                    .timestamp_micros()
+            }
+        };
+        let window = o.window.as_secs_f64().max(1.0);
+        sink.progress.stage("alibaba usage");
+        let mut usage = reader(&o.usage, b',', false)?;
+        let mut line = 0u64;
+        let (mut rows, mut bad) = (0u64, 0u64);
+        while next_row(&mut usage, &mut row, &o.usage)? {
+            line += 1;
+            if row.iter().all(str::is_empty) {
+                continue;
+            }
+            rows += 1;
+            sink.progress.set(rows, bad);
+            let UsageRow {
                 ts,
-                container: id.to_string(),
                 cpu,
                 mem,
-                net_in: opt(8, "net_in")?,
-                net_out: opt(9, "net_out")?,
-            })
-        })();
-        match parsed {
-            Ok(s) => samples.push(s),
-            Err(why) => report.bad(&o.usage, n + 1, why),
+                net_in,
+                net_out,
+            } = match alibaba_row(&row, &containers) {
+                Ok(r) => r,
+                Err(why) => {
+                    if why.ends_with(OUT_OF_RANGE) {
+                        report.out_of_range += 1;
+                    }
+                    bad += 1;
+                    report.bad(&o.usage, line, why);
+                    continue;
+                }
+            };
+            let id = &row[0];
+            let c = &containers[id];
+            let w = (ts / window).floor();
+            let task = format!("alibaba-{}-{w}", c.machine);
+            let ts_us = origin_us + (ts * 1e6) as i64;
+            let task_start = origin_us + (w * window * 1e6) as i64;
+            sink.task(
+                &task,
+                task_start,
+                task_start + (window * 1e6) as i64,
+                &c.app,
+            );
+            sink.sample(
+                &task,
+                &c.app,
+                id,
+                resource::CPU,
+                ts_us,
+                cpu / 100.0 * c.cpu_cores,
+            );
+            sink.sample(
+                &task,
+                &c.app,
+                id,
+                resource::MEMORY,
+                ts_us,
+                mem / 100.0 * c.mem_units * o.memory_unit,
+            );
+            if let Some(v) = net_in {
+                sink.sample(&task, &c.app, id, resource::NET_RX, ts_us, v);
+            }
+            if let Some(v) = net_out {
+                sink.sample(&task, &c.app, id, resource::NET_TX, ts_us, v);
+            }
+            sink.provision(&task, &c.app, resource::CPU, ts_us, c.cpu_cores);
+            sink.provision(
+                &task,
+                &c.app,
+                resource::MEMORY,
+                ts_us,
+                c.mem_units * o.memory_unit,
+            );
+            if sink.flush(false).is_err() {
+                break;
+            }
         }
-    }
-    let span = samples.iter().map(|s| s.ts).fold(0.0, f64::max);
-    let start = o.start.unwrap_or_else(|| {
-        Utc::now() - chrono::Duration::seconds(span as i64) - chrono::Duration::minutes(1)
-    });
-    let origin_us = start.timestamp_micros();
-    let window = o.window.as_secs_f64().max(1.0);
-    let mut g = Gathered::default();
-    for s in &samples {
-        let c = &containers[&s.container];
-        let w = (s.ts / window).floor();
-        let task = format!("alibaba-{}-{w}", c.machine);
-        let ts_us = origin_us + (s.ts * 1e6) as i64;
-        let task_start = origin_us + (w * window * 1e6) as i64;
-        g.task(
-            &task,
-            task_start,
-            task_start + (window * 1e6) as i64,
-            &c.app,
-        );
-        g.add(
-            &task,
-            &c.app,
-            resource::CPU,
-            ts_us,
-            s.cpu / 100.0 * c.cpu_cores,
-        );
-        g.add(
-            &task,
-            &c.app,
-            resource::MEMORY,
-            ts_us,
-            s.mem / 100.0 * c.mem_units * o.memory_unit,
-        );
-        if let Some(v) = s.net_in {
-            g.add(&task, &c.app, resource::NET_RX, ts_us, v);
-        }
-        if let Some(v) = s.net_out {
-            g.add(&task, &c.app, resource::NET_TX, ts_us, v);
-        }
-        g.provision(&task, &c.app, resource::CPU, ts_us, c.cpu_cores);
-        g.provision(
-            &task,
-            &c.app,
-            resource::MEMORY,
-            ts_us,
-            c.mem_units * o.memory_unit,
-        );
-    }
-    g.write(pool, &mut report).await?;
-    Ok(report)
+        report.rows += rows;
+        Ok((report, rows, bad))
+    })
+    .await
 }
 
 /// Options of the Bitbrains importer.
@@ -383,79 +640,64 @@ pub struct BitbrainsOptions {
     pub start: Option<DateTime<Utc>>,
 }
 
-/// One parsed Bitbrains row: timestamp (as written), then cores, capacity
-/// MHz, usage MHz, memory capacity KB, memory usage KB, disk read, disk
-/// write, net rx, net tx (KB/s).
-type VmRow = (f64, [f64; 9]);
+/// Column names of a Bitbrains row, as the parser reports them: columns
+/// 1..=3 and 5..=10 (4, CPU usage in %, is derived).
+const BITBRAINS_COLUMNS: [(usize, &str); 9] = [
+    (1, "CPU cores"),
+    (2, "CPU capacity"),
+    (3, "CPU usage"),
+    (5, "memory capacity"),
+    (6, "memory usage"),
+    (7, "disk read"),
+    (8, "disk write"),
+    (9, "network received"),
+    (10, "network transmitted"),
+];
 
-/// Parses one VM file; malformed rows go to `report`.
-fn bitbrains_file(path: &Path, report: &mut ImportReport) -> Result<Vec<VmRow>> {
-    let mut out = Vec::new();
-    let mut lines = open(path)?.lines().enumerate();
-    match lines.next() {
-        Some((_, Ok(h))) if h.contains("Timestamp") && h.split(';').count() == 11 => {}
-        _ => {
-            return Err(Error::InvalidArgument(format!(
-                "{}: the first line is not the GWA-T-12 header (11 `;`-separated columns starting with Timestamp)",
-                path.display()
-            )));
+/// A timestamp as written, in seconds: the header says ms, the published
+/// files hold seconds; a value above 10¹¹ can only be milliseconds.
+fn bitbrains_seconds(ts: f64) -> f64 {
+    if ts > 1e11 { ts / 1000.0 } else { ts }
+}
+
+/// One parsed row: timestamp (s), then cores, capacity MHz, usage MHz,
+/// memory capacity KB, memory usage KB, disk read, disk write, net rx,
+/// net tx (KB/s).
+fn bitbrains_row(row: &csv::StringRecord) -> std::result::Result<(f64, [f64; 9]), String> {
+    if row.len() != 11 {
+        return Err(format!("{} fields, expected 11", row.len()));
+    }
+    let ts = bitbrains_seconds(field(row, 0, "timestamp")?);
+    let mut v = [0.0; 9];
+    for (k, (col, name)) in BITBRAINS_COLUMNS.iter().enumerate() {
+        v[k] = field(row, *col, name)?;
+        if v[k] < 0.0 {
+            return Err(format!("{name} is negative"));
         }
     }
-    for (n, line) in lines {
-        let line = line.map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        report.rows += 1;
-        let p: Vec<&str> = line.split(';').collect();
-        let parsed = (|| {
-            if p.len() != 11 {
-                return Err(format!("{} fields, expected 11", p.len()));
-            }
-            let ts = field(&p, 0, "timestamp")?;
-            let mut v = [0.0; 9];
-            let names = [
-                "CPU cores",
-                "CPU capacity",
-                "CPU usage",
-                "memory capacity",
-                "memory usage",
-                "disk read",
-                "disk write",
-                "network received",
-                "network transmitted",
-            ];
-            // Columns 1..=3 and 5..=10 (4 is CPU usage in %, derived).
-            for (k, col) in [1, 2, 3, 5, 6, 7, 8, 9, 10].iter().enumerate() {
-                v[k] = field(&p, *col, names[k])?;
-                if v[k] < 0.0 {
-                    return Err(format!("{} is negative", names[k]));
-                }
-            }
-            if v[0] <= 0.0 || v[1] <= 0.0 {
-                return Err("CPU cores and capacity must be positive".into());
-            }
-            Ok((ts, v))
-        })();
-        match parsed {
-            Ok(r) => out.push(r),
-            Err(why) => report.bad(path, n + 1, why),
-        }
+    if v[0] <= 0.0 || v[1] <= 0.0 {
+        return Err("CPU cores and capacity must be positive".into());
     }
-    // The header says ms; the published files hold seconds. Decide by value.
-    let mut ts: Vec<f64> = out.iter().map(|r| r.0).collect();
-    ts.sort_by(f64::total_cmp);
-    if ts.get(ts.len() / 2).is_some_and(|m| *m > 1e11) {
-        for r in &mut out {
-            r.0 /= 1000.0;
-        }
+    Ok((ts, v))
+}
+
+/// A VM file with its header checked.
+fn bitbrains_reader(path: &Path) -> Result<csv::Reader<std::fs::File>> {
+    let mut r = reader(path, b';', true)?;
+    let ok = r
+        .headers()
+        .is_ok_and(|h| h.len() == 11 && h.get(0).is_some_and(|c| c.contains("Timestamp")));
+    if !ok {
+        return Err(Error::InvalidArgument(format!(
+            "{}: the first line is not the GWA-T-12 header (11 `;`-separated columns starting with Timestamp)",
+            path.display()
+        )));
     }
-    Ok(out)
+    Ok(r)
 }
 
 /// Imports Bitbrains GWA-T-12 VM files (see the module doc).
 pub async fn bitbrains(pool: &PgPool, o: &BitbrainsOptions) -> Result<ImportReport> {
-    let mut report = ImportReport::default();
     let mut files = Vec::new();
     for p in &o.paths {
         if p.is_dir() {
@@ -471,52 +713,93 @@ pub async fn bitbrains(pool: &PgPool, o: &BitbrainsOptions) -> Result<ImportRepo
         }
     }
     let mut vms = Vec::new();
-    for f in &files {
+    for f in files {
         let name = f
             .file_stem()
             .and_then(|s| s.to_str())
             .map(|s| format!("vm-{s}"))
             .ok_or_else(|| Error::InvalidArgument(format!("{}: no file name", f.display())))?;
-        vms.push((name, bitbrains_file(f, &mut report)?));
+        // A file without the header is refused before the store is touched.
+        bitbrains_reader(&f)?;
+        vms.push((name, f));
     }
-    let first = vms
-        .iter()
-        .flat_map(|(_, rows)| rows.iter().map(|r| r.0))
-        .fold(f64::MAX, f64::min);
-    let last = vms
-        .iter()
-        .flat_map(|(_, rows)| rows.iter().map(|r| r.0))
-        .fold(f64::MIN, f64::max);
-    if first > last {
-        return Err(Error::InvalidArgument(
-            "no usable rows in the given files".into(),
-        ));
-    }
-    let start = o.start.unwrap_or_else(|| {
-        Utc::now() - chrono::Duration::seconds((last - first) as i64) - chrono::Duration::minutes(1)
-    });
-    let shift = start.timestamp() as f64 - first;
-    let window = o.window.as_secs_f64().max(1.0);
-    let mut g = Gathered::default();
-    for (vm, rows) in &vms {
-        for (ts, v) in rows {
-            let t = ts + shift;
-            let w = ((ts - first) / window).floor();
-            let task = format!("bitbrains-{w}");
-            let task_start = ((start.timestamp() as f64 + w * window) * 1e6) as i64;
-            let ts_us = (t * 1e6) as i64;
-            g.task(&task, task_start, task_start + (window * 1e6) as i64, vm);
-            let [cores, cap_mhz, use_mhz, mem_cap, mem_use, rd, wr, rx, tx] = *v;
-            g.add(&task, vm, resource::CPU, ts_us, use_mhz / (cap_mhz / cores));
-            g.add(&task, vm, resource::MEMORY, ts_us, mem_use * 1024.0);
-            g.add(&task, vm, resource::DISK_READ, ts_us, rd * 1024.0);
-            g.add(&task, vm, resource::DISK_WRITE, ts_us, wr * 1024.0);
-            g.add(&task, vm, resource::NET_RX, ts_us, rx * 1024.0);
-            g.add(&task, vm, resource::NET_TX, ts_us, tx * 1024.0);
-            g.provision(&task, vm, resource::CPU, ts_us, cores);
-            g.provision(&task, vm, resource::MEMORY, ts_us, mem_cap * 1024.0);
+    let o = o.clone();
+    pipeline(pool, "bitbrains", move |sink| {
+        let mut report = ImportReport::default();
+        let mut row = csv::StringRecord::new();
+        // First pass: the trace's first and last instant, timestamps only.
+        sink.progress.stage("bitbrains (time span)");
+        let (mut first, mut last) = (f64::MAX, f64::MIN);
+        for (_, path) in &vms {
+            let mut r = bitbrains_reader(path)?;
+            while next_row(&mut r, &mut row, path)? {
+                if let Some(ts) = row.get(0).and_then(|t| t.parse::<f64>().ok())
+                    && ts.is_finite()
+                {
+                    let ts = bitbrains_seconds(ts);
+                    first = first.min(ts);
+                    last = last.max(ts);
+                }
+            }
         }
-    }
-    g.write(pool, &mut report).await?;
-    Ok(report)
+        if first > last {
+            return Err(Error::InvalidArgument(
+                "no usable rows in the given files".into(),
+            ));
+        }
+        let start = o.start.unwrap_or_else(|| {
+            Utc::now()
+                - chrono::Duration::seconds((last - first) as i64)
+                - chrono::Duration::minutes(1)
+        });
+        let shift = start.timestamp() as f64 - first;
+        let window = o.window.as_secs_f64().max(1.0);
+        let instance = crate::ingest::decode::DEFAULT_INSTANCE;
+        sink.progress.stage("bitbrains");
+        'files: for (vm, path) in &vms {
+            let mut r = bitbrains_reader(path)?;
+            // Line 1 is the header.
+            let mut line = 1u64;
+            while next_row(&mut r, &mut row, path)? {
+                line += 1;
+                if row.iter().all(str::is_empty) {
+                    continue;
+                }
+                report.rows += 1;
+                sink.progress.set(report.rows, report.malformed);
+                let (ts, v) = match bitbrains_row(&row) {
+                    Ok(parsed) => parsed,
+                    Err(why) => {
+                        report.bad(path, line, why);
+                        continue;
+                    }
+                };
+                let t = ts + shift;
+                let w = ((ts - first) / window).floor();
+                let task = format!("bitbrains-{w}");
+                let task_start = ((start.timestamp() as f64 + w * window) * 1e6) as i64;
+                let ts_us = (t * 1e6) as i64;
+                sink.task(&task, task_start, task_start + (window * 1e6) as i64, vm);
+                let [cores, cap_mhz, use_mhz, mem_cap, mem_use, rd, wr, rx, tx] = v;
+                for (res, value) in [
+                    (resource::CPU, use_mhz / (cap_mhz / cores)),
+                    (resource::MEMORY, mem_use * 1024.0),
+                    (resource::DISK_READ, rd * 1024.0),
+                    (resource::DISK_WRITE, wr * 1024.0),
+                    (resource::NET_RX, rx * 1024.0),
+                    (resource::NET_TX, tx * 1024.0),
+                ] {
+                    sink.sample(&task, vm, instance, res, ts_us, value);
+                }
+                sink.provision(&task, vm, resource::CPU, ts_us, cores);
+                sink.provision(&task, vm, resource::MEMORY, ts_us, mem_cap * 1024.0);
+                if sink.flush(false).is_err() {
+                    break 'files;
+                }
+            }
+        }
+        let (rows, bad) = (report.rows, report.malformed);
+        Ok((report, rows, bad))
+    })
+    .await
 }

@@ -132,7 +132,14 @@ pub async fn run(
         .max_decoding_message_size(config.grpc.max_message_bytes)
         .max_encoding_message_size(config.grpc.max_message_bytes);
     let routes = Routes::new(health_service).add_service(api);
-    let served = grpc::serve(listener, routes, &config.grpc, shutdown.clone()).await;
+    let served = grpc::serve(
+        listener,
+        routes,
+        &[SERVICE_NAME],
+        &config.grpc,
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     grpc::report_health(&shared.health, SERVICE_NAME, false).await;
     match background.await {

@@ -1,7 +1,8 @@
 //! The trace importers against a real PostgreSQL, on small files written
 //! here in the public formats: values converted as documented, containers
-//! summed, tasks and mixes formed, provisioned allocations stored, and
-//! malformed rows counted with their line.
+//! as instances of their app unit, tasks and mixes formed, provisioned
+//! allocations stored, malformed and out-of-range rows counted with their
+//! line, and an import of nothing but bad rows refused.
 
 use std::io::Write as _;
 
@@ -77,6 +78,8 @@ async fn alibaba_containers_become_app_units_on_machine_windows() -> anyhow::Res
     writeln!(u, "c_9,m_1,0,10,10,,,,,,1")?; // unknown container
     writeln!(u, "c_1,m_1,20,10")?; // too few fields
     writeln!(u, "c_1,m_1,30,10,250,,,,,,1")?; // memory above 100 %
+    writeln!(u, "c_1,m_1,40,101,10,,,,,,1")?; // a sentinel above 100 %
+    writeln!(u, "c_1,m_1,50,-1,10,,,,,,1")?; // and below 0
     drop(u);
     let report = import::alibaba(
         &db.pool,
@@ -89,7 +92,13 @@ async fn alibaba_containers_become_app_units_on_machine_windows() -> anyhow::Res
         },
     )
     .await?;
-    assert_eq!(report.malformed, 4, "{}", report.summary());
+    assert_eq!(report.malformed, 6, "{}", report.summary());
+    assert_eq!(report.out_of_range, 3, "{}", report.summary());
+    assert!(
+        report.summary().contains("3 utilisations outside [0, 100]"),
+        "{}",
+        report.summary()
+    );
     assert!(
         report.examples[0].contains("cpu_request"),
         "{:?}",
@@ -102,19 +111,31 @@ async fn alibaba_containers_become_app_units_on_machine_windows() -> anyhow::Res
     );
     assert_eq!(report.tasks, 2);
 
-    // app_1 = c_1 + c_2: 0.5 × 2 + 1.0 × 2 cores; 0.25 × 4e9 + 0.5 × 4e9 bytes.
+    // app_1's containers are its two instances: c_1 at 0.5 × 2 cores and
+    // 0.25 × 4e9 bytes, c_2 at 1.0 × 2 cores and 0.5 × 4e9 bytes.
     let cpu = series(&db.pool, "samples", "app_1", "cpu").await;
-    assert_eq!(cpu.len(), 4);
-    assert!(cpu.iter().all(|(_, v)| (v - 3.0).abs() < 1e-9), "{cpu:?}");
+    assert_eq!(cpu.len(), 8, "{cpu:?}");
+    let mut values: Vec<f64> = cpu.iter().map(|(_, v)| *v).collect();
+    values.sort_by(f64::total_cmp);
+    assert_eq!(values, [1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0]);
     assert_eq!(cpu[0].0, "alibaba-m_1-0");
-    assert_eq!(cpu[2].0, "alibaba-m_1-1");
+    assert_eq!(cpu[7].0, "alibaba-m_1-1");
     let mem = series(&db.pool, "samples", "app_1", "memory").await;
-    assert!(mem.iter().all(|(_, v)| (v - 3e9).abs() < 1.0), "{mem:?}");
+    assert!(
+        mem.iter()
+            .all(|(_, v)| (v - 1e9).abs() < 1.0 || (v - 2e9).abs() < 1.0),
+        "{mem:?}"
+    );
     let net = series(&db.pool, "samples", "app_1", "net_rx").await;
     assert_eq!(net.len(), 4, "only c_1 reports network");
+    let instances = store::list_services(&db.pool).await?;
+    let app_1 = instances.iter().find(|s| s.name == "app_1").unwrap();
+    assert_eq!(app_1.instances, 2, "one instance per container");
+    // What one container was given, once per task (a step).
     let given = series(&db.pool, "provisioned", "app_1", "cpu").await;
+    assert_eq!(given.len(), 2, "{given:?}");
     assert!(
-        given.iter().all(|(_, v)| (v - 4.0).abs() < 1e-9),
+        given.iter().all(|(_, v)| (v - 2.0).abs() < 1e-9),
         "{given:?}"
     );
     let given = series(&db.pool, "provisioned", "app_2", "memory").await;
@@ -122,6 +143,27 @@ async fn alibaba_containers_become_app_units_on_machine_windows() -> anyhow::Res
         given.iter().all(|(_, v)| (v - 2e9).abs() < 1.0),
         "{given:?}"
     );
+    // A file of nothing but bad rows is an error, not an empty success.
+    let bad = dir.path().join("bad_usage.csv");
+    std::fs::write(&bad, "c_1,m_1,0,101,10,,,,,,1\nc_1,m_1\n")?;
+    let e = import::alibaba(
+        &db.pool,
+        &AlibabaOptions {
+            meta: dir.path().join("container_meta.csv"),
+            usage: bad,
+            window: std::time::Duration::from_secs(3600),
+            memory_unit: 1e9,
+            start: Some(at("2026-11-20T00:00:00Z")),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("every one of the 2 usage rows is malformed"),
+        "{e}"
+    );
+
     // Mixes: app_2 ran in the first hour only.
     let mut mixes: Vec<(String, Vec<String>)> =
         store::list_tasks(&db.pool, None, None, None, 0, 100)

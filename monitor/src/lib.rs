@@ -123,11 +123,14 @@ impl Frame {
 }
 
 async fn channel(url: &str, tls: &headroom_serving::tls::ClientTls) -> anyhow::Result<Channel> {
-    Ok(tls
-        .endpoint(url)?
+    use anyhow::Context as _;
+    tls.endpoint(url)?
         .connect_timeout(std::time::Duration::from_secs(3))
         .connect()
-        .await?)
+        .await
+        .with_context(|| {
+            format!("cannot reach {url} (is the service running? see --help for its URL option)")
+        })
 }
 
 fn secs(t: &prost_types::Timestamp) -> f64 {

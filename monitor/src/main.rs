@@ -52,8 +52,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         headroom_charts::line_chart(
             path,
             &frame.title(&sel.service, &sel.resource),
-            "seconds into the task",
-            &format!("{} ({})", sel.resource, frame.unit),
+            headroom_charts::Axis::plain("seconds into the task"),
+            headroom_charts::Axis {
+                title: &sel.resource,
+                unit: headroom_charts::Unit::parse(&frame.unit),
+            },
             &frame.series(),
         )?;
         eprintln!(
@@ -63,7 +66,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             frame.predicted.len(),
             frame
                 .allocation
-                .map(|a| format!(", allocation {a:.4}"))
+                .map(|a| format!(
+                    ", allocation {}",
+                    headroom_charts::Unit::parse(&frame.unit).format(a)
+                ))
                 .unwrap_or_default()
         );
         return Ok(());
@@ -146,6 +152,8 @@ fn draw(f: &mut ratatui::Frame<'_>, sel: &Selection, frame: &anyhow::Result<Fram
         y1 = y1.max(*y);
     }
     let y1 = if y1 > 0.0 { y1 * 1.05 } else { 1.0 };
+    let unit = headroom_charts::Unit::parse(&frame.unit);
+    let scale = unit.scale(y1);
     let chart = Chart::new(datasets)
         .block(Block::bordered().title(frame.title(&sel.service, &sel.resource)))
         .x_axis(
@@ -156,17 +164,21 @@ fn draw(f: &mut ratatui::Frame<'_>, sel: &Selection, frame: &anyhow::Result<Fram
         )
         .y_axis(
             Axis::default()
-                .title(frame.unit.clone())
+                .title(format!("{} ({})", sel.resource, scale.name))
                 .bounds([0.0, y1])
-                .labels([Line::from("0"), Line::from(format!("{y1:.3}"))]),
+                .labels([
+                    Line::from("0"),
+                    Line::from(scale.label(y1 / 2.0)),
+                    Line::from(scale.label(y1)),
+                ]),
         );
     f.render_widget(chart, chart_area);
     let last = frame.used.last().map(|p| p.1);
     let status = format!(
         "mix {} | last {} | allocation {} | model {} | {} samples{}  (q quits)",
         frame.mix.join(","),
-        last.map_or("-".into(), |v| format!("{v:.4}")),
-        frame.allocation.map_or("-".into(), |a| format!("{a:.4}")),
+        last.map_or("-".into(), |v| unit.format(v)),
+        frame.allocation.map_or("-".into(), |a| unit.format(a)),
         if frame.model_version.is_empty() {
             "-"
         } else {
@@ -229,7 +241,10 @@ mod tests {
             text.contains("cache memory in task t-1 (running)"),
             "{text}"
         );
-        assert!(text.contains("allocation 300000000.0000"), "{text}");
+        assert!(text.contains("allocation 286Mi"), "{text}");
+        assert!(text.contains("last 238Mi"), "{text}");
+        assert!(text.contains("memory (MiB)"), "{text}");
+        assert!(!text.contains("300000000"), "{text}");
         assert!(text.contains("model v7"), "{text}");
         assert!(text.contains("3 samples"), "{text}");
         let text = screen(&Err(anyhow::anyhow!("no task ran \"cache\"")));

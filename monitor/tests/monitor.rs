@@ -128,3 +128,29 @@ async fn shows_usage_against_the_prediction_and_the_allocation() -> anyhow::Resu
     predictor.stop().await?;
     collector.stop().await
 }
+
+/// An unreachable collector ends the monitor with one line naming it.
+#[test]
+fn an_unreachable_collector_is_named_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_headroom-monitor"))
+        .args([
+            "--service",
+            "api",
+            "--collector",
+            "http://127.0.0.1:1",
+            "--png",
+        ])
+        .arg(dir.path().join("x.png"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("headroom-monitor: ")
+            && err.contains("127.0.0.1:1")
+            && !err.contains("panicked"),
+        "{err}"
+    );
+}

@@ -165,7 +165,14 @@ pub async fn run(
     .max_decoding_message_size(state.config.grpc.max_message_bytes)
     .max_encoding_message_size(state.config.grpc.max_message_bytes);
     let routes = Routes::new(health_service).add_service(api);
-    let served = grpc::serve(listener, routes, &state.config.grpc, shutdown).await;
+    let served = grpc::serve(
+        listener,
+        routes,
+        &[SERVICE_NAME],
+        &state.config.grpc,
+        shutdown,
+    )
+    .await;
     grpc::report_health(&state.health, SERVICE_NAME, false).await;
     Ok(served?)
 }
@@ -593,7 +600,7 @@ impl Predictor for PredictorApi {
         let spec = &model.spec;
         if r.task_services.is_empty() {
             return Err(Status::invalid_argument(
-                "task_services must name at least one service",
+                "task_services is empty: name at least one service of the task",
             ));
         }
         let resources: Vec<String> = if r.resources.is_empty() {

@@ -84,24 +84,57 @@ pub struct LoadedModel {
     jobs: mpsc::Sender<Job>,
 }
 
-/// Makes the ONNX Runtime library at `dylib` the one every session uses.
+/// What to do when ONNX Runtime cannot be loaded, said in every such error.
+pub const RUNTIME_FIX: &str = "set ORT_DYLIB_PATH to libonnxruntime.so (`scripts/stack up` installs one and `.stack/env` sets the variable)";
+
+/// Makes the ONNX Runtime library at `dylib` (or, without one, the
+/// `libonnxruntime.so` the dynamic loader finds) the one every session
+/// uses.
+///
+/// Errors: the file does not exist, or ONNX Runtime cannot be loaded from
+/// it (not a library, a version `ort` cannot use), each in one line that
+/// names the file and says what to do. `ort` panics when it cannot load
+/// the library; that panic is caught here, silently, and becomes the
+/// error, so a missing runtime never prints a backtrace.
 pub fn init_runtime(dylib: Option<&Path>) -> Result<()> {
-    let builder = match dylib {
-        Some(p) => {
-            if !p.exists() {
-                return Err(Error::Runtime(format!(
-                    "no ONNX Runtime library at {} (ORT_DYLIB_PATH)",
-                    p.display()
-                )));
-            }
-            ort::init_from(p.to_string_lossy())
+    if let Some(p) = dylib
+        && !p.is_file()
+    {
+        return Err(Error::Runtime(format!(
+            "no ONNX Runtime library at {}: {RUNTIME_FIX}",
+            p.display()
+        )));
+    }
+    let shown = dylib.map_or_else(
+        || "libonnxruntime.so".to_string(),
+        |p| p.display().to_string(),
+    );
+    let silent: Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Send + Sync> = Box::new(|_| {});
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(silent);
+    let committed = std::panic::catch_unwind(|| match dylib {
+        Some(p) => ort::init_from(p.to_string_lossy()).commit(),
+        None => ort::init().commit(),
+    });
+    std::panic::set_hook(hook);
+    match committed {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(Error::Runtime(format!(
+            "cannot start {shown}: {e}; {RUNTIME_FIX}"
+        ))),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("the library could not be loaded");
+            // ort's message repeats the path; keep the loader's reason.
+            let why = why.rsplit("`: ").next().unwrap_or(why);
+            Err(Error::Runtime(format!(
+                "cannot load {shown} ({why}); {RUNTIME_FIX}"
+            )))
         }
-        None => ort::init(),
-    };
-    builder
-        .commit()
-        .map_err(|e| Error::Runtime(e.to_string()))?;
-    Ok(())
+    }
 }
 
 /// Builds a session the way the predictor runs it.

@@ -63,6 +63,13 @@ pub enum ServeError {
     Tls(#[from] crate::tls::TlsError),
 }
 
+/// Services every server lists besides its own: health and reflection.
+const REFLECTED_ALWAYS: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
 /// How long connections may drain after shutdown begins.
 pub const DRAIN_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -70,23 +77,29 @@ pub const DRAIN_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
 /// `shutdown` is cancelled, then drains connections already accepted (for at most
 /// [`DRAIN_PERIOD`]).
 /// Reflection (v1 and v1alpha, for every grpcurl) is added here, over the
-/// `headroom.v1` and `grpc.health.v1` descriptor sets.
+/// `headroom.v1` and `grpc.health.v1` descriptor sets; it lists exactly
+/// `services` (the fully qualified names `routes` serves, e.g.
+/// `headroom.v1.Collector`), health and reflection itself, so `grpcurl
+/// list` shows what this server answers and nothing else.
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
+    services: &[&str],
     options: &GrpcOptions,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let tls = options.tls.config()?;
     crate::metrics::install(&options.metrics)?;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(headroom_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(headroom_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection = || {
+        services.iter().copied().chain(REFLECTED_ALWAYS).fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(headroom_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+            |b, name| b.with_service_name(name),
+        )
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let routes = routes
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);

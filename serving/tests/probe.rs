@@ -25,6 +25,7 @@ async fn the_probe_reports_health() -> anyhow::Result<()> {
         grpc::serve(
             l,
             tonic::service::Routes::new(service),
+            &[],
             &GrpcOptions::default(),
             s,
         )

@@ -19,7 +19,7 @@ async fn tls_server(tls: ServerTls) -> anyhow::Result<kit::TestServer> {
             tls,
             ..GrpcOptions::default()
         };
-        grpc::serve(l, tonic::service::Routes::new(service), &options, s).await
+        grpc::serve(l, tonic::service::Routes::new(service), &[], &options, s).await
     })
     .await
 }
@@ -153,6 +153,7 @@ async fn bad_tls_files_are_clear_errors_without_their_contents() -> anyhow::Resu
         grpc::serve(
             listener,
             tonic::service::Routes::new(service),
+            &[],
             &options,
             tokio_util::sync::CancellationToken::new(),
         )

@@ -329,14 +329,19 @@ async fn examples_flow_through_every_service_to_a_recommendation() -> anyhow::Re
             .is_some_and(|e| e.model_version == "pipeline")
     }));
 
-    // grpcurl lists and describes every service through reflection.
+    // grpcurl lists exactly each server's own service (plus health and
+    // reflection) and describes it through reflection.
     for (server, name) in [
         (&collector, "headroom.v1.Collector"),
         (&predictor, "headroom.v1.Predictor"),
         (&allocator, "headroom.v1.Allocator"),
     ] {
         let listed = kit::grpcurl(&[], server.addr, &["list"]).await?;
-        assert!(listed.lines().any(|l| l == name), "{name}: {listed}");
+        assert_eq!(
+            listed.lines().collect::<Vec<_>>(),
+            own_services(name),
+            "{listed}"
+        );
         let described = kit::grpcurl(&[], server.addr, &["describe", name]).await?;
         assert!(
             described.contains(&format!("service {}", name.rsplit('.').next().unwrap())),
@@ -346,6 +351,19 @@ async fn examples_flow_through_every_service_to_a_recommendation() -> anyhow::Re
     allocator.stop().await?;
     predictor.stop().await?;
     collector.stop().await
+}
+
+/// What `grpcurl list` must print for the server of `name`, in its
+/// (sorted) order: health, reflection and the server's own service only.
+fn own_services(name: &str) -> Vec<&str> {
+    let mut all = vec![
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+        name,
+    ];
+    all.sort();
+    all
 }
 
 /// The agent's own reflection, checked on a running agent.
@@ -360,7 +378,11 @@ async fn grpcurl_lists_and_describes_the_agent() -> anyhow::Result<()> {
     );
     let agent = kit::spawn_server(move |l, s| headroom_agent::run(l, s, config)).await?;
     let listed = kit::grpcurl(&[], agent.addr, &["list"]).await?;
-    assert!(listed.lines().any(|l| l == "headroom.v1.Agent"), "{listed}");
+    assert_eq!(
+        listed.lines().collect::<Vec<_>>(),
+        own_services("headroom.v1.Agent"),
+        "{listed}"
+    );
     let described = kit::grpcurl(&[], agent.addr, &["describe", "headroom.v1.Agent"]).await?;
     assert!(described.contains("rpc StartTask"), "{described}");
     agent.stop().await

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use headroom_charts::{PALETTE, Series, line_chart};
+use headroom_charts::{Axis, PALETTE, Series, line_chart};
 
 use crate::{Error, Result, train::EpochLoss};
 
@@ -17,8 +17,8 @@ pub fn loss_plot(path: &Path, history: &[EpochLoss]) -> Result<()> {
     line_chart(
         path,
         "Headroom usage model: pinball loss",
-        "epoch",
-        "pinball loss (scaled)",
+        Axis::plain("epoch"),
+        Axis::plain("pinball loss (scaled)"),
         &[
             series("train", PALETTE[0], |e| e.train),
             series("validation (held-out tasks)", PALETTE[1], |e| e.validation),

@@ -119,3 +119,18 @@ async fn simulate_train_inspect_and_refuse_bad_sources() -> anyhow::Result<()> {
     assert_eq!(spec["services"].as_array().map(Vec::len), Some(4));
     Ok(())
 }
+
+/// An unreachable database ends training with one line naming it.
+#[test]
+fn an_unreachable_database_is_named_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = train_cmd("postgres://postgres@127.0.0.1:1/headroom")
+        .args(["train", "--quiet", "--out"])
+        .arg(dir.path().join("model.onnx"))
+        .output()
+        .unwrap();
+    assert_one_line_failure(
+        &out,
+        "cannot connect to the database at postgres://postgres@127.0.0.1:1/headroom",
+    );
+}

@@ -521,9 +521,44 @@ async fn held_out(collector: &Collector, ask: &BacktestAsk) -> Result<Vec<TaskIn
     held.sort_by(|a, b| b.start.total_cmp(&a.start));
     held.truncate(ask.max_tasks.unwrap_or(DEFAULT_MAX_TASKS));
     if held.is_empty() {
-        return Err(Error::NothingHeldOut);
+        return Err(Error::NothingHeldOut {
+            hint: nothing_held_out_hint(collector, ask).await?,
+        });
     }
     Ok(held)
+}
+
+/// Why no task was held out, and what to do: a split after the newest
+/// task names that task and its start.
+async fn nothing_held_out_hint(collector: &Collector, ask: &BacktestAsk) -> Result<String> {
+    let time = |s: f64| {
+        chrono::DateTime::from_timestamp_micros((s * 1e6) as i64).map_or_else(
+            || format!("{s} s"),
+            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        )
+    };
+    let Some(split) = ask.split.filter(|_| ask.task_ids.is_empty()) else {
+        return Ok(format!(
+            "; none of the tasks named ({}) has ended",
+            ask.task_ids.join(", ")
+        ));
+    };
+    Ok(match collector.newest_task().await? {
+        None => "; the collector holds no task yet".to_string(),
+        Some(newest) if newest.start < split => format!(
+            "; split {} is after the newest task, {}, which started at {}: give a split at or before {}",
+            time(split),
+            newest.id,
+            time(newest.start),
+            time(newest.start)
+        ),
+        Some(newest) => format!(
+            "; the tasks started after split {} have not ended (the newest, {}, started at {})",
+            time(split),
+            newest.id,
+            time(newest.start)
+        ),
+    })
 }
 
 /// What the trace's operators allocated, where an import stored it.

@@ -6,6 +6,7 @@ pub mod client;
 pub mod convert;
 pub mod service;
 pub mod sources;
+pub mod usage;
 
 use headroom_proto::v1::allocator_server::AllocatorServer;
 use headroom_serving::{
@@ -75,7 +76,7 @@ pub async fn run(
         .max_decoding_message_size(config.grpc.max_message_bytes)
         .max_encoding_message_size(config.grpc.max_message_bytes);
     let routes = Routes::new(health_service).add_service(api);
-    let served = grpc::serve(listener, routes, &config.grpc, shutdown).await;
+    let served = grpc::serve(listener, routes, &[SERVICE_NAME], &config.grpc, shutdown).await;
     grpc::report_health(&health, SERVICE_NAME, false).await;
     Ok(served?)
 }

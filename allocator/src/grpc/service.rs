@@ -41,7 +41,7 @@ impl From<Error> for Status {
             | Error::UnknownTraceService { .. } => Code::InvalidArgument,
             Error::NoHistory { .. }
             | Error::Unanswered(_)
-            | Error::NothingHeldOut
+            | Error::NothingHeldOut { .. }
             | Error::NothingProvisioned
             | Error::NoDurationBeforeSplit
             | Error::ModelAfterSplit { .. } => Code::FailedPrecondition,

@@ -128,6 +128,21 @@ impl Collector {
         }
     }
 
+    /// The task that started last, if the collector holds any.
+    pub async fn newest_task(&self) -> Result<Option<TaskInfo>> {
+        let page = self
+            .client
+            .clone()
+            .list_tasks(v1::ListTasksRequest {
+                page_size: 1,
+                ..Default::default()
+            })
+            .await
+            .map_err(upstream("the collector"))?
+            .into_inner();
+        Ok(page.tasks.first().map(task_info))
+    }
+
     /// Samples of `services` × `resources` within `[start, end)` (unix
     /// seconds; unbounded when `None`), or of `task_ids` when given.
     pub async fn history(

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{TableFormat, json, unit};
+use super::{TableFormat, json};
 use crate::{
     backtest::{BacktestReport, BacktestRow, FrontierPoint, Trace},
     error::{Error, Result},
@@ -150,7 +150,7 @@ pub fn frontier_csv(answer: &BacktestReport) -> Result<String> {
 /// strategy through its variants, violation rate (%) against relative
 /// slack (%); lower and further left is better.
 pub fn frontier_chart(path: &Path, answer: &BacktestReport, resource: &str) -> Result<()> {
-    use headroom_charts::{PALETTE, Series, line_chart};
+    use headroom_charts::{Axis, PALETTE, Series, line_chart};
     let mut by_strategy: std::collections::BTreeMap<_, Vec<(f64, f64)>> = Default::default();
     for p in answer.frontier.iter().filter(|p| p.resource == resource) {
         by_strategy
@@ -173,8 +173,8 @@ pub fn frontier_chart(path: &Path, answer: &BacktestReport, resource: &str) -> R
     line_chart(
         path,
         &format!("{resource}: relative slack against violation rate (lower left is better)"),
-        "violation rate (% of held-out samples above the limit)",
-        "relative slack (%)",
+        Axis::plain("violation rate (% of held-out samples above the limit)"),
+        Axis::plain("relative slack (%)"),
         &series,
     )
     .map_err(|e| Error::Chart {
@@ -195,7 +195,7 @@ pub fn chart_path(path: &Path, service: &str, resource: &str) -> PathBuf {
 
 /// Draws usage of one traced series against each strategy's request.
 pub fn chart(path: &Path, t: &Trace) -> Result<()> {
-    use headroom_charts::{PALETTE, Series, line_chart};
+    use headroom_charts::{Axis, PALETTE, Series, line_chart};
     let points = |values: &[f64]| {
         t.seconds
             .iter()
@@ -221,8 +221,11 @@ pub fn chart(path: &Path, t: &Trace) -> Result<()> {
             "{} {} in task {}: usage and allocations",
             t.service, t.resource, t.task_id
         ),
-        "seconds into the task",
-        &format!("{} ({})", t.resource, unit(&t.resource)),
+        Axis::plain("seconds into the task"),
+        Axis {
+            title: &t.resource,
+            unit: super::unit_of(&t.resource),
+        },
         &series,
     )
     .map_err(|e| Error::Chart {

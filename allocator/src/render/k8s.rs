@@ -11,39 +11,12 @@ use crate::{
     params::Kind,
 };
 
-const MIB: f64 = 1024.0 * 1024.0;
-
-/// Binary suffixes above `Mi`, as multiples of a MiB, largest first.
-const SUFFIXES: [(&str, u64); 2] = [("Ti", 1 << 20), ("Gi", 1 << 10)];
-
 /// A quantity as Kubernetes writes it, rounded up (never below the
 /// allocation): CPU in millicores (`250m`) or whole cores (`2`); bytes in
 /// MiB or the largest binary suffix that is exact (`512Mi`, `1536Mi`,
-/// `60Gi`). Resources Kubernetes does not allocate are written as bytes.
+/// `60Gi`), by the shared formatter ([`headroom_units::kubernetes`]).
 pub fn quantity(resource: &str, value: f64) -> String {
-    // A hair below an exact value (0.29 × 1000 = 290.00000000000006) is
-    // float noise, not a need for one more unit.
-    let up = |x: f64| (x * (1.0 - 1e-12)).ceil().max(0.0) as u64;
-    match Kind::of(resource) {
-        Kind::Cpu => {
-            let milli = up(value * 1000.0);
-            if milli % 1000 == 0 {
-                (milli / 1000).to_string()
-            } else {
-                format!("{milli}m")
-            }
-        }
-        Kind::Memory | Kind::Io => {
-            let mib = up(value / MIB);
-            if mib == 0 {
-                return "0".to_string();
-            }
-            SUFFIXES
-                .iter()
-                .find(|(_, f)| mib % f == 0)
-                .map_or_else(|| format!("{mib}Mi"), |(s, f)| format!("{}{s}", mib / f))
-        }
-    }
+    headroom_units::kubernetes(super::unit_of(resource), value)
 }
 
 /// Whether Kubernetes allocates the resource (requests and limits).
@@ -193,6 +166,7 @@ pub fn schedule(answer: &PlanReport) -> Result<String> {
 mod tests {
     use super::*;
 
+    const MIB: f64 = 1024.0 * 1024.0;
     const GIB: f64 = 1024.0 * MIB;
 
     #[test]
@@ -254,6 +228,36 @@ mod tests {
             container["resources"]["requests"]
                 .get("disk_read")
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn the_table_and_the_plan_read_in_millicores_and_binary_suffixes() {
+        let answer = [
+            rec("api", "cpu", 0.25, 0.5),
+            rec("api", "memory", 248_153_481.264_6, 1.8 * GIB),
+            rec("db", "memory", 60.0 * GIB, 60.0 * GIB),
+        ];
+        let table = super::super::recommendations(&answer, super::super::Output::Table).unwrap();
+        let words: Vec<Vec<&str>> = table
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(words[1][..4], ["api", "cpu", "250m", "500m"], "{table}");
+        assert_eq!(
+            words[2][..4],
+            ["api", "memory", "237Mi", "1.8Gi"],
+            "{table}"
+        );
+        assert_eq!(words[3][..4], ["db", "memory", "60Gi", "60Gi"], "{table}");
+        assert!(!table.contains("248153481"), "{table}");
+        let k8s = patches(&answer).unwrap();
+        assert!(k8s.contains("memory: 60Gi"), "{k8s}");
+        assert!(k8s.contains("cpu: 250m"), "{k8s}");
+        assert!(k8s.contains("memory: 237Mi"), "{k8s}");
+        assert!(
+            k8s.contains("memory: 1844Mi"),
+            "1.8 GiB rounds up to a MiB: {k8s}"
         );
     }
 

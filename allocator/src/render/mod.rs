@@ -40,9 +40,33 @@ pub enum TableFormat {
     Csv,
 }
 
-/// The unit of a resource's values.
+/// The unit of a resource's values, as machine outputs name it (`cores`,
+/// `bytes`, `bytes/s`).
 fn unit(resource: &str) -> &'static str {
     headroom_proto::resource::unit(resource).unwrap_or_default()
+}
+
+/// The unit of a resource's values, for the shared formatter.
+pub(crate) fn unit_of(resource: &str) -> headroom_units::Unit {
+    headroom_units::Unit::from_name(unit(resource))
+}
+
+/// A value of a resource of `kind` as people read it (see [`human`]).
+pub fn amount(kind: crate::params::Kind, value: f64) -> String {
+    use crate::params::Kind;
+    use headroom_units::Unit;
+    match kind {
+        Kind::Cpu => Unit::Cores,
+        Kind::Memory => Unit::Bytes,
+        Kind::Io => Unit::BytesPerSecond,
+    }
+    .format(value)
+}
+
+/// A resource's value as people read it (`250m`, `237Mi`, `1.8Gi`,
+/// `12 KiB/s`): the one formatter of every table, plan and explanation.
+pub fn human(resource: &str, value: f64) -> String {
+    unit_of(resource).format(value)
 }
 
 fn json(value: &impl Serialize) -> Result<String> {
@@ -121,7 +145,7 @@ pub fn recommendations(answer: &[Recommendation], output: Output) -> Result<Stri
     match output {
         Output::Table => {
             let mut out = format!(
-                "{:<24} {:<10} {:>14} {:>14} {:>8} {:>8}  unit\n",
+                "{:<24} {:<10} {:>12} {:>12} {:>8} {:>8}\n",
                 "service", "resource", "request", "limit", "slack", "risk"
             );
             let mut notes = String::new();
@@ -141,14 +165,13 @@ pub fn recommendations(answer: &[Recommendation], output: Output) -> Result<Stri
                     ));
                 }
                 out.push_str(&format!(
-                    "{:<24} {:<10} {:>14.4} {:>14.4} {:>7.1}% {:>7.2}%  {}\n",
+                    "{:<24} {:<10} {:>12} {:>12} {:>7.1}% {:>7.2}%\n",
                     r.service,
                     r.resource,
-                    a.request,
-                    a.limit,
+                    human(&r.resource, a.request),
+                    human(&r.resource, a.limit),
                     a.expected_slack * 100.0,
                     a.violation_risk * 100.0,
-                    unit(&r.resource)
                 ));
             }
             if !notes.is_empty() {
@@ -202,16 +225,14 @@ pub fn plans(answer: &PlanReport, output: Output) -> Result<String> {
             let mut out = format!("horizon {:.0} s\n", answer.horizon_seconds);
             for p in &answer.plans {
                 let r = &p.recommendation;
-                out.push_str(&format!(
-                    "{} {} ({})\n",
-                    r.service,
-                    r.resource,
-                    unit(&r.resource)
-                ));
+                out.push_str(&format!("{} {}\n", r.service, r.resource));
                 for s in &p.segments {
                     out.push_str(&format!(
-                        "  {:>8.0} – {:>8.0} s  request {:>14.4}  limit {:>14.4}\n",
-                        s.start, s.end, s.request, s.limit
+                        "  {:>8.0} – {:>8.0} s  request {:>10}  limit {:>10}\n",
+                        s.start,
+                        s.end,
+                        human(&r.resource, s.request),
+                        human(&r.resource, s.limit)
                     ));
                 }
             }
@@ -303,9 +324,9 @@ pub fn placement(answer: &Placed, output: Output) -> Result<String> {
     for (node, points) in &answer.headroom {
         let least = |f: fn(&HeadroomPoint) -> f64| points.iter().map(f).fold(f64::MAX, f64::min);
         out.push_str(&format!(
-            "  {node:<24} least free: {:.3} cores, {:.0} MiB\n",
-            least(|p| p.cpu_free),
-            least(|p| p.memory_free) / 1048576.0
+            "  {node:<24} least free: {} cpu, {} memory\n",
+            human(headroom_proto::resource::CPU, least(|p| p.cpu_free)),
+            human(headroom_proto::resource::MEMORY, least(|p| p.memory_free))
         ));
     }
     if !answer.unplaced.is_empty() {

@@ -7,6 +7,7 @@ use crate::{
     histogram::{Buckets, DecayingHistogram, Histogram},
     history::Obs,
     params::{Kind, Params, Peaks},
+    render::amount,
     strategy::{
         Alloc,
         auto::{self, Autopilot},
@@ -176,6 +177,11 @@ impl Summary {
         }
     }
 
+    /// The kind of resource summarised.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
     /// Samples summarised.
     pub fn count(&self) -> u64 {
         self.count
@@ -237,14 +243,32 @@ impl Summary {
     /// The answer for `request`: its limit, and its slack and risk over
     /// the summarised samples (nothing observed lies above a limit at or
     /// over the maximum).
-    fn alloc(&self, request: f64, params: &Params, detail: String) -> Alloc {
+    ///
+    /// Thin history (under a day of [`Summary::confidence`]) says so in
+    /// the explanation, "low confidence: N samples over H hours", and its
+    /// risk is at least 3/N: with no violation seen in N samples, 3/N is
+    /// the 95 % upper confidence bound of the rate ("rule of three",
+    /// Hanley & Lippman-Hand, JAMA 1983).
+    fn alloc(&self, request: f64, params: &Params, mut detail: String) -> Alloc {
         let limit = request * params.limit_ratio;
         let (slack, risk) = self.plain.fit(request, limit);
+        let mut risk = if limit >= self.max { 0.0 } else { risk };
+        if self.confidence() < 1.0 {
+            risk = risk.max((3.0 / self.count.max(1) as f64).min(1.0));
+            if !detail.contains("low confidence") {
+                detail.push_str(&format!(
+                    "; low confidence: {} samples over {:.1} hours",
+                    self.count,
+                    self.span() / 3600.0
+                ));
+            }
+            detail.push_str(" (risk at least 3/N while history is thin)");
+        }
         Alloc {
             request,
             limit,
             expected_slack: slack,
-            violation_risk: if limit >= self.max { 0.0 } else { risk },
+            violation_risk: risk,
             samples_used: self.count,
             detail,
         }
@@ -260,7 +284,9 @@ pub fn max(history: &Summary, params: &Params) -> Alloc {
         request,
         params,
         format!(
-            "historical maximum {peak:.4} rounded up to the next {step} (the prototype's rule)"
+            "historical maximum {} rounded up to the next {} (the prototype's rule)",
+            amount(history.kind, peak),
+            amount(history.kind, step)
         ),
     )
 }
@@ -366,7 +392,7 @@ fn describe(history: &Summary, params: &Params, e: &Estimate, what: &str) -> Str
         String::new()
     };
     format!(
-        "{what}: p{p} of {of} in a histogram decaying with a {}h half-life, plus {:.0} % margin{}; bounds [{:.4}, {:.4}] from {:.1} days of confidence{thin}",
+        "{what}: p{p} of {of} in a histogram decaying with a {}h half-life, plus {:.0} % margin{}; bounds [{}, {}] from {:.1} days of confidence{thin}",
         history.half_life / 3600.0,
         params.margin * 100.0,
         if departures.is_empty() {
@@ -374,8 +400,8 @@ fn describe(history: &Summary, params: &Params, e: &Estimate, what: &str) -> Str
         } else {
             format!(", {}", departures.join(", "))
         },
-        e.lower,
-        e.upper,
+        amount(history.kind, e.lower),
+        amount(history.kind, e.upper),
         confidence,
     )
 }
@@ -464,12 +490,52 @@ mod tests {
             &Params::default(),
         );
         assert!((a.request - 0.74).abs() < 1e-12, "{}", a.request);
-        assert_eq!(a.violation_risk, 0.0);
+        assert!(a.detail.contains("historical maximum 734m"), "{}", a.detail);
         let a = max(
             &Summary::of(&obs(&[15.0 * 1048576.0]), Kind::Memory, 86_400.0),
             &Params::default(),
         );
         assert_eq!(a.request, 20.0 * 1048576.0);
+        assert!(
+            a.detail
+                .contains("maximum 15Mi rounded up to the next 10Mi"),
+            "{}",
+            a.detail
+        );
+    }
+
+    #[test]
+    fn thin_history_says_low_confidence_and_takes_three_over_n_as_its_risk() {
+        let params = Params::default();
+        let one = Summary::of(&obs(&[0.5]), Kind::Cpu, 86_400.0);
+        let a = percentile(&one, &params);
+        assert_eq!(a.violation_risk, 1.0, "3/1 capped at 1");
+        assert!(
+            a.detail
+                .contains("low confidence: 1 samples over 0.0 hours"),
+            "{}",
+            a.detail
+        );
+        // 2 days of samples, one a minute: not thin, and nothing above the max.
+        let long: Vec<f64> = (0..2880).map(|i| (i % 10) as f64 / 10.0).collect();
+        let a = max(&Summary::of(&obs(&long), Kind::Cpu, 86_400.0), &params);
+        assert_eq!(a.violation_risk, 0.0);
+        assert!(!a.detail.contains("low confidence"), "{}", a.detail);
+        let a = max(
+            &Summary::of(&obs(&long[..100]), Kind::Cpu, 86_400.0),
+            &params,
+        );
+        assert!(
+            (a.violation_risk - 0.03).abs() < 1e-12,
+            "3/100: {}",
+            a.violation_risk
+        );
+        assert!(
+            a.detail
+                .contains("low confidence: 100 samples over 1.6 hours"),
+            "{}",
+            a.detail
+        );
     }
 
     const DAY: f64 = 86_400.0;
