@@ -386,7 +386,7 @@ impl Allocator {
         } else {
             Some(
                 self.predictor
-                    .task(&mix, &predictable, horizon, curve_step(horizon), now())
+                    .task(&mix, &predictable, horizon, curve_step(horizon))
                     .await?,
             )
         };

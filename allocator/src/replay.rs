@@ -149,36 +149,26 @@ pub async fn scores(
     let replayed: HashSet<usize> = newest.iter().copied().collect();
     // Each task is replayed as it would have been allocated: the horizon
     // a task of its mix gets (the caller's rule), its known services' curves.
-    let key_of = |task: usize| -> (Vec<String>, u64, u64) {
+    let key_of = |task: usize| -> (Vec<String>, u64) {
         let t = &past.tasks[task];
         let h = horizon(t)
             .unwrap_or_else(|| t.end.map_or(0.0, |e| e - t.start))
             .max(params.min_segment_seconds);
-        (
-            known_mix(&t.services, known),
-            h.to_bits(),
-            t.start.to_bits(),
-        )
+        (known_mix(&t.services, known), h.to_bits())
     };
-    let mut keys: BTreeMap<(Vec<String>, u64, u64), ()> = BTreeMap::new();
+    let mut keys: BTreeMap<(Vec<String>, u64), ()> = BTreeMap::new();
     for (task, service, _) in samples.keys() {
         if replayed.contains(task) && known.contains(service) {
             keys.insert(key_of(*task), ());
         }
     }
     let mut curves_of = HashMap::new();
-    for (mix, h, start) in keys.keys() {
+    for (mix, h) in keys.keys() {
         let horizon = f64::from_bits(*h);
         let predicted = predictor
-            .task(
-                mix,
-                resources,
-                horizon,
-                curve_step(horizon),
-                f64::from_bits(*start),
-            )
+            .task(mix, resources, horizon, curve_step(horizon))
             .await?;
-        curves_of.insert((mix.clone(), *h, *start), (predicted, horizon));
+        curves_of.insert((mix.clone(), *h), (predicted, horizon));
     }
     let mut out: HashMap<(String, String), Vec<Score>> = HashMap::new();
     for ((task, service, resource), series) in &samples {

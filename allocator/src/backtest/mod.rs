@@ -714,9 +714,7 @@ impl Predicting<'_> {
         let mut curves_of_mix = HashMap::new();
         for (ti, task) in replay.tasks.iter().enumerate() {
             let mix = crate::replay::known_mix(&task.services, &known);
-            // Curves per mix and start: the model reads the time of day.
-            let at = (mix.clone(), task.start.to_bits());
-            if !mix.is_empty() && !predictable.is_empty() && !curves_of_mix.contains_key(&at) {
+            if !mix.is_empty() && !predictable.is_empty() && !curves_of_mix.contains_key(&mix) {
                 let horizon = self
                     .horizon
                     .or_else(|| expected_duration(&past.tasks, &task.services))
@@ -724,15 +722,15 @@ impl Predicting<'_> {
                 let step = crate::quantiles::curve_step(horizon);
                 let predicted = self
                     .predictor
-                    .task(&mix, &predictable, horizon, step, task.start)
+                    .task(&mix, &predictable, horizon, step)
                     .await?;
-                curves_of_mix.insert(at.clone(), (predicted, horizon));
+                curves_of_mix.insert(mix.clone(), (predicted, horizon));
             }
             for service in &task.services {
                 for resource in self.resources {
                     let key = (service.clone(), resource.clone());
                     let curves = curves_of_mix
-                        .get(&at)
+                        .get(&mix)
                         .and_then(|(p, h)| p.curves.get(&key).map(|c| (c, *h)));
                     for s in self.strategies {
                         if !matches!(s, Strategy::Predictive | Strategy::Plan) {

@@ -315,15 +315,13 @@ impl Predictor {
     }
 
     /// Quantile curves for every service × resource of the mix `services`
-    /// from 0 to `horizon` every `step` seconds, for a task starting at
-    /// `task_start` (unix seconds: the model reads the time of day and week).
+    /// from 0 to `horizon` every `step` seconds.
     pub async fn task(
         &self,
         services: &[String],
         resources: &[String],
         horizon: f64,
         step: f64,
-        task_start: f64,
     ) -> Result<Predicted> {
         let answer = self
             .client
@@ -333,7 +331,6 @@ impl Predictor {
                 resources: resources.to_vec(),
                 horizon_seconds: horizon,
                 step_seconds: step,
-                task_start: Some(timestamp(task_start)),
                 ..Default::default()
             })
             .await
