@@ -371,7 +371,28 @@ impl Allocator {
     /// the services the model knows, calibrated on each series' replayed
     /// recent history; the others fall back to [`FALLBACK_STRATEGY`].
     async fn by_model(&self, m: &Mix, strategy: Strategy, params: &Params) -> Result<Allocated> {
-        let info = self.predictor.info().await?;
+        let info = match self.predictor.info().await {
+            Ok(info) => info,
+            Err(e) => {
+                // Without the predictor every series falls back alone.
+                let why = e.to_string();
+                let horizon = self.horizon(m, params).await.unwrap_or(0.0);
+                let mut allocs = Vec::new();
+                let mut fell_back = Vec::new();
+                for service in &m.services {
+                    for resource in &m.resources {
+                        fell_back.push((allocs.len(), why.clone()));
+                        allocs.push((
+                            unanswered(service, resource, strategy, String::new()),
+                            Vec::new(),
+                        ));
+                    }
+                }
+                return self
+                    .fall_back(m, strategy, params, allocs, fell_back, horizon)
+                    .await;
+            }
+        };
         let known: HashSet<String> = info.services.iter().cloned().collect();
         let mix = replay::known_mix(&m.services, &known);
         let predictable: Vec<String> = m
@@ -472,6 +493,21 @@ impl Allocator {
                 ));
             }
         }
+        self.fall_back(m, strategy, params, allocs, fell_back, horizon)
+            .await
+    }
+
+    /// Answers the series of `fell_back` (index into `allocs`, why) with
+    /// [`FALLBACK_STRATEGY`], saying why.
+    async fn fall_back(
+        &self,
+        m: &Mix,
+        strategy: Strategy,
+        params: &Params,
+        mut allocs: Vec<(Recommendation, Vec<Segment>)>,
+        fell_back: Vec<(usize, String)>,
+        horizon: f64,
+    ) -> Result<Allocated> {
         if fell_back.is_empty() {
             return Ok(Allocated { allocs, horizon });
         }
@@ -490,7 +526,19 @@ impl Allocator {
                 *u = format!("{strategy} cannot answer ({why}) and {u}");
                 r.alloc.detail = u.clone();
             }
-            allocs[i].0 = r;
+            // A plan covers the horizon even where it fell back: one
+            // segment at the fallback's level.
+            let segments = if strategy == Strategy::Plan && r.unanswered.is_none() {
+                vec![Segment {
+                    start: 0.0,
+                    end: horizon,
+                    request: r.alloc.request,
+                    limit: r.alloc.limit,
+                }]
+            } else {
+                Vec::new()
+            };
+            allocs[i] = (r, segments);
         }
         Ok(Allocated { allocs, horizon })
     }

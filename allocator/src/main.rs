@@ -82,7 +82,7 @@ enum Command {
     Recommend {
         #[command(flatten)]
         ask: Ask,
-        /// max, percentile, predictive or plan.
+        /// max, percentile, vpa, auto, predictive or plan.
         #[arg(long, env = "HEADROOM_STRATEGY", default_value_t = DEFAULT_STRATEGY)]
         strategy: Strategy,
     },

@@ -250,12 +250,17 @@ impl Params {
             percent(self.memory_percentile),
             "in (0, 100]",
         )?;
-        within("margin", self.margin, self.margin >= 0.0, "at least 0")?;
+        within(
+            "margin",
+            self.margin,
+            (0.0..=10.0).contains(&self.margin),
+            "in [0, 10]",
+        )?;
         within(
             "half_life_seconds",
             self.half_life_seconds,
-            self.half_life_seconds > 0.0,
-            "greater than 0",
+            (60.0..=366.0 * 86_400.0).contains(&self.half_life_seconds),
+            "between 60 s and a year",
         )?;
         within(
             "target_violation_rate",
@@ -285,7 +290,12 @@ impl Params {
             }
         }
         if let Some(h) = self.horizon_seconds {
-            within("horizon_seconds", h, h > 0.0, "greater than 0")?;
+            within(
+                "horizon_seconds",
+                h,
+                h > 0.0 && h <= 366.0 * 86_400.0,
+                "greater than 0 and at most a year",
+            )?;
         }
         Ok(())
     }

@@ -13,16 +13,7 @@ fn collector() -> Command {
 }
 
 fn one_line_failure(out: &Output, want: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "exit {:?}: {err}", out.status);
-    assert_eq!(err.lines().count(), 1, "one line: {err}");
-    assert!(
-        err.starts_with("headroom-collector: ") && !err.contains("panicked"),
-        "{err}"
-    );
-    for w in want {
-        assert!(err.contains(w), "{w:?} in {err}");
-    }
+    headroom_testkit::assert_one_line_failure("headroom-collector", out, want);
 }
 
 #[test]

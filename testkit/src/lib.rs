@@ -632,3 +632,19 @@ pub async fn train_from_csv(
     ])
     .await
 }
+
+/// Asserts that `out` is a failure of the binary `name` told in one line:
+/// a non-zero exit, stderr one line starting `NAME: `, no panic, and every
+/// string of `want` in it.
+pub fn assert_one_line_failure(name: &str, out: &std::process::Output, want: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exit {:?}: {err}", out.status);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.starts_with(&format!("{name}: ")) && !err.contains("panicked"),
+        "{err}"
+    );
+    for w in want {
+        assert!(err.contains(w), "{w:?} in {err}");
+    }
+}
