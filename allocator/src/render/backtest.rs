@@ -193,9 +193,10 @@ pub fn chart_path(path: &Path, service: &str, resource: &str) -> PathBuf {
     path.with_file_name(format!("{stem}-{service}-{resource}.{ext}"))
 }
 
-/// Draws usage of one traced series against each strategy's request.
-pub fn chart(path: &Path, t: &Trace) -> Result<()> {
-    use headroom_charts::{Axis, PALETTE, Series, line_chart};
+/// The lines of a traced series' chart: usage (black), then each
+/// strategy's request, in the palette's order.
+pub(crate) fn trace_series(t: &Trace) -> Vec<headroom_charts::Series> {
+    use headroom_charts::{PALETTE, Series};
     let points = |values: &[f64]| {
         t.seconds
             .iter()
@@ -215,6 +216,13 @@ pub fn chart(path: &Path, t: &Trace) -> Result<()> {
             color: PALETTE[i % PALETTE.len()],
         });
     }
+    series
+}
+
+/// Draws usage of one traced series against each strategy's request.
+pub fn chart(path: &Path, t: &Trace) -> Result<()> {
+    use headroom_charts::{Axis, line_chart};
+    let series = trace_series(t);
     line_chart(
         path,
         &format!(

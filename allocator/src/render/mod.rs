@@ -4,6 +4,7 @@
 mod backtest;
 pub mod k8s;
 
+pub(crate) use backtest::trace_series;
 pub use backtest::{backtest, chart, chart_path, frontier_chart, frontier_csv, table};
 
 use serde::Serialize;

@@ -342,25 +342,7 @@ fn backtest(out: &mut String, report: &Report) -> Result<()> {
 
 /// Usage of a traced series against every strategy's request.
 fn trace_chart(t: &Trace) -> Result<String> {
-    let points = |values: &[f64]| {
-        t.seconds
-            .iter()
-            .copied()
-            .zip(values.iter().copied())
-            .collect()
-    };
-    let mut series = vec![Series {
-        label: "used".into(),
-        points: points(&t.used),
-        color: (0, 0, 0),
-    }];
-    for (i, s) in t.strategies.iter().enumerate() {
-        series.push(Series {
-            label: s.strategy.name().to_string(),
-            points: points(&s.request),
-            color: PALETTE[i % PALETTE.len()],
-        });
-    }
+    let series = crate::render::trace_series(t);
     headroom_charts::line_chart_svg(
         &format!("{} {} in task {}", t.service, t.resource, t.task_id),
         Axis::plain("seconds into the task"),
