@@ -25,7 +25,7 @@
 //! | context | 4 | `p50/σ`, `p90/σ`, `p99/σ`, `ln(1 + max/σ)` |
 //! | history | 1 | `ln(1 + samples) / ln(1 + 2304)` (2304: 8 days of 5-minute samples) |
 //! | time into task | 2 + 2P | `s / scale`, `ln(1+s) / ln(1+scale)`, then `sin`, `cos` of `2πs / p` per period `p` |
-//! | calendar | 4 | `sin`, `cos` of the UTC time of day and of the time of week (from Monday 00:00) at `task_start + s` |
+//! | calendar | 4 | `sin`, `cos` of the UTC time of day and of the time of week (from Monday 00:00) at `task_start + s`; each pair 0 when the model's [`TimeEncoding`] has it off (training data spanning fewer than 3 days, or 3 weeks) |
 //!
 //! The network's output is one column per quantile level, ascending, in
 //! units of the series' scale: a value is `output × σ`, floored at 0.
@@ -267,6 +267,38 @@ pub struct TimeEncoding {
     /// Periods, in seconds, encoded as a sine and a cosine each.
     #[serde(default)]
     pub periods_seconds: Vec<f64>,
+    /// Whether the time-of-day features are read; when not, they are 0.
+    /// A trainer turns a calendar period on only when its data covers it
+    /// [`CALENDAR_CYCLES`] times: from less, the network memorises when
+    /// the few tasks it saw ran instead of learning a daily pattern, and a
+    /// task at another hour is predicted off. Models that predate the
+    /// field read it as on.
+    #[serde(default = "on")]
+    pub time_of_day: bool,
+    /// Whether the time-of-week features are read (as
+    /// [`TimeEncoding::time_of_day`]).
+    #[serde(default = "on")]
+    pub time_of_week: bool,
+}
+
+fn on() -> bool {
+    true
+}
+
+/// Cycles of a calendar period the training data must span for its
+/// features to be on ([`TimeEncoding::time_of_day`]): three days for the
+/// time of day, three weeks for the time of week.
+pub const CALENDAR_CYCLES: f64 = 3.0;
+
+impl TimeEncoding {
+    /// The calendar features a span of training data (seconds from its
+    /// first to its last sample) supports: `(time of day, time of week)`.
+    pub fn calendar_for_span(span_seconds: f64) -> (bool, bool) {
+        (
+            span_seconds >= CALENDAR_CYCLES * DAY,
+            span_seconds >= CALENDAR_CYCLES * WEEK,
+        )
+    }
 }
 
 /// A validation metric measured at training time.
@@ -427,6 +459,8 @@ impl ModelSpec {
             time: TimeEncoding {
                 scale_seconds: 600.0,
                 periods_seconds: vec![60.0],
+                time_of_day: true,
+                time_of_week: true,
             },
             trained_from: None,
             trained_to: None,
@@ -683,10 +717,14 @@ impl ModelSpec {
         let t = q.task_start + seconds;
         let day = std::f64::consts::TAU * t.rem_euclid(DAY) / DAY;
         let week = std::f64::consts::TAU * (t - MONDAY_OFFSET).rem_euclid(WEEK) / WEEK;
-        out[at] = day.sin() as f32;
-        out[at + 1] = day.cos() as f32;
-        out[at + 2] = week.sin() as f32;
-        out[at + 3] = week.cos() as f32;
+        if self.time.time_of_day {
+            out[at] = day.sin() as f32;
+            out[at + 1] = day.cos() as f32;
+        }
+        if self.time.time_of_week {
+            out[at + 2] = week.sin() as f32;
+            out[at + 3] = week.cos() as f32;
+        }
     }
 
     /// Encodes a batch of queries into one row-major `[n, width]` buffer.
@@ -774,7 +812,7 @@ mod tests {
             task_start: monday() + chrono::Duration::hours(6),
             ..query(&mix, "api", "memory")
         };
-        let row = s.encode(&[q]).unwrap();
+        let row = s.encode(std::slice::from_ref(&q)).unwrap();
         assert_eq!(row.len(), s.width());
         assert_eq!(s.width(), 3 + 3 + 2 + 6 + 4 + 4);
         assert_eq!(
@@ -804,6 +842,27 @@ mod tests {
         let week = std::f64::consts::TAU * (6.0 * 3600.0 + 150.0) / WEEK;
         assert!((row[20] - week.sin() as f32).abs() < 1e-5);
         assert!((row[21] - week.cos() as f32).abs() < 1e-5);
+        // A calendar period the training data did not cover is left at 0.
+        let mut off = spec();
+        off.time.time_of_week = false;
+        let row = off.encode(std::slice::from_ref(&q)).unwrap();
+        assert!((row[18] - day.sin() as f32).abs() < 1e-5);
+        assert_eq!(&row[20..22], [0.0, 0.0]);
+        off.time.time_of_day = false;
+        let row = off.encode(&[q]).unwrap();
+        assert_eq!(&row[18..22], [0.0; 4]);
+    }
+
+    #[test]
+    fn calendar_features_need_three_cycles_of_data() {
+        let day = 86_400.0;
+        assert_eq!(TimeEncoding::calendar_for_span(2.9 * day), (false, false));
+        assert_eq!(TimeEncoding::calendar_for_span(3.0 * day), (true, false));
+        assert_eq!(TimeEncoding::calendar_for_span(21.0 * day), (true, true));
+        // A model written before the flags existed reads them as on.
+        let old: TimeEncoding =
+            serde_json::from_str(r#"{"scale_seconds": 600.0, "periods_seconds": []}"#).unwrap();
+        assert!(old.time_of_day && old.time_of_week);
     }
 
     #[test]

@@ -190,9 +190,19 @@ pub fn fit_spec(data: &Dataset, split: &Split, opts: &TrainOptions, version: &st
         services: data.services.clone(),
         resources,
         quantiles: opts.quantiles.clone(),
-        time: TimeEncoding {
-            scale_seconds: longest,
-            periods_seconds: opts.periods.iter().map(|p| p.as_secs_f64()).collect(),
+        time: {
+            // Calendar features only for a span that shows the period.
+            let span = match (data.from, data.to) {
+                (Some(from), Some(to)) => (to - from).num_milliseconds() as f64 / 1e3,
+                _ => 0.0,
+            };
+            let (time_of_day, time_of_week) = TimeEncoding::calendar_for_span(span);
+            TimeEncoding {
+                scale_seconds: longest,
+                periods_seconds: opts.periods.iter().map(|p| p.as_secs_f64()).collect(),
+                time_of_day,
+                time_of_week,
+            }
         },
         trained_from: data.from,
         trained_to: data.to,
