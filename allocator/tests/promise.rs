@@ -35,10 +35,23 @@ async fn promise_holds(
     db: &kit::TestDb,
     split: chrono::DateTime<chrono::Utc>,
     target: f64,
+    band: (f64, f64),
+) -> anyhow::Result<()> {
+    promise_holds_after(db, split, split, target, band).await
+}
+
+/// [`promise_holds`] with a model trained on the tasks before
+/// `trained_before` (at or before `split`): the tasks in between are what
+/// calibration sees of the usage after training.
+async fn promise_holds_after(
+    db: &kit::TestDb,
+    trained_before: chrono::DateTime<chrono::Utc>,
+    split: chrono::DateTime<chrono::Utc>,
+    target: f64,
     (low, high): (f64, f64),
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let model = support::model_before(db, Some(split), "promise", dir.path()).await?;
+    let model = support::model_before(db, Some(trained_before), "promise", dir.path()).await?;
     let collector = support::collector(db).await?;
     let predictor = support::predictor(model).await?;
     let allocator =
@@ -88,28 +101,64 @@ async fn promise_holds(
     collector.stop().await
 }
 
+/// 240 simulated tasks of 5-7.5 minutes, 8 minutes apart, of 6 services
+/// that interfere: 60 held-out tasks after the split at task 180, enough
+/// independent tasks for a violation rate to mean something (a series'
+/// usage is correlated within a task).
+fn simulated(seed: u64) -> anyhow::Result<Workload> {
+    Ok(Workload::new(&SimOptions {
+        seed,
+        services: 6,
+        tasks: 240,
+        min_duration: std::time::Duration::from_secs(300),
+        max_duration: std::time::Duration::from_secs(450),
+        interval: std::time::Duration::from_secs(20),
+        spacing: std::time::Duration::from_secs(480),
+        ..SimOptions::default()
+    })?)
+}
+
 /// Simulated tasks whose services interfere: the calibrated model stays
-/// within [0.2×, 2×] of its 5 % promise on the held-out tasks. Not the
-/// [0.5×, 1.5×] the issue asks: its calibration has only the dozen tasks
-/// the trainer held out per service, and the model's error depends on the
-/// mix (measured: 0.3–0.5× with layout 1, about 1.5× with layout 2).
+/// within [0.2×, 2×] of its 5 % promise on the 60 held-out tasks. Not the
+/// [0.5×, 1.5×] the issue asks: a series' usage is correlated within a
+/// task, so 60 tasks still leave the realised rate noisy (measured at a 5 %
+/// target over seeds 5-8: 1.0-5.9 % memory, 2.4-5.2 % cpu; seed 5: 4.4 %
+/// and 4.2 %).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calibration_keeps_the_promise_on_simulated_tasks() -> anyhow::Result<()> {
     kit::init_logs();
     support::init_ort()?;
     let db = kit::TestDb::new().await?;
-    let sim = Workload::new(&SimOptions {
-        seed: 5,
-        services: 6,
-        tasks: 120,
-        min_duration: std::time::Duration::from_secs(600),
-        max_duration: std::time::Duration::from_secs(900),
-        interval: std::time::Duration::from_secs(20),
-        spacing: std::time::Duration::from_secs(960),
-        ..SimOptions::default()
-    })?;
+    let sim = simulated(5)?;
     sim.write_postgres(&db.pool).await?;
-    promise_holds(&db, sim.tasks[90].start, 0.05, (0.2, 2.0)).await
+    promise_holds(&db, sim.tasks[180].start, 0.05, (0.2, 2.0)).await
+}
+
+/// Usage that grew after training: from task 150 on every task runs 1.6×
+/// as hard, the model (trained before task 150) never saw it, and the
+/// backtest replays the tasks from 180. Calibration on the tasks between
+/// (after the model's training window, before the split) keeps the
+/// promise; the model's own quantiles alone would not (measured: 8-9 % calibrated;
+/// with the calibration factor forced to 1, 47-59 % violations for a 5 %
+/// target).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calibration_follows_usage_that_grew_after_training() -> anyhow::Result<()> {
+    kit::init_logs();
+    support::init_ort()?;
+    let db = kit::TestDb::new().await?;
+    let mut sim = simulated(5)?;
+    for t in &mut sim.tasks[150..] {
+        t.intensity *= 1.6;
+    }
+    sim.write_postgres(&db.pool).await?;
+    promise_holds_after(
+        &db,
+        sim.tasks[150].start,
+        sim.tasks[180].start,
+        0.05,
+        (0.2, 2.0),
+    )
+    .await
 }
 
 /// Twelve days of three real VMs, daily tasks, the last three held out:
