@@ -11,7 +11,7 @@
 //!   net_in, net_out, disk_io_percent`.
 //! - service = `app_du` (the application's deployment unit); task = the
 //!   services on one machine over one `--window` (1 h): id
-//!   `alibaba-MACHINE-W`, mix = the app units seen there in that window.
+//!   `alibaba-MACHINE-START` (the window's start, e.g. `alibaba-m_1-20261120T010000Z`), mix = the app units seen there in that window.
 //! - cpu cores = `cpu_util_percent / 100 × cpu_request / 100` (a request of
 //!   100 is one core); memory bytes = `mem_util_percent / 100 × mem_size ×
 //!   --memory-unit` (the trace normalises `mem_size`; the unit, 1 GiB by
@@ -33,7 +33,7 @@
 //!   seconds: a timestamp above 10¹¹ (the year 5138 in seconds, 1973 in
 //!   milliseconds) is read as milliseconds, otherwise as seconds;
 //! - service = the VM (the file's stem); task = all imported VMs over one
-//!   `--window` (1 day): id `bitbrains-W`;
+//!   `--window` (1 day): id `bitbrains-START` (the window's start, e.g. `bitbrains-20261120T000000Z`, so imports at different `--start`s never merge);
 //! - cpu cores = usage MHz ÷ (capacity MHz ÷ cores); memory and IO: KB and
 //!   KB/s × 1024;
 //! - provisioned: the cores and the memory capacity.
@@ -95,6 +95,9 @@ pub struct ImportReport {
     pub services: u64,
     /// Seconds the import took.
     pub seconds: f64,
+    /// The oldest and newest stored sample's time, µs since the epoch
+    /// (`None` when nothing was stored).
+    pub span_us: Option<(i64, i64)>,
 }
 
 impl ImportReport {
@@ -125,6 +128,30 @@ impl ImportReport {
             s.push_str(&format!("\n  malformed: {e}"));
         }
         s
+    }
+
+    /// A warning when the trace reaches back past `raw_retention` from
+    /// `now`: the collector's next retention pass deletes those raw samples
+    /// (the rollups keep them), so they are named now rather than found
+    /// missing later. `None` when every sample is inside the retention.
+    pub fn retention_warning(
+        &self,
+        raw_retention: std::time::Duration,
+        now: DateTime<Utc>,
+    ) -> Option<String> {
+        let (oldest, _) = self.span_us?;
+        let cutoff = now - chrono::Duration::from_std(raw_retention).ok()?;
+        let oldest = DateTime::<Utc>::from_timestamp_micros(oldest)?;
+        (oldest < cutoff).then(|| {
+            let at = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            format!(
+                "warning: the trace starts at {}, before the raw retention's cutoff {} ({} back): the collector's next retention pass deletes the raw samples before the cutoff (the hourly rollups keep them); import with --start at or after {} or raise --raw-retention to keep them",
+                at(oldest),
+                at(cutoff),
+                humantime::format_duration(raw_retention),
+                at(cutoff)
+            )
+        })
     }
 
     /// Refuses an import that stored nothing because every usage row was
@@ -161,6 +188,8 @@ struct Sink {
     out: mpsc::Sender<Chunk>,
     provisioned_seen: HashMap<(String, String, &'static str), f64>,
     progress: Progress,
+    /// Oldest and newest sample time handed over, µs.
+    span_us: Option<(i64, i64)>,
 }
 
 impl Sink {
@@ -170,6 +199,7 @@ impl Sink {
             out,
             provisioned_seen: HashMap::new(),
             progress,
+            span_us: None,
         }
     }
 
@@ -197,6 +227,10 @@ impl Sink {
         ts_us: i64,
         value: f64,
     ) {
+        self.span_us = Some(match self.span_us {
+            Some((a, b)) => (a.min(ts_us), b.max(ts_us)),
+            None => (ts_us, ts_us),
+        });
         self.chunk.batch.rows.push(Row {
             task_id: task.to_string(),
             service: service.to_string(),
@@ -329,7 +363,10 @@ where
             let mut sink = Sink::new(tx, progress);
             let report = parse(&mut sink);
             let _ = sink.flush(true);
-            report
+            report.map(|(mut r, rows, malformed)| {
+                r.span_us = sink.span_us;
+                (r, rows, malformed)
+            })
         })
     };
     let parsed = parser
@@ -393,6 +430,18 @@ fn field(row: &csv::StringRecord, i: usize, name: &str) -> std::result::Result<f
         Ok(v)
     } else {
         Err(format!("{name} is {text:?}"))
+    }
+}
+
+/// A task's id from its source and its start (µs since the epoch), e.g.
+/// `bitbrains-20261120T000000Z`: imports placed at different `--start`s
+/// make different tasks instead of merging into one, and importing the same
+/// files at the same start again names the same tasks (their samples are
+/// then duplicates, dropped).
+fn task_name(prefix: &str, start_us: i64) -> String {
+    match DateTime::<Utc>::from_timestamp_micros(start_us) {
+        Some(t) => format!("{prefix}-{}", t.format("%Y%m%dT%H%M%SZ")),
+        None => format!("{prefix}-{start_us}"),
     }
 }
 
@@ -577,9 +626,9 @@ pub async fn alibaba(pool: &PgPool, o: &AlibabaOptions) -> Result<ImportReport> 
             let id = &row[0];
             let c = &containers[id];
             let w = (ts / window).floor();
-            let task = format!("alibaba-{}-{w}", c.machine);
             let ts_us = origin_us + (ts * 1e6) as i64;
             let task_start = origin_us + (w * window * 1e6) as i64;
+            let task = task_name(&format!("alibaba-{}", c.machine), task_start);
             sink.task(
                 &task,
                 task_start,
@@ -717,7 +766,15 @@ pub async fn bitbrains(pool: &PgPool, o: &BitbrainsOptions) -> Result<ImportRepo
         let name = f
             .file_stem()
             .and_then(|s| s.to_str())
-            .map(|s| format!("vm-{s}"))
+            .map(|s| {
+                // The trace's files are `1.csv`, `2.csv`…; a file already
+                // called `vm-1.csv` is not named twice.
+                if s.starts_with("vm-") {
+                    s.to_string()
+                } else {
+                    format!("vm-{s}")
+                }
+            })
             .ok_or_else(|| Error::InvalidArgument(format!("{}: no file name", f.display())))?;
         // A file without the header is refused before the store is touched.
         bitbrains_reader(&f)?;
@@ -776,8 +833,8 @@ pub async fn bitbrains(pool: &PgPool, o: &BitbrainsOptions) -> Result<ImportRepo
                 };
                 let t = ts + shift;
                 let w = ((ts - first) / window).floor();
-                let task = format!("bitbrains-{w}");
                 let task_start = ((start.timestamp() as f64 + w * window) * 1e6) as i64;
+                let task = task_name("bitbrains", task_start);
                 let ts_us = (t * 1e6) as i64;
                 sink.task(&task, task_start, task_start + (window * 1e6) as i64, vm);
                 let [cores, cap_mhz, use_mhz, mem_cap, mem_use, rd, wr, rx, tx] = v;

@@ -70,6 +70,11 @@ enum Command {
     Import {
         #[command(subcommand)]
         trace: ImportCommand,
+        /// The collector's raw retention (as `serve --raw-retention`): an
+        /// import reaching back further is warned about, since the next
+        /// retention pass deletes those raw samples.
+        #[arg(long, env = "HEADROOM_RAW_RETENTION", default_value = "8d", value_parser = humantime::parse_duration, global = true)]
+        raw_retention: std::time::Duration,
     },
 }
 
@@ -135,7 +140,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             headroom_collector::run(listener, shutdown::on_signals(), config).await?;
         }
-        Some(Command::Import { trace }) => {
+        Some(Command::Import {
+            trace,
+            raw_retention,
+        }) => {
             let pool = store::connect(&cli.database_url, 2)
                 .await
                 .context("while connecting to the database")?;
@@ -144,6 +152,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ImportCommand::Bitbrains(o) => import::bitbrains(&pool, &o).await?,
             };
             eprintln!("{}", report.summary());
+            if let Some(warning) = report.retention_warning(raw_retention, chrono::Utc::now()) {
+                eprintln!("{warning}");
+            }
         }
         Some(Command::Admin { action }) => {
             let pool = store::connect(&cli.database_url, 2)

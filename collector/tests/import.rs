@@ -6,6 +6,7 @@
 
 use std::io::Write as _;
 
+use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt as _;
 use headroom_collector::import::{self, AlibabaOptions, BitbrainsOptions};
@@ -118,8 +119,8 @@ async fn alibaba_containers_become_app_units_on_machine_windows() -> anyhow::Res
     let mut values: Vec<f64> = cpu.iter().map(|(_, v)| *v).collect();
     values.sort_by(f64::total_cmp);
     assert_eq!(values, [1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0]);
-    assert_eq!(cpu[0].0, "alibaba-m_1-0");
-    assert_eq!(cpu[7].0, "alibaba-m_1-1");
+    assert_eq!(cpu[0].0, "alibaba-m_1-20261120T000000Z");
+    assert_eq!(cpu[7].0, "alibaba-m_1-20261120T010000Z");
     let mem = series(&db.pool, "samples", "app_1", "memory").await;
     assert!(
         mem.iter()
@@ -175,8 +176,11 @@ async fn alibaba_containers_become_app_units_on_machine_windows() -> anyhow::Res
     assert_eq!(
         mixes,
         [
-            ("alibaba-m_1-0".into(), vec!["app_1".into(), "app_2".into()]),
-            ("alibaba-m_1-1".into(), vec!["app_1".into()]),
+            (
+                "alibaba-m_1-20261120T000000Z".into(),
+                vec!["app_1".into(), "app_2".into()]
+            ),
+            ("alibaba-m_1-20261120T010000Z".into(), vec!["app_1".into()]),
         ]
     );
     Ok(())
@@ -215,6 +219,22 @@ async fn bitbrains_vms_are_read_in_either_time_unit() -> anyhow::Result<()> {
     .await?;
     assert_eq!(report.malformed, 1, "{}", report.summary());
     assert_eq!((report.services, report.tasks), (2, 1));
+    // A trace reaching back past the raw retention is warned about, with
+    // the cutoff and what to do; one inside it is not.
+    let week = std::time::Duration::from_secs(8 * 86_400);
+    let warning = report
+        .retention_warning(week, at("2026-11-28T00:00:01Z"))
+        .context("a warning")?;
+    assert!(
+        warning.contains("starts at 2026-11-20T00:00:00Z")
+            && warning.contains("cutoff 2026-11-20T00:00:01Z")
+            && warning.contains("--start"),
+        "{warning}"
+    );
+    assert_eq!(
+        report.retention_warning(week, at("2026-11-27T00:00:00Z")),
+        None
+    );
     // 1300 MHz on cores of 10400 / 4 = 2600 MHz: half a core.
     let cpu = series(&db.pool, "samples", "vm-1", "cpu").await;
     assert_eq!(cpu.len(), 4);
@@ -242,6 +262,28 @@ async fn bitbrains_vms_are_read_in_either_time_unit() -> anyhow::Result<()> {
     assert_eq!(spans, [("vm-1".into(), 900), ("vm-2".into(), 900)]);
     let given = series(&db.pool, "provisioned", "vm-1", "memory").await;
     assert!(given.iter().all(|(_, v)| (v - 8589934592.0).abs() < 1.0));
+    assert!(
+        cpu.iter().all(|(t, _)| t == "bitbrains-20261120T000000Z"),
+        "{cpu:?}"
+    );
+
+    // The same files at the same start again: the same task, nothing new.
+    // At another start: a task of its own, not merged into the first.
+    for (start, tasks) in [("2026-11-20T00:00:00Z", 1), ("2026-11-25T00:00:00Z", 2)] {
+        import::bitbrains(
+            &db.pool,
+            &BitbrainsOptions {
+                paths: vec![dir.path().to_path_buf()],
+                window: std::time::Duration::from_secs(86_400),
+                start: Some(at(start)),
+            },
+        )
+        .await?;
+        let cpu = series(&db.pool, "samples", "vm-1", "cpu").await;
+        assert_eq!(cpu.len(), 4 * tasks, "after an import at {start}: {cpu:?}");
+        let names: std::collections::BTreeSet<&str> = cpu.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(names.len(), tasks, "{names:?}");
+    }
 
     // A file without the header is refused with the reason.
     std::fs::write(dir.path().join("3.csv"), "1;2;3\n")?;
