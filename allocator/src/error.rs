@@ -88,6 +88,18 @@ pub enum Error {
         /// task, that task and its start.
         hint: String,
     },
+    /// The held-out tasks hold no sample of the services and resources a
+    /// backtest asks for, so there is nothing to score.
+    #[error(
+        "nothing to score: the {tasks} held-out task(s) hold no samples of {resources} \
+         for the services asked; ask for resources those tasks recorded"
+    )]
+    NothingToScore {
+        /// Held-out tasks found.
+        tasks: usize,
+        /// The resources asked, comma-separated.
+        resources: String,
+    },
     /// None of the services a backtest names ran in the held-out tasks.
     #[error("none of the requested services ran in the held-out tasks")]
     NoHeldOutService,

@@ -16,8 +16,9 @@ pub struct Segment {
 
 /// Cuts `curve` (values at `seconds`, evenly spaced from 0; the last point
 /// covers up to `horizon`) into at most `max_resizes + 1` constant segments
-/// at the curve's maximum over each, each at least `min_segment` long
-/// (unless the whole horizon is shorter), minimising the allocated area.
+/// at the curve's maximum over each, each at least `min_segment` long,
+/// minimising the allocated area. A horizon shorter than `min_segment`
+/// is one segment: no resize is worth making inside it.
 /// Exact: a dynamic programme over segment ends, O(segments · points²).
 pub fn segments(
     seconds: &[f64],
@@ -40,7 +41,13 @@ pub fn segments(
     };
     let span = |a: usize, b: usize| end_of(b - 1) - seconds[a];
     let whole = span(0, n);
-    let long_enough = |a: usize, b: usize| whole < min_segment || span(a, b) >= min_segment - 1e-9;
+    let long_enough = |a: usize, b: usize| {
+        if whole < min_segment {
+            a == 0 && b == n
+        } else {
+            span(a, b) >= min_segment - 1e-9
+        }
+    };
     let k_max = (max_resizes as usize + 1).min(n);
     const INF: f64 = f64::INFINITY;
     // best[k][b]: least area covering points 0..b with k segments.
@@ -102,6 +109,11 @@ mod tests {
             segments(&seconds, &curve, 3600.0, 0, 300.0),
             vec![(0, 60, 4.0)]
         );
+        // Segments longer than the whole horizon: one segment, no resize.
+        assert_eq!(
+            segments(&seconds, &curve, 3600.0, 3, 4000.0),
+            vec![(0, 60, 4.0)]
+        );
     }
 
     proptest! {
@@ -124,7 +136,7 @@ mod tests {
             }
             for &(a, b, peak) in &cuts {
                 let len = if b < curve.len() { seconds[b] } else { horizon } - seconds[a];
-                prop_assert!(horizon < min_segment || len >= min_segment - 1e-9, "segment of {} s", len);
+                prop_assert!(len >= min_segment - 1e-9 || cuts.len() == 1, "segment of {} s", len);
                 for v in &curve[a..b] {
                     prop_assert!(*v <= peak);
                 }

@@ -531,6 +531,25 @@ async fn backtests_every_strategy_on_held_out_tasks() -> anyhow::Result<()> {
         e.message()
     );
 
+    // Held-out tasks without a sample of what is asked: nothing to score
+    // is refused, not answered with an empty table.
+    let e = client
+        .backtest(v1::BacktestRequest {
+            split: Some(split_ts),
+            strategies: vec!["max".into()],
+            resources: vec!["cpu_throttled".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    assert!(
+        e.message().contains("nothing to score")
+            && e.message().contains("samples of cpu_throttled"),
+        "{}",
+        e.message()
+    );
+
     // The CLI: the backtest as CSV with a chart, a recommendation as a
     // Kubernetes patch, the plan as a resize schedule.
     let cli = |args: Vec<String>| {

@@ -235,8 +235,15 @@ pub async fn run(
     {
         check_model(predictor, split).await?;
     }
+    let samples = by_task(&replay);
+    if samples.is_empty() {
+        return Err(Error::NothingToScore {
+            tasks: held.len(),
+            resources: resources.join(", "),
+        });
+    }
     let data = Loaded {
-        samples: by_task(&replay),
+        samples,
         replay,
         past,
         given,

@@ -42,6 +42,7 @@ impl From<Error> for Status {
             Error::NoHistory { .. }
             | Error::Unanswered(_)
             | Error::NothingHeldOut { .. }
+            | Error::NothingToScore { .. }
             | Error::NothingProvisioned
             | Error::NoDurationBeforeSplit
             | Error::ModelAfterSplit { .. } => Code::FailedPrecondition,

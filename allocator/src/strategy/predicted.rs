@@ -73,8 +73,12 @@ pub fn plan(curves: &Curves, horizon: f64, params: &Params) -> (Vec<Segment>, Al
         violation_risk: risk,
         samples_used: 0,
         detail: format!(
-            "{} segments (at most {} resizes, each at least {:.0} s) cut along the predicted p{:.4}, each at the lowest level with an expected {:.2} % of samples above it",
-            segs.len(),
+            "{} (at most {} resizes, each at least {:.0} s) cut along the predicted p{:.4}, each at the lowest level with an expected {:.2} % of samples above it",
+            if segs.len() == 1 {
+                "1 segment".to_string()
+            } else {
+                format!("{} segments", segs.len())
+            },
             params.max_resizes,
             params.min_segment_seconds,
             level * 100.0,
