@@ -72,6 +72,11 @@ struct Serve {
     /// TLS towards the collector and the predictor.
     #[command(flatten)]
     upstream_tls: ClientTls,
+    /// Serve the report page over plain HTTP on this address
+    /// (`/report?services=a,b`, `/report.json`); off when absent. Not with
+    /// --tls-cert: use `headroom-allocator report --html` there.
+    #[arg(long, env = "HEADROOM_REPORT_LISTEN", conflicts_with = "tls_cert")]
+    report_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -376,6 +381,34 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("while binding {}", s.listen))?;
     let snapshot_every = *s.snapshot_every;
+    let shutdown = shutdown::on_signals();
+    if let Some(addr) = s.report_listen {
+        use headroom_allocator::report::http;
+        let report = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("while binding the report listener {addr}"))?;
+        // The page is gathered through this allocator's own API.
+        let own = listener.local_addr()?;
+        let ip = if own.ip().is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            own.ip()
+        };
+        let source = http::ReportSource {
+            allocator: format!("http://{}", SocketAddr::new(ip, own.port())),
+            collector: Some((
+                s.collector.clone(),
+                s.upstream_tls.clone(),
+                s.history.as_secs_f64(),
+            )),
+        };
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = http::serve(report, source, stop).await {
+                tracing::error!(error = %e, "the report listener stopped");
+            }
+        });
+    }
     let config = AllocatorConfig {
         collector: s.collector,
         predictor: s.predictor,
@@ -387,7 +420,7 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
         grpc: s.grpc,
         upstream_tls: s.upstream_tls,
     };
-    headroom_allocator::run(listener, shutdown::on_signals(), config).await?;
+    headroom_allocator::run(listener, shutdown, config).await?;
     Ok(())
 }
 

@@ -23,6 +23,11 @@ fn chromium() -> String {
 
 /// Runs headless chromium on the page with `args`; its stdout.
 fn browse(page: &Path, args: &[&str]) -> anyhow::Result<String> {
+    browse_url(&format!("file://{}", page.display()), args)
+}
+
+/// Runs headless chromium on `url` with `args`; its stdout.
+fn browse_url(url: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(chromium())
         .args([
             "--headless",
@@ -33,7 +38,7 @@ fn browse(page: &Path, args: &[&str]) -> anyhow::Result<String> {
             "--virtual-time-budget=10000",
         ])
         .args(args)
-        .arg(format!("file://{}", page.display()))
+        .arg(url)
         .output()
         .with_context(|| {
             format!(
@@ -47,6 +52,24 @@ fn browse(page: &Path, args: &[&str]) -> anyhow::Result<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `GET path` from `addr` over HTTP/1.1: the status and the body.
+async fn get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("an HTTP response")?;
+    let status = head.split(' ').nth(1).context("a status line")?.parse()?;
+    Ok((status, body.to_string()))
 }
 
 /// The value of `attr="…"` in the first tag that has it.
@@ -267,6 +290,66 @@ async fn the_report_page_renders_in_a_browser_with_the_json_numbers() -> anyhow:
         std::fs::copy(&shot, &keep)?;
         std::fs::copy(&page, Path::new(&keep).with_extension("html"))?;
     }
+
+    // The same page over HTTP from the allocator (`serve --report-listen`).
+    use headroom_allocator::report::http;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let history = headroom_allocator::allocate::DEFAULT_HISTORY.as_secs_f64();
+    let served = tokio::spawn(http::serve(
+        listener,
+        http::ReportSource {
+            allocator: url.clone(),
+            collector: Some((collector_url.clone(), Default::default(), history)),
+        },
+        stop.clone(),
+    ));
+    let query = format!(
+        "services={services}&split={}",
+        split.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    let dom = browse_url(&format!("http://{addr}/report?{query}"), &["--dump-dom"])?;
+    let charts = attribute(&dom, "data-charts").context("the served page's script did not run")?;
+    assert_eq!(attribute(&dom, "data-charts-rendered"), Some(charts));
+    assert_eq!(attribute(&dom, "data-errors"), Some(""), "no errors");
+    let served_numbers = numbers(&dom);
+    let mut compared = 0;
+    for (key, value) in &on_page {
+        // Current usage moves with the clock; the rest is the same answer.
+        if !key.starts_with("usage:") {
+            assert_eq!(served_numbers.get(key), Some(value), "served {key}");
+            compared += 1;
+        }
+    }
+    assert!(compared > 100, "{compared} served numbers compared");
+    let (status, body) = get(addr, &format!("/report.json?{query}")).await?;
+    assert_eq!(status, 200, "{body}");
+    let served_json: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(served_json["recommendations"], json["recommendations"]);
+    assert_eq!(served_json["backtest"]["rows"], json["backtest"]["rows"]);
+    // Bad queries: one line naming the parameter; what the allocator
+    // refuses: its message with the HTTP form of its code.
+    let (status, body) = get(addr, &format!("/report?services={services}&target=high")).await?;
+    assert_eq!(
+        (status, body.as_str()),
+        (400, "target is \"high\", not a number\n")
+    );
+    let (status, body) = get(addr, "/report?servics=a").await?;
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("unknown query parameter \"servics\""),
+        "{body}"
+    );
+    let (status, body) = get(addr, "/report?services=nobody").await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("nobody") && body.lines().count() == 1,
+        "{body}"
+    );
+    stop.cancel();
+    served.await??;
+
     allocator.stop().await?;
     predictor.stop().await?;
     collector.stop().await

@@ -9,6 +9,7 @@
 //! other.
 
 mod html;
+pub mod http;
 
 use serde::Serialize;
 
