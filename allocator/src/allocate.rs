@@ -335,7 +335,7 @@ impl Allocator {
             let why = Error::NoHistory {
                 service: service.to_string(),
                 resource: resource.to_string(),
-                window: humantime::format_duration(self.options.history).to_string(),
+                window: headroom_units::duration(self.options.history.as_secs_f64()),
                 strategy: strategy.name(),
             };
             return unanswered(service, resource, strategy, why.to_string());
@@ -407,7 +407,7 @@ impl Allocator {
         } else {
             Some(
                 self.predictor
-                    .task(&mix, &predictable, horizon, curve_step(horizon))
+                    .task(&mix, &predictable, horizon, curve_step(horizon), now())
                     .await?,
             )
         };
@@ -466,6 +466,11 @@ impl Allocator {
                             let (mut segments, mut a) =
                                 replay::rule(strategy, curves, horizon, params);
                             replay::apply(&c, &mut segments, &mut a, rate);
+                            if let Some(note) =
+                                replay::unseen_mix_note(service, &mix, &durations, &known)
+                            {
+                                a.detail.push_str(&note);
+                            }
                             if in_sample {
                                 a.detail.push_str(
                                     " (in sample: the model names no held-out task, retrain it)",

@@ -166,7 +166,7 @@ pub async fn scores(
     for (mix, h) in keys.keys() {
         let horizon = f64::from_bits(*h);
         let predicted = predictor
-            .task(mix, resources, horizon, curve_step(horizon))
+            .task(mix, resources, horizon, curve_step(horizon), reference)
             .await?;
         curves_of.insert((mix.clone(), *h), (predicted, horizon));
     }
@@ -226,4 +226,117 @@ pub fn known_mix(mix: &[String], known: &HashSet<String>) -> Vec<String> {
     let mut m: Vec<String> = mix.iter().filter(|s| known.contains(*s)).cloned().collect();
     m.sort();
     m
+}
+
+/// A note for a series whose service never ran in the requested mix among
+/// `tasks` (recent tasks), naming the mix it ran in most often: the model
+/// predicts a service for the services it is told run beside it, and
+/// services interfere, so asking for one service alone predicts a task
+/// that may never happen. `mix` and the tasks' mixes are compared on the
+/// services the model knows. `None` when the service ran in that mix, or
+/// in no recent task at all.
+pub fn unseen_mix_note(
+    service: &str,
+    mix: &[String],
+    tasks: &[TaskInfo],
+    known: &HashSet<String>,
+) -> Option<String> {
+    let mut seen: BTreeMap<Vec<String>, usize> = BTreeMap::new();
+    for t in tasks
+        .iter()
+        .filter(|t| t.services.iter().any(|s| s == service))
+    {
+        *seen.entry(known_mix(&t.services, known)).or_default() += 1;
+    }
+    if seen.is_empty() || seen.contains_key(mix) {
+        return None;
+    }
+    // The most frequent mix; among equals, the first in order.
+    let (usual, n) =
+        seen.iter()
+            .fold(None::<(&Vec<String>, usize)>, |best, (m, n)| match best {
+                Some((_, b)) if b >= *n => best,
+                _ => Some((m, *n)),
+            })?;
+    let beside: Vec<&str> = usual
+        .iter()
+        .map(String::as_str)
+        .filter(|s| *s != service)
+        .collect();
+    Some(format!(
+        "; note: {service} never ran beside exactly {} in the {} recent task(s) it ran in; most often ({n}) it ran beside {}. The model's answer depends on the services listed: list those it runs with",
+        describe(mix, service),
+        seen.values().sum::<usize>(),
+        if beside.is_empty() {
+            "no other service".to_string()
+        } else {
+            beside.join(", ")
+        }
+    ))
+}
+
+/// The other services of a mix, for a note.
+fn describe(mix: &[String], service: &str) -> String {
+    let others: Vec<&str> = mix
+        .iter()
+        .map(String::as_str)
+        .filter(|s| *s != service)
+        .collect();
+    if others.is_empty() {
+        "no other service".into()
+    } else {
+        others.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(services: &[&str]) -> TaskInfo {
+        let mut services: Vec<String> = services.iter().map(|s| s.to_string()).collect();
+        services.sort();
+        TaskInfo {
+            id: services.join("+"),
+            start: 0.0,
+            end: Some(1.0),
+            services,
+        }
+    }
+
+    fn names(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_mix_the_service_never_ran_in_is_named_with_its_usual_one() {
+        let known: HashSet<String> = names(&["api", "db", "cache"]).into_iter().collect();
+        let tasks = [
+            task(&["api", "db"]),
+            task(&["api", "db", "cache"]),
+            task(&["api", "db"]),
+            task(&["worker"]),
+        ];
+        let note = unseen_mix_note("api", &names(&["api"]), &tasks, &known).unwrap();
+        assert!(
+            note.contains("api never ran beside exactly no other service in the 3 recent task(s)")
+                && note.contains("most often (2) it ran beside db."),
+            "{note}"
+        );
+        // Its usual mix, and a service with no recent task: nothing to say.
+        assert_eq!(
+            unseen_mix_note("api", &names(&["api", "db"]), &tasks, &known),
+            None
+        );
+        assert_eq!(
+            unseen_mix_note("billing", &names(&["billing"]), &tasks, &known),
+            None
+        );
+        // Services the model does not know do not count in the comparison.
+        let tasks = [task(&["api", "db", "sidecar"])];
+        assert_eq!(
+            unseen_mix_note("api", &names(&["api", "db"]), &tasks, &known),
+            None
+        );
+    }
 }

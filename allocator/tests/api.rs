@@ -211,6 +211,33 @@ async fn recommends_plans_and_places_from_history_and_the_model() -> anyhow::Res
         }
     }
 
+    // Asked alone, a service that always ran beside others is told so,
+    // with its usual company: the model's answer depends on the mix.
+    let alone = vec![mix[0].clone()];
+    let ran_alone =
+        stack.workload.tasks.iter().any(|t| {
+            t.services.len() == 1 && stack.workload.services[t.services[0]].name == mix[0]
+        });
+    let answer = client
+        .recommend(v1::RecommendRequest {
+            workload: workload(&alone),
+            strategy: "predictive".into(),
+            params: None,
+        })
+        .await?
+        .into_inner();
+    for a in &answer.allocations {
+        let detail = &a.explanation.as_ref().context("an explanation")?.detail;
+        assert_eq!(
+            detail.contains(&format!(
+                "{} never ran beside exactly no other service",
+                mix[0]
+            )),
+            !ran_alone,
+            "{detail}"
+        );
+    }
+
     // A plan: segments cover the horizon within the resize bounds.
     let plan = client
         .plan(v1::PlanRequest {

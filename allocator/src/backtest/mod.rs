@@ -729,7 +729,7 @@ impl Predicting<'_> {
                 let step = crate::quantiles::curve_step(horizon);
                 let predicted = self
                     .predictor
-                    .task(&mix, &predictable, horizon, step)
+                    .task(&mix, &predictable, horizon, step, self.split)
                     .await?;
                 curves_of_mix.insert(mix.clone(), (predicted, horizon));
             }

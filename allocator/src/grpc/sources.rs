@@ -315,13 +315,18 @@ impl Predictor {
     }
 
     /// Quantile curves for every service × resource of the mix `services`
-    /// from 0 to `horizon` every `step` seconds.
+    /// from 0 to `horizon` every `step` seconds, for a task starting at
+    /// `task_start` (unix seconds; the model's calendar features read it).
+    /// Every prediction of one request is read at one instant — now for a
+    /// recommendation, the split for a backtest — so a backtest of past
+    /// tasks answers the same on every run.
     pub async fn task(
         &self,
         services: &[String],
         resources: &[String],
         horizon: f64,
         step: f64,
+        task_start: f64,
     ) -> Result<Predicted> {
         let answer = self
             .client
@@ -331,6 +336,7 @@ impl Predictor {
                 resources: resources.to_vec(),
                 horizon_seconds: horizon,
                 step_seconds: step,
+                task_start: Some(timestamp(task_start)),
                 ..Default::default()
             })
             .await
