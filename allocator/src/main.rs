@@ -136,6 +136,10 @@ struct Backtest {
     /// Strategies (all when empty), comma-separated.
     #[arg(long, env = "HEADROOM_STRATEGIES", value_delimiter = ',')]
     strategies: Vec<Strategy>,
+    /// Only these services of the held-out tasks (all when empty),
+    /// comma-separated.
+    #[arg(long, env = "HEADROOM_SERVICES", value_delimiter = ',')]
+    services: Vec<String>,
     /// Resources (cpu and memory when empty), comma-separated.
     #[arg(long, env = "HEADROOM_RESOURCES", value_delimiter = ',')]
     resources: Vec<String>,
@@ -476,7 +480,7 @@ async fn backtest(b: Backtest) -> anyhow::Result<()> {
             strategies: b.strategies,
             split: b.split.map(|t| t.timestamp_micros() as f64 * 1e-6),
             task_ids: b.tasks,
-            services: Vec::new(),
+            services: b.services,
             resources: b.resources,
             params: b.tuning.params(),
             max_tasks: Some(b.max_tasks),
@@ -533,6 +537,8 @@ async fn report(r: Report) -> anyhow::Result<()> {
         params: r.tuning.params(),
         backtest: r.split.map(|split| BacktestAsk {
             split: Some(split.timestamp_micros() as f64 * 1e-6),
+            // The page's services only (every one of a task's).
+            services: r.services.clone(),
             resources: r.resources.clone(),
             params: r.tuning.params(),
             max_tasks: Some(DEFAULT_MAX_TASKS),

@@ -20,13 +20,15 @@ pub use headroom_units::{Scale, Unit};
 pub struct ChartError(pub String);
 
 /// Distinct line colours, in order of use.
-pub const PALETTE: [(u8, u8, u8); 6] = [
+pub const PALETTE: [(u8, u8, u8); 8] = [
     (31, 119, 180),
     (214, 39, 40),
     (44, 160, 44),
     (255, 127, 14),
     (148, 103, 189),
     (127, 127, 127),
+    (23, 190, 207),
+    (188, 189, 34),
 ];
 
 const FONT_CANDIDATES: [&str; 4] = [

@@ -113,7 +113,7 @@ impl ImportReport {
     /// malformed rows.
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "{} rows read in {:.1} s ({:.0} rows/s), {} malformed ({} utilisations outside [0, 100]); {} samples and {} provisioned values stored over {} tasks and {} services",
+            "{} rows read in {:.1} s ({:.0} rows/s), {} malformed ({} utilisations outside [0, 100]); {} samples and {} provisioned values stored over {} and {}",
             self.rows,
             self.seconds,
             self.rows as f64 / self.seconds.max(1e-9),
@@ -121,8 +121,8 @@ impl ImportReport {
             self.out_of_range,
             self.samples,
             self.provisioned,
-            self.tasks,
-            self.services
+            headroom_units::count(self.tasks, "task"),
+            headroom_units::count(self.services, "service")
         );
         for e in &self.examples {
             s.push_str(&format!("\n  malformed: {e}"));
@@ -139,19 +139,33 @@ impl ImportReport {
         raw_retention: std::time::Duration,
         now: DateTime<Utc>,
     ) -> Option<String> {
-        let (oldest, _) = self.span_us?;
+        let (oldest_us, newest_us) = self.span_us?;
         let cutoff = now - chrono::Duration::from_std(raw_retention).ok()?;
-        let oldest = DateTime::<Utc>::from_timestamp_micros(oldest)?;
-        (oldest < cutoff).then(|| {
-            let at = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let oldest = DateTime::<Utc>::from_timestamp_micros(oldest_us)?;
+        if oldest >= cutoff {
+            return None;
+        }
+        let at = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let days = headroom_units::duration;
+        let span = (newest_us - oldest_us) as f64 * 1e-6;
+        let keep = if span > raw_retention.as_secs_f64() {
             format!(
-                "warning: the trace starts at {}, before the raw retention's cutoff {} ({} back): the collector's next retention pass deletes the raw samples before the cutoff (the hourly rollups keep them); import with --start at or after {} or raise --raw-retention to keep them",
-                at(oldest),
-                at(cutoff),
-                humantime::format_duration(raw_retention),
+                "the trace spans {}, longer than the raw retention, so no --start keeps it whole: raise the collector's --raw-retention above {} to keep every raw sample",
+                days(span),
+                days(span)
+            )
+        } else {
+            format!(
+                "import with --start at or after {} or raise --raw-retention to keep them",
                 at(cutoff)
             )
-        })
+        };
+        Some(format!(
+            "warning: the trace starts at {}, before the raw retention's cutoff {} ({} back): the collector's next retention pass deletes the raw samples before the cutoff (the hourly rollups keep them); {keep}",
+            at(oldest),
+            at(cutoff),
+            days(raw_retention.as_secs_f64()),
+        ))
     }
 
     /// Refuses an import that stored nothing because every usage row was
@@ -445,6 +459,53 @@ fn task_name(prefix: &str, start_us: i64) -> String {
     }
 }
 
+/// The earliest time a sample may be placed at, as the collector's ingest
+/// checks it: 2000-01-01T00:00:00Z, µs.
+const EARLIEST_US: i64 = 946_684_800_000_000;
+
+/// How far ahead of now a sample may be placed, as the collector's ingest
+/// checks it: 5 minutes, µs.
+const AHEAD_US: i64 = 300_000_000;
+
+/// Refuses a placement of the trace (`first_us` to `last_us`) the
+/// collector would refuse: before 2000, or ending more than 5 minutes
+/// ahead of now; the reason names the time and the latest `--start` that
+/// fits.
+fn check_placement(first_us: i64, last_us: i64) -> Result<()> {
+    let now_us = Utc::now().timestamp_micros();
+    let at = |us: i64| {
+        DateTime::<Utc>::from_timestamp_micros(us)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_else(|| format!("{us} µs"))
+    };
+    if first_us < EARLIEST_US {
+        return Err(Error::InvalidArgument(format!(
+            "--start places the trace at {}, before 2000-01-01T00:00:00Z, which the collector refuses",
+            at(first_us)
+        )));
+    }
+    if last_us > now_us + AHEAD_US {
+        return Err(Error::InvalidArgument(format!(
+            "--start places the trace's end at {}, in the future (the collector refuses samples more than 5 minutes ahead): give --start at or before {}, or leave it out to end the trace now",
+            at(last_us),
+            at(now_us - (last_us - first_us))
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a task window shorter than a second.
+fn check_window(window: std::time::Duration) -> Result<f64> {
+    let w = window.as_secs_f64();
+    if w < 1.0 {
+        return Err(Error::InvalidArgument(format!(
+            "--window {} is shorter than a second",
+            humantime::format_duration(window)
+        )));
+    }
+    Ok(w)
+}
+
 /// Options of the Alibaba importer.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AlibabaOptions {
@@ -575,7 +636,11 @@ pub async fn alibaba(pool: &PgPool, o: &AlibabaOptions) -> Result<ImportReport> 
                 Err(why) => report.bad(&o.meta, line, format!("meta: {why}")),
             }
         }
+        let window = check_window(o.window)?;
         // The trace's span, to place its end at now: timestamps only.
+        if let Some(start) = o.start {
+            check_placement(start.timestamp_micros(), start.timestamp_micros())?;
+        }
         let origin_us = match o.start {
             Some(start) => start.timestamp_micros(),
             None => {
@@ -594,8 +659,8 @@ pub async fn alibaba(pool: &PgPool, o: &AlibabaOptions) -> Result<ImportReport> 
                     .timestamp_micros()
             }
         };
-        let window = o.window.as_secs_f64().max(1.0);
         sink.progress.stage("alibaba usage");
+        let latest_us = Utc::now().timestamp_micros() + AHEAD_US;
         let mut usage = reader(&o.usage, b',', false)?;
         let mut line = 0u64;
         let (mut rows, mut bad) = (0u64, 0u64);
@@ -627,6 +692,15 @@ pub async fn alibaba(pool: &PgPool, o: &AlibabaOptions) -> Result<ImportReport> 
             let c = &containers[id];
             let w = (ts / window).floor();
             let ts_us = origin_us + (ts * 1e6) as i64;
+            if ts_us > latest_us {
+                bad += 1;
+                report.bad(
+                    &o.usage,
+                    line,
+                    "--start places this row in the future, which the collector refuses: give an earlier --start",
+                );
+                continue;
+            }
             let task_start = origin_us + (w * window * 1e6) as i64;
             let task = task_name(&format!("alibaba-{}", c.machine), task_start);
             sink.task(
@@ -761,7 +835,7 @@ pub async fn bitbrains(pool: &PgPool, o: &BitbrainsOptions) -> Result<ImportRepo
             files.push(p.clone());
         }
     }
-    let mut vms = Vec::new();
+    let mut vms: Vec<(String, PathBuf)> = Vec::new();
     for f in files {
         let name = f
             .file_stem()
@@ -778,6 +852,15 @@ pub async fn bitbrains(pool: &PgPool, o: &BitbrainsOptions) -> Result<ImportRepo
             .ok_or_else(|| Error::InvalidArgument(format!("{}: no file name", f.display())))?;
         // A file without the header is refused before the store is touched.
         bitbrains_reader(&f)?;
+        // Two VMs under one name would be merged (their samples taken for
+        // conflicting replays): refused, naming both files.
+        if let Some((_, other)) = vms.iter().find(|(n, _)| *n == name) {
+            return Err(Error::InvalidArgument(format!(
+                "{} and {} would both be service {name}: import them separately (each with its own --start) or rename one",
+                other.display(),
+                f.display()
+            )));
+        }
         vms.push((name, f));
     }
     let o = o.clone();
@@ -810,7 +893,11 @@ pub async fn bitbrains(pool: &PgPool, o: &BitbrainsOptions) -> Result<ImportRepo
                 - chrono::Duration::minutes(1)
         });
         let shift = start.timestamp() as f64 - first;
-        let window = o.window.as_secs_f64().max(1.0);
+        check_placement(
+            start.timestamp_micros(),
+            start.timestamp_micros() + ((last - first) * 1e6) as i64,
+        )?;
+        let window = check_window(o.window)?;
         let instance = crate::ingest::decode::DEFAULT_INSTANCE;
         sink.progress.stage("bitbrains");
         'files: for (vm, path) in &vms {

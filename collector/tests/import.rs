@@ -235,6 +235,22 @@ async fn bitbrains_vms_are_read_in_either_time_unit() -> anyhow::Result<()> {
         report.retention_warning(week, at("2026-11-27T00:00:00Z")),
         None
     );
+    // A trace longer than the retention: no --start can keep it whole.
+    let long = import::ImportReport {
+        span_us: Some((
+            at("2026-11-01T00:00:00Z").timestamp_micros(),
+            at("2026-11-30T00:00:00Z").timestamp_micros(),
+        )),
+        ..Default::default()
+    };
+    let warning = long
+        .retention_warning(week, at("2026-11-30T00:00:00Z"))
+        .context("a warning")?;
+    assert!(
+        warning.contains("spans 29 d, longer than the raw retention")
+            && warning.contains("(8 d back)"),
+        "{warning}"
+    );
     // 1300 MHz on cores of 10400 / 4 = 2600 MHz: half a core.
     let cpu = series(&db.pool, "samples", "vm-1", "cpu").await;
     assert_eq!(cpu.len(), 4);
@@ -284,6 +300,53 @@ async fn bitbrains_vms_are_read_in_either_time_unit() -> anyhow::Result<()> {
         let names: std::collections::BTreeSet<&str> = cpu.iter().map(|(t, _)| t.as_str()).collect();
         assert_eq!(names.len(), tasks, "{names:?}");
     }
+
+    // Placements and windows the collector could not keep are refused
+    // before anything is stored; so are two files of one name.
+    let refused = |paths: Vec<std::path::PathBuf>, start: Option<DateTime<Utc>>, window: u64| {
+        let pool = db.pool.clone();
+        async move {
+            import::bitbrains(
+                &pool,
+                &BitbrainsOptions {
+                    paths,
+                    window: std::time::Duration::from_secs(window),
+                    start,
+                },
+            )
+            .await
+        }
+    };
+    let one = vec![dir.path().join("1.csv")];
+    let e = refused(
+        one.clone(),
+        Some(Utc::now() + chrono::Duration::days(1)),
+        86_400,
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("in the future"), "{e}");
+    let e = refused(one.clone(), Some(at("1990-01-01T00:00:00Z")), 86_400)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("before 2000-01-01"), "{e}");
+    let e = refused(one.clone(), None, 0).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("--window 0s is shorter than a second"),
+        "{e}"
+    );
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other)?;
+    std::fs::copy(dir.path().join("1.csv"), other.join("1.csv"))?;
+    let e = refused(
+        vec![dir.path().join("1.csv"), other.join("1.csv")],
+        None,
+        86_400,
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("would both be service vm-1"), "{e}");
 
     // A file without the header is refused with the reason.
     std::fs::write(dir.path().join("3.csv"), "1;2;3\n")?;

@@ -228,6 +228,36 @@ pub fn kubernetes(unit: Unit, value: f64) -> String {
     }
 }
 
+/// A span of time as people read it, in the largest unit it fills: `8 d`,
+/// `1.5 d`, `1.5 h` (not `90 min`), `2 min`, `45 s`. Whole values print
+/// without decimals, others with one.
+pub fn duration(seconds: f64) -> String {
+    let (value, unit) = if seconds >= 86_400.0 {
+        (seconds / 86_400.0, "d")
+    } else if seconds >= 3_600.0 {
+        (seconds / 3_600.0, "h")
+    } else if seconds >= 60.0 {
+        (seconds / 60.0, "min")
+    } else {
+        (seconds, "s")
+    };
+    if (value - value.round()).abs() < 0.05 {
+        format!("{:.0} {unit}", value.round())
+    } else {
+        format!("{value:.1} {unit}")
+    }
+}
+
+/// A count with its noun, singular for one: `count(1, "task")` is
+/// `1 task`, `count(3, "task")` is `3 tasks` (English plural by `s`).
+pub fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,5 +336,22 @@ mod tests {
             let back = n.parse::<f64>().unwrap() * KI.powi(p);
             proptest::prop_assert!((back - v).abs() <= 0.05 * v, "{v} -> {text}");
         }
+    }
+
+    #[test]
+    fn durations_read_in_their_largest_unit() {
+        assert_eq!(duration(8.0 * 86_400.0), "8 d");
+        assert_eq!(duration(29.0 * 86_400.0 + 3_600.0), "29.0 d");
+        assert_eq!(duration(1.5 * 86_400.0), "1.5 d");
+        assert_eq!(duration(5_400.0), "1.5 h");
+        assert_eq!(duration(120.0), "2 min");
+        assert_eq!(duration(45.0), "45 s");
+    }
+
+    #[test]
+    fn counts_are_singular_for_one() {
+        assert_eq!(count(0, "task"), "0 tasks");
+        assert_eq!(count(1, "task"), "1 task");
+        assert_eq!(count(2, "resize"), "2 resizes");
     }
 }

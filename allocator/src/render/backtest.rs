@@ -9,6 +9,7 @@ use super::{TableFormat, json};
 use crate::{
     backtest::{BacktestReport, BacktestRow, FrontierPoint, Trace},
     error::{Error, Result},
+    strategy::Strategy,
 };
 
 /// One score row, as JSON and CSV show it (CSV's header is its fields).
@@ -77,8 +78,8 @@ struct Scores<'a> {
 /// The backtest as an aligned table, one row per strategy and resource.
 pub fn table(answer: &BacktestReport) -> String {
     let mut out = format!(
-        "{} held-out tasks; absolute slack in core-hours (cpu), GiB-hours (memory), GiB (IO)\n{:<12} {:<10} {:>9} {:>10} {:>10} {:>6} {:>8} {:>8} {:>9}\n",
-        answer.task_ids.len(),
+        "{}; absolute slack in core-hours (cpu), GiB-hours (memory), GiB (IO)\n{:<12} {:<10} {:>9} {:>10} {:>10} {:>6} {:>8} {:>8} {:>9}\n",
+        headroom_units::count(answer.task_ids.len() as u64, "held-out task"),
         "strategy",
         "resource",
         "rel.slack",
@@ -150,7 +151,7 @@ pub fn frontier_csv(answer: &BacktestReport) -> Result<String> {
 /// strategy through its variants, violation rate (%) against relative
 /// slack (%); lower and further left is better.
 pub fn frontier_chart(path: &Path, answer: &BacktestReport, resource: &str) -> Result<()> {
-    use headroom_charts::{Axis, PALETTE, Series, line_chart};
+    use headroom_charts::{Axis, Series, line_chart};
     let mut by_strategy: std::collections::BTreeMap<_, Vec<(f64, f64)>> = Default::default();
     for p in answer.frontier.iter().filter(|p| p.resource == resource) {
         by_strategy
@@ -160,13 +161,12 @@ pub fn frontier_chart(path: &Path, answer: &BacktestReport, resource: &str) -> R
     }
     let series: Vec<Series> = by_strategy
         .into_iter()
-        .enumerate()
-        .map(|(i, (s, mut points))| {
+        .map(|(s, mut points)| {
             points.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
             Series {
                 label: s.name().to_string(),
                 points,
-                color: PALETTE[i % PALETTE.len()],
+                color: strategy_color(s),
             }
         })
         .collect();
@@ -183,6 +183,13 @@ pub fn frontier_chart(path: &Path, answer: &BacktestReport, resource: &str) -> R
     })
 }
 
+/// The colour of a strategy in every chart (backtest traces, frontier,
+/// the report page): one per strategy, so a strategy keeps its colour
+/// from chart to chart and no two strategies share one.
+pub fn strategy_color(s: Strategy) -> (u8, u8, u8) {
+    headroom_charts::PALETTE[s as usize % headroom_charts::PALETTE.len()]
+}
+
 /// `dir/stem-SERVICE-RESOURCE.ext` beside `path`.
 pub fn chart_path(path: &Path, service: &str, resource: &str) -> PathBuf {
     let stem = path
@@ -196,7 +203,7 @@ pub fn chart_path(path: &Path, service: &str, resource: &str) -> PathBuf {
 /// The lines of a traced series' chart: usage (black), then each
 /// strategy's request, in the palette's order.
 pub(crate) fn trace_series(t: &Trace) -> Vec<headroom_charts::Series> {
-    use headroom_charts::{PALETTE, Series};
+    use headroom_charts::Series;
     let points = |values: &[f64]| {
         t.seconds
             .iter()
@@ -209,11 +216,11 @@ pub(crate) fn trace_series(t: &Trace) -> Vec<headroom_charts::Series> {
         points: points(&t.used),
         color: (0, 0, 0),
     }];
-    for (i, s) in t.strategies.iter().enumerate() {
+    for s in &t.strategies {
         series.push(Series {
             label: s.strategy.name().to_string(),
             points: points(&s.request),
-            color: PALETTE[i % PALETTE.len()],
+            color: strategy_color(s.strategy),
         });
     }
     series
@@ -245,7 +252,15 @@ pub fn chart(path: &Path, t: &Trace) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::strategy::Strategy;
+
+    #[test]
+    fn every_strategy_has_a_colour_of_its_own() {
+        let colours: std::collections::HashSet<_> = crate::strategy::STRATEGIES
+            .iter()
+            .map(|n| strategy_color(n.parse().expect("a strategy")))
+            .collect();
+        assert_eq!(colours.len(), crate::strategy::STRATEGIES.len());
+    }
 
     #[test]
     fn csv_has_a_header_from_the_row_and_one_line_per_row() {

@@ -5,7 +5,9 @@ mod backtest;
 pub mod k8s;
 
 pub(crate) use backtest::trace_series;
-pub use backtest::{backtest, chart, chart_path, frontier_chart, frontier_csv, table};
+pub use backtest::{
+    backtest, chart, chart_path, frontier_chart, frontier_csv, strategy_color, table,
+};
 
 use serde::Serialize;
 

@@ -181,11 +181,11 @@ fn services(out: &mut String, report: &Report) -> Result<()> {
                 bars.push((label.into(), v, (120, 120, 120)));
             }
         }
-        for (i, r) in mine.iter().enumerate() {
+        for r in &mine {
             bars.push((
                 format!("{} request", r.strategy.name()),
                 r.alloc.request,
-                PALETTE[i % PALETTE.len()],
+                crate::render::strategy_color(r.strategy),
             ));
         }
         let _ = writeln!(
@@ -310,8 +310,8 @@ fn backtest(out: &mut String, report: &Report) -> Result<()> {
     };
     let _ = writeln!(
         out,
-        "<h2>Backtest</h2>\n<p>{} held-out tasks replayed; each strategy saw only the history before them. Absolute slack in core-hours (cpu), GiB-hours (memory), GiB (IO). OOM kills the agents recorded in these tasks: <span data-key=\"backtest:recorded_oom_kills\" data-value=\"{}\">{}</span>.</p>",
-        b.task_ids.len(),
+        "<h2>Backtest</h2>\n<p>{} replayed; each strategy saw only the history before them. Absolute slack in core-hours (cpu), GiB-hours (memory), GiB (IO). OOM kills the agents recorded in these tasks: <span data-key=\"backtest:recorded_oom_kills\" data-value=\"{}\">{}</span>.</p>",
+        headroom_units::count(b.task_ids.len() as u64, "held-out task"),
         b.recorded_oom_kills,
         b.recorded_oom_kills
     );

@@ -178,6 +178,8 @@ fn ask_of(pairs: &[(String, String)], source: &ReportSource) -> Result<ReportAsk
     Ok(ReportAsk {
         backtest: split.map(|split| BacktestAsk {
             split: Some(split),
+            // The page's services only (every one of a task's).
+            services: workload.services.clone(),
             resources: workload.resources.clone(),
             params: params.clone(),
             max_tasks: Some(DEFAULT_MAX_TASKS),
@@ -224,6 +226,7 @@ mod tests {
         let b = ask.backtest.unwrap();
         assert_eq!(b.split, Some(1_795_132_800.0));
         assert_eq!(b.resources, ["cpu"]);
+        assert_eq!(b.services, ["api", "db"], "the page's services only");
     }
 
     #[test]

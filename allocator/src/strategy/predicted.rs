@@ -73,13 +73,9 @@ pub fn plan(curves: &Curves, horizon: f64, params: &Params) -> (Vec<Segment>, Al
         violation_risk: risk,
         samples_used: 0,
         detail: format!(
-            "{} (at most {} resizes, each at least {:.0} s) cut along the predicted p{:.4}, each at the lowest level with an expected {:.2} % of samples above it",
-            if segs.len() == 1 {
-                "1 segment".to_string()
-            } else {
-                format!("{} segments", segs.len())
-            },
-            params.max_resizes,
+            "{} (at most {}, each at least {:.0} s) cut along the predicted p{:.4}, each at the lowest level with an expected {:.2} % of samples above it",
+            headroom_units::count(segs.len() as u64, "segment"),
+            headroom_units::count(u64::from(params.max_resizes), "resize"),
             params.min_segment_seconds,
             level * 100.0,
             params.target_violation_rate * 100.0
