@@ -463,6 +463,24 @@ impl Allocator {
                     None => format!("model {} does not predict {resource}", info.version),
                     Some(curves) => match calibrate::own_or_pooled(own, pool, rate) {
                         Some(c) => {
+                            if tracing::enabled!(tracing::Level::DEBUG) {
+                                let mut r: Vec<f64> = own.iter().map(|s| s.ratio).collect();
+                                r.sort_by(f64::total_cmp);
+                                let q = |p: f64| {
+                                    r.get(
+                                        ((r.len() as f64 * p) as usize)
+                                            .min(r.len().saturating_sub(1)),
+                                    )
+                                    .copied()
+                                    .unwrap_or(f64::NAN)
+                                };
+                                tracing::debug!(
+                                    %service, %resource, scores = r.len(), factor = c.factor,
+                                    p50 = q(0.5), p90 = q(0.9), p95 = q(0.95), p99 = q(0.99),
+                                    ones = r.iter().filter(|x| **x == 1.0).count(),
+                                    "calibration scores"
+                                );
+                            }
                             let (mut segments, mut a) =
                                 replay::rule(strategy, curves, horizon, params);
                             replay::apply(&c, &mut segments, &mut a, rate);
