@@ -341,7 +341,8 @@ mod tests {
     #[test]
     fn durations_read_in_their_largest_unit() {
         assert_eq!(duration(8.0 * 86_400.0), "8 d");
-        assert_eq!(duration(29.0 * 86_400.0 + 3_600.0), "29.0 d");
+        assert_eq!(duration(29.5 * 86_400.0), "29.5 d");
+        assert_eq!(duration(29.0 * 86_400.0 + 3_600.0), "29 d");
         assert_eq!(duration(1.5 * 86_400.0), "1.5 d");
         assert_eq!(duration(5_400.0), "1.5 h");
         assert_eq!(duration(120.0), "2 min");
