@@ -11,7 +11,8 @@
 //!   net_in, net_out, disk_io_percent`.
 //! - service = `app_du` (the application's deployment unit); task = the
 //!   services on one machine over one `--window` (1 h): id
-//!   `alibaba-MACHINE-START` (the window's start, e.g. `alibaba-m_1-20261120T010000Z`), mix = the app units seen there in that window.
+//!   `alibaba-MACHINE-PLACED-WINDOW-N` (where the import placed the trace,
+//!   the window, its index: `alibaba-m_1-20261120T000000Z-1h-1`), mix = the app units seen there in that window.
 //! - cpu cores = `cpu_util_percent / 100 × cpu_request / 100` (a request of
 //!   100 is one core); memory bytes = `mem_util_percent / 100 × mem_size ×
 //!   --memory-unit` (the trace normalises `mem_size`; the unit, 1 GiB by
@@ -33,7 +34,9 @@
 //!   seconds: a timestamp above 10¹¹ (the year 5138 in seconds, 1973 in
 //!   milliseconds) is read as milliseconds, otherwise as seconds;
 //! - service = the VM (the file's stem); task = all imported VMs over one
-//!   `--window` (1 day): id `bitbrains-START` (the window's start, e.g. `bitbrains-20261120T000000Z`, so imports at different `--start`s never merge);
+//!   `--window` (1 day): id `bitbrains-PLACED-WINDOW-N` (e.g.
+//!   `bitbrains-20261120T000000Z-1day-0`, so imports placed or cut
+//!   differently never share a task);
 //! - cpu cores = usage MHz ÷ (capacity MHz ÷ cores); memory and IO: KB and
 //!   KB/s × 1024;
 //! - provisioned: the cores and the memory capacity.
@@ -447,16 +450,21 @@ fn field(row: &csv::StringRecord, i: usize, name: &str) -> std::result::Result<f
     }
 }
 
-/// A task's id from its source and its start (µs since the epoch), e.g.
-/// `bitbrains-20261120T000000Z`: imports placed at different `--start`s
-/// make different tasks instead of merging into one, and importing the same
-/// files at the same start again names the same tasks (their samples are
-/// then duplicates, dropped).
-fn task_name(prefix: &str, start_us: i64) -> String {
-    match DateTime::<Utc>::from_timestamp_micros(start_us) {
-        Some(t) => format!("{prefix}-{}", t.format("%Y%m%dT%H%M%SZ")),
-        None => format!("{prefix}-{start_us}"),
-    }
+/// A task's id: its source, where the import placed the trace (`origin_us`,
+/// µs since the epoch), the window length and the window's index, e.g.
+/// `bitbrains-20261120T000000Z-1day-3`. Importing the same files at the
+/// same start and window again names the same tasks (their samples are
+/// then duplicates, dropped); an import placed elsewhere or cut in other
+/// windows makes tasks of its own, even where its windows fall on another
+/// import's, so two traces never interleave in one task's series.
+fn task_name(prefix: &str, origin_us: i64, window: f64, index: f64) -> String {
+    let placed = DateTime::<Utc>::from_timestamp_micros(origin_us)
+        .map(|t| t.format("%Y%m%dT%H%M%SZ").to_string())
+        .unwrap_or_else(|| origin_us.to_string());
+    let window = humantime::format_duration(std::time::Duration::from_secs_f64(window))
+        .to_string()
+        .replace(' ', "");
+    format!("{prefix}-{placed}-{window}-{index}")
 }
 
 /// The earliest time a sample may be placed at, as the collector's ingest
@@ -702,7 +710,7 @@ pub async fn alibaba(pool: &PgPool, o: &AlibabaOptions) -> Result<ImportReport> 
                 continue;
             }
             let task_start = origin_us + (w * window * 1e6) as i64;
-            let task = task_name(&format!("alibaba-{}", c.machine), task_start);
+            let task = task_name(&format!("alibaba-{}", c.machine), origin_us, window, w);
             sink.task(
                 &task,
                 task_start,
@@ -835,6 +843,9 @@ pub async fn bitbrains(pool: &PgPool, o: &BitbrainsOptions) -> Result<ImportRepo
             files.push(p.clone());
         }
     }
+    // The same file named twice is read once.
+    let mut seen_files = std::collections::HashSet::new();
+    files.retain(|f| seen_files.insert(f.clone()));
     let mut vms: Vec<(String, PathBuf)> = Vec::new();
     for f in files {
         let name = f
@@ -921,7 +932,7 @@ pub async fn bitbrains(pool: &PgPool, o: &BitbrainsOptions) -> Result<ImportRepo
                 let t = ts + shift;
                 let w = ((ts - first) / window).floor();
                 let task_start = ((start.timestamp() as f64 + w * window) * 1e6) as i64;
-                let task = task_name("bitbrains", task_start);
+                let task = task_name("bitbrains", start.timestamp_micros(), window, w);
                 let ts_us = (t * 1e6) as i64;
                 sink.task(&task, task_start, task_start + (window * 1e6) as i64, vm);
                 let [cores, cap_mhz, use_mhz, mem_cap, mem_use, rd, wr, rx, tx] = v;

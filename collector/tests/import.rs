@@ -119,8 +119,8 @@ async fn alibaba_containers_become_app_units_on_machine_windows() -> anyhow::Res
     let mut values: Vec<f64> = cpu.iter().map(|(_, v)| *v).collect();
     values.sort_by(f64::total_cmp);
     assert_eq!(values, [1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0]);
-    assert_eq!(cpu[0].0, "alibaba-m_1-20261120T000000Z");
-    assert_eq!(cpu[7].0, "alibaba-m_1-20261120T010000Z");
+    assert_eq!(cpu[0].0, "alibaba-m_1-20261120T000000Z-1h-0");
+    assert_eq!(cpu[7].0, "alibaba-m_1-20261120T000000Z-1h-1");
     let mem = series(&db.pool, "samples", "app_1", "memory").await;
     assert!(
         mem.iter()
@@ -177,10 +177,13 @@ async fn alibaba_containers_become_app_units_on_machine_windows() -> anyhow::Res
         mixes,
         [
             (
-                "alibaba-m_1-20261120T000000Z".into(),
+                "alibaba-m_1-20261120T000000Z-1h-0".into(),
                 vec!["app_1".into(), "app_2".into()]
             ),
-            ("alibaba-m_1-20261120T010000Z".into(), vec!["app_1".into()]),
+            (
+                "alibaba-m_1-20261120T000000Z-1h-1".into(),
+                vec!["app_1".into()]
+            ),
         ]
     );
     Ok(())
@@ -279,7 +282,8 @@ async fn bitbrains_vms_are_read_in_either_time_unit() -> anyhow::Result<()> {
     let given = series(&db.pool, "provisioned", "vm-1", "memory").await;
     assert!(given.iter().all(|(_, v)| (v - 8589934592.0).abs() < 1.0));
     assert!(
-        cpu.iter().all(|(t, _)| t == "bitbrains-20261120T000000Z"),
+        cpu.iter()
+            .all(|(t, _)| t == "bitbrains-20261120T000000Z-1day-0"),
         "{cpu:?}"
     );
 
@@ -300,6 +304,39 @@ async fn bitbrains_vms_are_read_in_either_time_unit() -> anyhow::Result<()> {
         let names: std::collections::BTreeSet<&str> = cpu.iter().map(|(t, _)| t.as_str()).collect();
         assert_eq!(names.len(), tasks, "{names:?}");
     }
+
+    // Two imports of 10-minute windows placed one window apart: their
+    // windows coincide in time, but each import keeps tasks of its own, so
+    // no task's series interleaves the two traces.
+    for start in ["2026-11-26T00:00:00Z", "2026-11-26T00:10:00Z"] {
+        import::bitbrains(
+            &db.pool,
+            &BitbrainsOptions {
+                paths: vec![dir.path().join("1.csv")],
+                window: std::time::Duration::from_secs(600),
+                start: Some(at(start)),
+            },
+        )
+        .await?;
+    }
+    let placed: Vec<(String, f64)> = series(&db.pool, "samples", "vm-1", "cpu")
+        .await
+        .into_iter()
+        .filter(|(t, _)| t.contains("-10m-"))
+        .collect();
+    let mut per_task: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (t, _) in &placed {
+        *per_task.entry(t.as_str()).or_default() += 1;
+    }
+    assert_eq!(
+        per_task.into_iter().collect::<Vec<_>>(),
+        [
+            ("bitbrains-20261126T000000Z-10m-0", 2),
+            ("bitbrains-20261126T000000Z-10m-1", 2),
+            ("bitbrains-20261126T001000Z-10m-0", 2),
+            ("bitbrains-20261126T001000Z-10m-1", 2),
+        ]
+    );
 
     // Placements and windows the collector could not keep are refused
     // before anything is stored; so are two files of one name.
