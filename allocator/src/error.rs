@@ -103,6 +103,14 @@ pub enum Error {
     /// None of the services a backtest names ran in the held-out tasks.
     #[error("none of the requested services ran in the held-out tasks")]
     NoHeldOutService,
+    /// A service a backtest names did not run in the held-out tasks.
+    #[error("service {service:?} did not run in the held-out tasks (those that did: {ran})")]
+    ServiceNotHeldOut {
+        /// The service asked for.
+        service: String,
+        /// The services of the held-out tasks, comma-separated.
+        ran: String,
+    },
     /// A traced service did not run in the held-out tasks.
     #[error("trace service {service:?} did not run in the held-out tasks")]
     UnknownTraceService {

@@ -264,7 +264,7 @@ pub fn unseen_mix_note(
         .filter(|s| *s != service)
         .collect();
     Some(format!(
-        "; note: {service} never ran beside exactly {} in the {} recent task(s) it ran in; most often ({n}) it ran beside {}. The model's answer depends on the services listed: list those it runs with",
+        "; note: {service} never ran {} in the {} recent task(s) it ran in; most often ({n}) it ran beside {}. The model's answer depends on the services listed: list those it runs with",
         describe(mix, service),
         seen.values().sum::<usize>(),
         if beside.is_empty() {
@@ -275,7 +275,8 @@ pub fn unseen_mix_note(
     ))
 }
 
-/// The other services of a mix, for a note.
+/// How a service ran in a mix, for a note: `alone`, or `beside exactly
+/// a, b`.
 fn describe(mix: &[String], service: &str) -> String {
     let others: Vec<&str> = mix
         .iter()
@@ -283,9 +284,9 @@ fn describe(mix: &[String], service: &str) -> String {
         .filter(|s| *s != service)
         .collect();
     if others.is_empty() {
-        "no other service".into()
+        "alone".into()
     } else {
-        others.join(", ")
+        format!("beside exactly {}", others.join(", "))
     }
 }
 
@@ -319,7 +320,7 @@ mod tests {
         ];
         let note = unseen_mix_note("api", &names(&["api"]), &tasks, &known).unwrap();
         assert!(
-            note.contains("api never ran beside exactly no other service in the 3 recent task(s)")
+            note.contains("api never ran alone in the 3 recent task(s)")
                 && note.contains("most often (2) it ran beside db."),
             "{note}"
         );

@@ -229,10 +229,7 @@ async fn recommends_plans_and_places_from_history_and_the_model() -> anyhow::Res
     for a in &answer.allocations {
         let detail = &a.explanation.as_ref().context("an explanation")?.detail;
         assert_eq!(
-            detail.contains(&format!(
-                "{} never ran beside exactly no other service",
-                mix[0]
-            )),
+            detail.contains(&format!("{} never ran alone", mix[0])),
             !ran_alone,
             "{detail}"
         );
@@ -573,6 +570,40 @@ async fn backtests_every_strategy_on_held_out_tasks() -> anyhow::Result<()> {
     assert!(
         e.message().contains("nothing to score")
             && e.message().contains("samples of cpu_throttled"),
+        "{}",
+        e.message()
+    );
+
+    // A resource asked by name with nothing to score is not dropped from
+    // the table silently, nor is a service that did not run.
+    let e = client
+        .backtest(v1::BacktestRequest {
+            split: Some(split_ts),
+            strategies: vec!["max".into()],
+            resources: vec!["cpu".into(), "cpu_throttled".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    assert!(
+        e.message().contains("no samples of cpu_throttled for"),
+        "{}",
+        e.message()
+    );
+    let e = client
+        .backtest(v1::BacktestRequest {
+            split: Some(split_ts),
+            strategies: vec!["max".into()],
+            services: vec![traced.clone(), "nobody".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(
+        e.message()
+            .contains("service \"nobody\" did not run in the held-out tasks"),
         "{}",
         e.message()
     );

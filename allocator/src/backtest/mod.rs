@@ -175,6 +175,12 @@ pub async fn run(
     services.sort();
     services.dedup();
     if !ask.services.is_empty() {
+        if let Some(absent) = ask.services.iter().find(|s| !services.contains(s)) {
+            return Err(Error::ServiceNotHeldOut {
+                service: absent.clone(),
+                ran: services.join(", "),
+            });
+        }
         services.retain(|s| ask.services.contains(s));
     }
     if services.is_empty() {
@@ -236,10 +242,21 @@ pub async fn run(
         check_model(predictor, split).await?;
     }
     let samples = by_task(&replay);
-    if samples.is_empty() {
+    // Resources asked by name must each have something to score; the
+    // defaults only together.
+    let unscored: Vec<&str> = resources
+        .iter()
+        .filter(|r| !samples.keys().any(|(_, _, res)| res == *r))
+        .map(String::as_str)
+        .collect();
+    if samples.is_empty() || (!ask.resources.is_empty() && !unscored.is_empty()) {
         return Err(Error::NothingToScore {
             tasks: held.len(),
-            resources: resources.join(", "),
+            resources: if samples.is_empty() {
+                resources.join(", ")
+            } else {
+                unscored.join(", ")
+            },
         });
     }
     let data = Loaded {

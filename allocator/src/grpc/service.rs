@@ -38,6 +38,7 @@ impl From<Error> for Status {
             | Error::Placement(_)
             | Error::NoSplit
             | Error::NoHeldOutService
+            | Error::ServiceNotHeldOut { .. }
             | Error::UnknownTraceService { .. } => Code::InvalidArgument,
             Error::NoHistory { .. }
             | Error::Unanswered(_)
