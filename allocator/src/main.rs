@@ -532,26 +532,18 @@ async fn report(r: Report) -> anyhow::Result<()> {
         services: r.services.clone(),
         resources: r.resources.clone(),
     };
-    let ask = report::ReportAsk {
+    let ask = report::ReportAsk::new(
         workload,
-        params: r.tuning.params(),
-        backtest: r.split.map(|split| BacktestAsk {
-            split: Some(split.timestamp_micros() as f64 * 1e-6),
-            // The page's services only (every one of a task's).
-            services: r.services.clone(),
-            resources: r.resources.clone(),
-            params: r.tuning.params(),
-            max_tasks: Some(DEFAULT_MAX_TASKS),
-            ..BacktestAsk::default()
-        }),
-        collector: (!r.collector.is_empty()).then(|| {
+        r.tuning.params(),
+        r.split.map(|split| split.timestamp_micros() as f64 * 1e-6),
+        (!r.collector.is_empty()).then(|| {
             (
                 r.collector.clone(),
                 r.server.tls.clone(),
                 r.history.as_secs_f64(),
             )
         }),
-    };
+    );
     let page = report::gather(&client, &ask).await?;
     std::fs::write(&r.html, report::html(&page)?)
         .with_context(|| format!("while writing {}", r.html.display()))?;

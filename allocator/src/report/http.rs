@@ -28,12 +28,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::{ReportAsk, gather, html, json};
-use crate::{
-    allocate::Workload,
-    backtest::{BacktestAsk, DEFAULT_MAX_TASKS},
-    grpc::client::Client,
-    params::Overrides,
-};
+use crate::{allocate::Workload, grpc::client::Client, params::Overrides};
 
 /// Where the report server gets its numbers.
 #[derive(Debug, Clone)]
@@ -175,20 +170,12 @@ fn ask_of(pairs: &[(String, String)], source: &ReportSource) -> Result<ReportAsk
                 .map_err(|e| format!("split is {s:?}, not an RFC 3339 time ({e})"))
         })
         .transpose()?;
-    Ok(ReportAsk {
-        backtest: split.map(|split| BacktestAsk {
-            split: Some(split),
-            // The page's services only (every one of a task's).
-            services: workload.services.clone(),
-            resources: workload.resources.clone(),
-            params: params.clone(),
-            max_tasks: Some(DEFAULT_MAX_TASKS),
-            ..BacktestAsk::default()
-        }),
+    Ok(ReportAsk::new(
         workload,
         params,
-        collector: source.collector.clone(),
-    })
+        split,
+        source.collector.clone(),
+    ))
 }
 
 #[cfg(test)]

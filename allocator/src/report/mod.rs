@@ -76,6 +76,33 @@ pub struct ReportAsk {
     pub collector: Option<(String, headroom_serving::tls::ClientTls, f64)>,
 }
 
+impl ReportAsk {
+    /// The report of `workload` with `params`; with `split` (unix seconds)
+    /// also the backtest of the tasks started at or after it, scoring the
+    /// page's services and resources only (every service of a task's).
+    /// The CLI's `report` and the HTTP page ask the same way.
+    pub fn new(
+        workload: Workload,
+        params: Overrides,
+        split: Option<f64>,
+        collector: Option<(String, headroom_serving::tls::ClientTls, f64)>,
+    ) -> Self {
+        Self {
+            backtest: split.map(|split| BacktestAsk {
+                split: Some(split),
+                services: workload.services.clone(),
+                resources: workload.resources.clone(),
+                params: params.clone(),
+                max_tasks: Some(crate::backtest::DEFAULT_MAX_TASKS),
+                ..BacktestAsk::default()
+            }),
+            workload,
+            params,
+            collector,
+        }
+    }
+}
+
 /// Asks the allocator (and the collector, for usage) for everything the
 /// page shows. A strategy, the plan or the usage that cannot be had is a
 /// note on the page; the allocator unreachable is an error.
