@@ -90,6 +90,12 @@ pub struct ImportReport {
     pub examples: Vec<String>,
     /// Samples stored.
     pub samples: u64,
+    /// Samples that were already stored with the same value (the same
+    /// import run again): not stored twice.
+    pub duplicates: u64,
+    /// Samples whose key was already stored with another value: the
+    /// stored value is kept.
+    pub conflicts: u64,
     /// Provisioned values stored.
     pub provisioned: u64,
     /// Tasks written.
@@ -127,6 +133,12 @@ impl ImportReport {
             headroom_units::count(self.tasks, "task"),
             headroom_units::count(self.services, "service")
         );
+        if self.duplicates > 0 || self.conflicts > 0 {
+            s.push_str(&format!(
+                "; {} samples were already stored with the same value (imported before) and {} under the same key with another value (the stored one kept)",
+                self.duplicates, self.conflicts
+            ));
+        }
         for e in &self.examples {
             s.push_str(&format!("\n  malformed: {e}"));
         }
@@ -336,30 +348,43 @@ impl Progress {
 }
 
 /// Writes what the parser sends, in order, through the store's write path.
-/// What the writer stored: samples, provisioned values, and the distinct
-/// tasks and services (as hashes: 8 bytes each, whatever the names).
-type Written = (u64, u64, HashSet<u64>, HashSet<u64>);
+/// What the writer stored.
+#[derive(Default)]
+struct Written {
+    /// Samples newly stored.
+    samples: u64,
+    /// Samples already stored with the same value (an import run again).
+    duplicates: u64,
+    /// Samples whose key was stored with another value (kept).
+    conflicts: u64,
+    /// Provisioned values stored.
+    provisioned: u64,
+    /// The distinct tasks and services, as hashes (8 bytes each, whatever
+    /// the names).
+    tasks: HashSet<u64>,
+    services: HashSet<u64>,
+}
 
 async fn write_all(pool: PgPool, mut chunks: mpsc::Receiver<Chunk>) -> Result<Written> {
     use std::hash::{BuildHasher as _, RandomState};
     store::migrate(&pool).await?;
     let lookups = Lookups::new();
-    let (mut samples, mut provisioned) = (0, 0);
-    let (mut tasks, mut services) = (HashSet::new(), HashSet::new());
+    let mut w = Written::default();
     let hasher = RandomState::new();
     while let Some(chunk) = chunks.recv().await {
         for t in chunk.batch.tasks.values() {
-            tasks.insert(hasher.hash_one(&t.id));
+            w.tasks.insert(hasher.hash_one(&t.id));
             for s in &t.services {
-                services.insert(hasher.hash_one(s));
+                w.services.insert(hasher.hash_one(s));
             }
         }
-        samples += store::write_batch(&pool, &lookups, &chunk.batch, true)
-            .await?
-            .inserted;
-        provisioned += store::write_provisioned(&pool, &lookups, &chunk.provisioned).await?;
+        let report = store::write_batch(&pool, &lookups, &chunk.batch, true).await?;
+        w.samples += report.inserted;
+        w.duplicates += report.duplicates;
+        w.conflicts += report.conflicts.len() as u64;
+        w.provisioned += store::write_provisioned(&pool, &lookups, &chunk.provisioned).await?;
     }
-    Ok((samples, provisioned, tasks, services))
+    Ok(w)
 }
 
 /// Runs `parse` on a blocking thread feeding a [`Sink`], and the writer
@@ -394,12 +419,14 @@ where
         .map_err(|e| Error::InvalidArgument(format!("the import stopped: {e}")))?;
     progress.finish();
     // A writer's error (the database) explains a parser that stopped.
-    let (samples, provisioned, tasks, services) = written?;
+    let written = written?;
     let (mut report, usage_rows, usage_malformed) = parsed?;
-    report.samples = samples;
-    report.provisioned = provisioned;
-    report.tasks = tasks.len() as u64;
-    report.services = services.len() as u64;
+    report.samples = written.samples;
+    report.duplicates = written.duplicates;
+    report.conflicts = written.conflicts;
+    report.provisioned = written.provisioned;
+    report.tasks = written.tasks.len() as u64;
+    report.services = written.services.len() as u64;
     report.seconds = started.elapsed().as_secs_f64();
     report.check(usage_rows, usage_malformed)
 }

@@ -290,7 +290,7 @@ async fn bitbrains_vms_are_read_in_either_time_unit() -> anyhow::Result<()> {
     // The same files at the same start again: the same task, nothing new.
     // At another start: a task of its own, not merged into the first.
     for (start, tasks) in [("2026-11-20T00:00:00Z", 1), ("2026-11-25T00:00:00Z", 2)] {
-        import::bitbrains(
+        let again = import::bitbrains(
             &db.pool,
             &BitbrainsOptions {
                 paths: vec![dir.path().to_path_buf()],
@@ -299,6 +299,18 @@ async fn bitbrains_vms_are_read_in_either_time_unit() -> anyhow::Result<()> {
             },
         )
         .await?;
+        // Run again, every sample is named as already stored.
+        let summary = again.summary();
+        assert_eq!(
+            (again.samples == 0, again.duplicates > 0, tasks == 1),
+            (tasks == 1, tasks == 1, tasks == 1),
+            "{summary}"
+        );
+        assert_eq!(
+            summary.contains("already stored with the same value"),
+            tasks == 1,
+            "{summary}"
+        );
         let cpu = series(&db.pool, "samples", "vm-1", "cpu").await;
         assert_eq!(cpu.len(), 4 * tasks, "after an import at {start}: {cpu:?}");
         let names: std::collections::BTreeSet<&str> = cpu.iter().map(|(t, _)| t.as_str()).collect();
