@@ -9,12 +9,12 @@ use crate::{
     backtest::{self, BacktestAsk, BacktestReport},
     calibrate,
     error::{Error, Result},
-    grpc::sources::{Collector, Predictor},
+    grpc::sources::{Collector, ModelInfo, Predictor},
     history::{TaskInfo, expected_duration, now},
     params::{Overrides, Params},
     pressure,
     quantiles::curve_step,
-    replay,
+    replay::{self, ModelCandidates},
     segments::Segment,
     snapshot::{self, Snapshot, Source},
     strategy::{self, Alloc, Strategy, Summary},
@@ -220,6 +220,7 @@ impl Allocator {
             w.resources
         };
         resources.dedup();
+        check_resources(&resources)?;
         Ok(Mix {
             services,
             resources,
@@ -270,10 +271,16 @@ impl Allocator {
                 .await
             {
                 Ok(series) => {
-                    tracing::debug!(series = series.len(), "history snapshot rebuilt");
+                    let models = self.snapshot_models(&series).await;
+                    tracing::debug!(
+                        series = series.len(),
+                        model_candidates = models.as_ref().map_or(0, |m| m.of.len()),
+                        "history snapshot rebuilt"
+                    );
                     *self.snapshot.write().await = Some(Arc::new(Snapshot {
                         built: std::time::Instant::now(),
                         series,
+                        models,
                     }));
                 }
                 Err(e) => tracing::warn!(error = %e, "history snapshot not rebuilt"),
@@ -281,6 +288,43 @@ impl Allocator {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    /// `auto`'s model-based candidates for every usage series of a
+    /// snapshot, with the default parameters; `None` (logged) when no
+    /// model answers or the evaluation fails.
+    async fn snapshot_models(
+        &self,
+        series: &crate::history::Summaries,
+    ) -> Option<Arc<ModelCandidates>> {
+        let info = match self.predictor.info().await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::debug!(error = %e, "no model for auto's candidates in the snapshot");
+                return None;
+            }
+        };
+        let mut services: Vec<String> = series.keys().map(|k| k.0.clone()).collect();
+        services.sort();
+        services.dedup();
+        let mut resources: Vec<String> = series
+            .keys()
+            .map(|k| k.1.clone())
+            .filter(|r| headroom_proto::resource::is_usage(r))
+            .collect();
+        resources.sort();
+        resources.dedup();
+        let params = Params::resolve(&Overrides::default(), Strategy::Auto).ok()?;
+        match self
+            .evaluate_models(&info, &services, &resources, &params)
+            .await
+        {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                tracing::warn!(error = %e, "auto's model candidates not evaluated for the snapshot");
+                None
             }
         }
     }
@@ -294,7 +338,8 @@ impl Allocator {
         params: &Params,
     ) -> Result<Allocated> {
         match strategy {
-            Strategy::Max | Strategy::Percentile | Strategy::Vpa | Strategy::Auto => {
+            Strategy::Auto => self.by_auto(m, params).await,
+            Strategy::Max | Strategy::Percentile | Strategy::Vpa => {
                 let source = self.summaries(m, params).await?;
                 let mut allocs = Vec::new();
                 for service in &m.services {
@@ -341,21 +386,7 @@ impl Allocator {
             return unanswered(service, resource, strategy, why.to_string());
         };
         let mut a = history_alloc(strategy, summary, params);
-        use headroom_proto::resource as res;
-        match resource {
-            res::MEMORY => pressure::after_oom_kills(
-                &mut a,
-                summary,
-                of(res::OOM_KILLS),
-                of(res::MEMORY_LIMIT),
-            ),
-            res::CPU => {
-                pressure::after_throttling(&mut a, of(res::CPU_THROTTLED), of(res::CPU_LIMIT))
-            }
-            _ => {}
-        }
-        pressure::name_skew(&mut a, summary);
-        a.detail.push_str(&source.note());
+        correct_by_pressure(source, service, resource, &mut a);
         Recommendation {
             service: service.to_string(),
             resource: resource.to_string(),
@@ -365,6 +396,181 @@ impl Allocator {
             fallback: None,
             unanswered: None,
         }
+    }
+
+    /// `auto` for every series: the history family's cheapest candidate
+    /// from the summaries, against the calibrated model's candidates
+    /// ([`replay::model_candidates`]) where a model is served; a series
+    /// the model wins is allocated by that candidate over the predictor's
+    /// curves for this mix. A series without history is unanswered, as by
+    /// the history family.
+    async fn by_auto(&self, m: &Mix, params: &Params) -> Result<Allocated> {
+        let source = self.summaries(m, params).await?;
+        let mut allocs = Vec::new();
+        for service in &m.services {
+            for resource in &m.resources {
+                let r = self.by_history(&source, service, resource, Strategy::Auto, params);
+                allocs.push((r, Vec::new()));
+            }
+        }
+        let note = |allocs: &mut Vec<(Recommendation, Vec<Segment>)>, why: &str| {
+            for (r, _) in allocs.iter_mut().filter(|(r, _)| r.unanswered.is_none()) {
+                r.alloc.detail.push_str(&format!(
+                    "; the model's candidates were not compared: {why}"
+                ));
+            }
+        };
+        let (info, models) = match self.model_candidates(m, params, &source).await {
+            Ok(found) => found,
+            Err(e) => {
+                note(&mut allocs, &e.to_string());
+                return Ok(Allocated {
+                    allocs,
+                    horizon: 0.0,
+                });
+            }
+        };
+        let mut winners = Vec::new();
+        for (i, (r, _)) in allocs.iter().enumerate() {
+            let key = (r.service.clone(), r.resource.clone());
+            let Some(summary) = source
+                .summaries()
+                .get(&key)
+                .filter(|_| r.unanswered.is_none())
+            else {
+                continue;
+            };
+            let weights = strategy::auto::weights(summary.kind(), params);
+            let history = summary.autopilot_best(&weights);
+            let costs = models.costs(&r.service, &r.resource);
+            if let Some(strategy::auto::Winner::Model(k)) =
+                strategy::auto::cheapest(history.as_ref().map(|h| &h.2), &costs, &weights)
+            {
+                winners.push((i, k, history, weights));
+            }
+        }
+        if winners.is_empty() {
+            return Ok(Allocated {
+                allocs,
+                horizon: 0.0,
+            });
+        }
+        let known: HashSet<String> = info.services.iter().cloned().collect();
+        let mix = replay::known_mix(&m.services, &known);
+        let predictable: Vec<String> = m
+            .resources
+            .iter()
+            .filter(|r| info.resources.contains(r))
+            .cloned()
+            .collect();
+        let curves = match self.horizon(m, params).await {
+            Ok(horizon) => self
+                .predictor
+                .task(&mix, &predictable, horizon, curve_step(horizon), now())
+                .await
+                .map(|p| (p, horizon)),
+            Err(e) => Err(e),
+        };
+        let (predicted, horizon) = match curves {
+            Ok(found) => found,
+            Err(e) => {
+                note(&mut allocs, &e.to_string());
+                return Ok(Allocated {
+                    allocs,
+                    horizon: 0.0,
+                });
+            }
+        };
+        let candidates = strategy::auto::ModelCandidate::all();
+        for (i, k, history, weights) in winners {
+            let (r, segs) = &mut allocs[i];
+            let key = (r.service.clone(), r.resource.clone());
+            let (Some(curves), Some(&(Some(cost), Some(cal)))) = (
+                predicted.curves.get(&key),
+                models.of.get(&key).and_then(|v| v.get(k)),
+            ) else {
+                continue;
+            };
+            let (segments, mut a) = replay::auto_by_model(
+                candidates[k],
+                &cost,
+                &cal,
+                history.as_ref(),
+                &weights,
+                curves,
+                horizon,
+                params,
+            );
+            correct_by_pressure(&source, &r.service, &r.resource, &mut a);
+            r.alloc = a;
+            r.model_version.clone_from(&info.version);
+            *segs = segments;
+        }
+        Ok(Allocated { allocs, horizon })
+    }
+
+    /// `auto`'s model-based candidates for `m`'s series: the snapshot's
+    /// when it evaluated them with the served model and these parameters,
+    /// else evaluated now on the out-of-sample history (in sample when
+    /// the model names no held-out task). An error when no model answers.
+    async fn model_candidates(
+        &self,
+        m: &Mix,
+        params: &Params,
+        source: &Source,
+    ) -> Result<(ModelInfo, Arc<ModelCandidates>)> {
+        let info = self.predictor.info().await?;
+        if let Source::Snapshot(s) = source
+            && let Some(c) = &s.models
+            && c.version == info.version
+            && c.params == candidate_params(params)
+        {
+            return Ok((info, c.clone()));
+        }
+        let c = self
+            .evaluate_models(&info, &m.services, &m.resources, params)
+            .await?;
+        Ok((info, Arc::new(c)))
+    }
+
+    /// Evaluates `auto`'s model-based candidates with the model `info`
+    /// for `services` × `resources`, on what happened in the history
+    /// window up to now.
+    async fn evaluate_models(
+        &self,
+        info: &ModelInfo,
+        services: &[String],
+        resources: &[String],
+        params: &Params,
+    ) -> Result<ModelCandidates> {
+        let end = now();
+        let start = end - self.options.history.as_secs_f64();
+        let past =
+            match replay::out_of_sample(&self.collector, info, services, resources, start, end)
+                .await?
+            {
+                Some(h) => h,
+                None => {
+                    self.collector
+                        .history(services, resources, &[], Some(start), None)
+                        .await?
+                }
+            };
+        let durations = self.collector.tasks("", Some(start), None).await?;
+        let horizon_of =
+            |t: &TaskInfo| replay::horizon_before(&durations, t, params.horizon_seconds);
+        let mut c = replay::model_candidates(
+            &self.predictor,
+            info,
+            &past,
+            resources,
+            params,
+            end,
+            &horizon_of,
+        )
+        .await?;
+        c.params = candidate_params(params);
+        Ok(c)
     }
 
     /// Every series by a model-based strategy: the predictor's curves for
@@ -574,6 +780,53 @@ pub fn history_alloc(strategy: Strategy, summary: &Summary, params: &Params) -> 
         Strategy::Vpa => strategy::vpa(summary, params),
         Strategy::Auto => strategy::auto(summary, params),
         _ => strategy::percentile(summary, params),
+    }
+}
+
+/// `params` as they shape `auto`'s model-based candidates: without the
+/// cost weights, which only choose among them.
+fn candidate_params(params: &Params) -> Params {
+    Params {
+        overrun_weight: None,
+        oom_weight: None,
+        change_weight: None,
+        ..params.clone()
+    }
+}
+
+/// Corrects a history-based answer of one series by its recorded pressure
+/// (OOM kills, throttling) and names replica skew; says where its history
+/// came from.
+fn correct_by_pressure(source: &Source, service: &str, resource: &str, a: &mut Alloc) {
+    let of = |r: &str| {
+        source
+            .summaries()
+            .get(&(service.to_string(), r.to_string()))
+    };
+    let Some(summary) = of(resource) else {
+        return;
+    };
+    use headroom_proto::resource as res;
+    match resource {
+        res::MEMORY => {
+            pressure::after_oom_kills(a, summary, of(res::OOM_KILLS), of(res::MEMORY_LIMIT))
+        }
+        res::CPU => pressure::after_throttling(a, of(res::CPU_THROTTLED), of(res::CPU_LIMIT)),
+        _ => {}
+    }
+    pressure::name_skew(a, summary);
+    a.detail.push_str(&source.note());
+}
+
+/// Refuses a pressure signal (`oom_kills`, `cpu_throttled`, the limits)
+/// asked as a resource to allocate: [`Error::PressureResource`].
+pub fn check_resources(resources: &[String]) -> Result<()> {
+    match resources
+        .iter()
+        .find(|r| headroom_proto::resource::PRESSURE.contains(&r.as_str()))
+    {
+        Some(r) => Err(Error::PressureResource { name: r.clone() }),
+        None => Ok(()),
     }
 }
 

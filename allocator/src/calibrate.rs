@@ -28,14 +28,19 @@ pub const HALF_LIFE_SECONDS: f64 = 7.0 * 86_400.0;
 /// effective number of scores is at least four times [`needed`] is used.
 pub const ADAPTIVE_HALF_LIVES_SECONDS: [f64; 3] = [86_400.0, 2.0 * 86_400.0, 4.0 * 86_400.0];
 
-/// One replayed sample: its score and its age.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// One replayed sample: its score, its age and the task it ran in.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Score {
     /// `used / limit` at that moment (`used` over the uncalibrated limit).
     pub ratio: f64,
     /// Seconds before the calibration's reference time (the newest sample
     /// or the backtest's split).
     pub age: f64,
+    /// The uncalibrated limit at that moment, in the resource's unit.
+    pub limit: f64,
+    /// Seconds before the reference time at which the sample's task
+    /// started: the samples of one task share it.
+    pub task_age: f64,
 }
 
 /// The outcome of calibrating one series.
@@ -134,7 +139,7 @@ mod tests {
             .iter()
             .map(|r| Score {
                 ratio: *r,
-                age: 0.0,
+                ..Score::default()
             })
             .collect()
     }
@@ -160,10 +165,12 @@ mod tests {
             s.push(Score {
                 ratio: 2.0,
                 age: 42.0 * 86_400.0 + i as f64,
+                ..Score::default()
             });
             s.push(Score {
                 ratio: 1.0,
                 age: i as f64,
+                ..Score::default()
             });
         }
         let c = factor(&s, 0.05).unwrap();

@@ -43,6 +43,15 @@ pub enum Error {
         /// Why, as the rest of the sentence.
         why: &'static str,
     },
+    /// A resource asked is a pressure signal, not something allocated.
+    #[error(
+        "resources: {name:?} is a pressure signal Headroom reads to correct the allocations, not a resource to allocate; allocatable: {}",
+        headroom_proto::resource::ALL.join(", ")
+    )]
+    PressureResource {
+        /// The resource named.
+        name: String,
+    },
     /// The workload names no service.
     #[error("the workload names no services: give a task_id or a non-empty list of services")]
     NoServices,

@@ -15,7 +15,7 @@ use crate::{
     params::Params,
     quantiles::{Curves, curve_step},
     segments::Segment,
-    strategy::{self, Alloc, Strategy},
+    strategy::{self, Alloc, Strategy, auto},
 };
 
 /// Most past tasks (the newest) whose mixes are replayed to calibrate.
@@ -55,6 +55,7 @@ pub fn apply(c: &Calibration, segments: &mut [Segment], alloc: &mut Alloc, rate:
         s.limit *= f;
     }
     alloc.violation_risk = rate;
+    alloc.samples_used = c.scores as u64;
     alloc.detail.push_str(&format!(
         "; calibrated ×{f:.3} so that {:.2} % of {} replayed samples of {} (effective {:.0}) lie above it",
         rate * 100.0,
@@ -66,6 +67,57 @@ pub fn apply(c: &Calibration, segments: &mut [Segment], alloc: &mut Alloc, rate:
         },
         c.effective,
     ));
+}
+
+/// `auto`'s answer for a series where the model-based candidate `winner`
+/// (recent cost `cost`, calibration `cal`) beat the history family's best
+/// (`history`: candidate, request, cost) and the other model candidates
+/// under `weights`: the winner's rule over `curves` with its violation
+/// target, calibrated, and a detail naming it, its cost and the history's.
+#[allow(clippy::too_many_arguments)]
+pub fn auto_by_model(
+    winner: auto::ModelCandidate,
+    cost: &auto::Cost,
+    cal: &Calibration,
+    history: Option<&(auto::Candidate, f64, auto::Cost)>,
+    weights: &auto::Weights,
+    curves: &Curves,
+    horizon: f64,
+    params: &Params,
+) -> (Vec<Segment>, Alloc) {
+    let p = Params {
+        target_violation_rate: winner.rate,
+        ..params.clone()
+    };
+    let (mut segments, mut a) = rule(winner.strategy, curves, horizon, &p);
+    apply(cal, &mut segments, &mut a, winner.rate);
+    let beat = match history {
+        Some((c, _, h)) => format!(
+            ", below the best history candidate's {:.4} ({c})",
+            h.total(weights)
+        ),
+        None => ", the history family having no charged hour yet".into(),
+    };
+    a.detail = format!(
+        "auto: {} at a {:.2} % target, calibrated, had the lowest recent cost {:.4} of {} candidates (overrun {:.2} %, relative slack {:.1} %, resizes in {:.1} % of hours, each recent task allocated as the tasks before it calibrated it; weights {} / {} / {}){beat}{}: {}",
+        winner.strategy,
+        winner.rate * 100.0,
+        cost.total(weights),
+        auto::family_size(true),
+        cost.overrun() * 100.0,
+        cost.underrun() * 100.0,
+        cost.change_rate() * 100.0,
+        weights.overrun,
+        weights.underrun,
+        weights.changes,
+        if winner.strategy == Strategy::Plan && segments.len() > 1 {
+            "; a constant answer is the plan's peak, Plan gives its segments"
+        } else {
+            ""
+        },
+        a.detail
+    );
+    (segments, a)
 }
 
 /// Why a series could not be calibrated, for its fallback.
@@ -126,11 +178,7 @@ pub async fn out_of_sample(
 }
 
 /// Scores per (service, resource) of `past` replayed through `strategy`'s
-/// rule: for each of the newest [`MAX_REPLAYED_TASKS`] tasks, the model's
-/// curves for its mix (only the services in `known`) over the horizon
-/// `horizon(task)` gives — what a request for it would have got before it
-/// ran — (its own duration when `None`), the rule over them,
-/// and each sample's `used / limit`, aged from `reference` (unix seconds).
+/// rule with `params`: see [`scores_of_rules`].
 #[allow(clippy::too_many_arguments)]
 pub async fn scores(
     predictor: &Predictor,
@@ -142,25 +190,66 @@ pub async fn scores(
     reference: f64,
     horizon: &(dyn Fn(&TaskInfo) -> Option<f64> + Sync),
 ) -> Result<HashMap<(String, String), Vec<Score>>> {
+    let rules = [(strategy, params.clone())];
+    let mut out = scores_of_rules(
+        predictor, known, past, resources, &rules, reference, horizon,
+    )
+    .await?;
+    Ok(out.pop().unwrap_or_default())
+}
+
+/// Scores per (service, resource) of `past` replayed through each of
+/// `rules` (a strategy, `predictive` or `plan`, and its parameters), one
+/// map per rule in their order: for each of a service's newest
+/// [`MAX_REPLAYED_TASKS`] tasks, the model's curves for its mix (only the
+/// services in `known`) over the horizon `horizon(task)` gives — what a
+/// request for it would have got before it ran — (its own duration when
+/// `None`), the rule over them, and each sample's `used / limit`, aged
+/// from `reference` (unix seconds). The predictor is asked once per mix
+/// and horizon, whatever the number of rules.
+#[allow(clippy::too_many_arguments)]
+pub async fn scores_of_rules(
+    predictor: &Predictor,
+    known: &HashSet<String>,
+    past: &History,
+    resources: &[String],
+    rules: &[(Strategy, Params)],
+    reference: f64,
+    horizon: &(dyn Fn(&TaskInfo) -> Option<f64> + Sync),
+) -> Result<Vec<HashMap<(String, String), Vec<Score>>>> {
     let samples = by_task(past);
-    let mut newest: Vec<usize> = (0..past.tasks.len()).collect();
-    newest.sort_by(|a, b| past.tasks[*b].start.total_cmp(&past.tasks[*a].start));
-    newest.truncate(MAX_REPLAYED_TASKS);
-    let replayed: HashSet<usize> = newest.iter().copied().collect();
+    // Each service's newest tasks: a service that runs rarely keeps as
+    // many as one that runs in every task.
+    let mut tasks_of: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (task, service, _) in samples.keys() {
+        if known.contains(service) {
+            tasks_of.entry(service.as_str()).or_default().push(*task);
+        }
+    }
+    let mut replayed: HashSet<(usize, &str)> = HashSet::new();
+    for (service, tasks) in &mut tasks_of {
+        tasks.sort_unstable();
+        tasks.dedup();
+        tasks.sort_by(|a, b| past.tasks[*b].start.total_cmp(&past.tasks[*a].start));
+        tasks.truncate(MAX_REPLAYED_TASKS);
+        replayed.extend(tasks.iter().map(|t| (*t, *service)));
+    }
     // Each task is replayed as it would have been allocated: the horizon
     // a task of its mix gets (the caller's rule), its known services' curves.
+    let min_segment = rules
+        .iter()
+        .map(|r| r.1.min_segment_seconds)
+        .fold(0.0, f64::max);
     let key_of = |task: usize| -> (Vec<String>, u64) {
         let t = &past.tasks[task];
         let h = horizon(t)
             .unwrap_or_else(|| t.end.map_or(0.0, |e| e - t.start))
-            .max(params.min_segment_seconds);
+            .max(min_segment);
         (known_mix(&t.services, known), h.to_bits())
     };
     let mut keys: BTreeMap<(Vec<String>, u64), ()> = BTreeMap::new();
-    for (task, service, _) in samples.keys() {
-        if replayed.contains(task) && known.contains(service) {
-            keys.insert(key_of(*task), ());
-        }
+    for &(task, _) in &replayed {
+        keys.insert(key_of(task), ());
     }
     let mut curves_of = HashMap::new();
     for (mix, h) in keys.keys() {
@@ -170,9 +259,9 @@ pub async fn scores(
             .await?;
         curves_of.insert((mix.clone(), *h), (predicted, horizon));
     }
-    let mut out: HashMap<(String, String), Vec<Score>> = HashMap::new();
+    let mut out: Vec<HashMap<(String, String), Vec<Score>>> = vec![HashMap::new(); rules.len()];
     for ((task, service, resource), series) in &samples {
-        if !replayed.contains(task) || !known.contains(service) {
+        if !replayed.contains(&(*task, service.as_str())) {
             continue;
         }
         let t = &past.tasks[*task];
@@ -182,17 +271,120 @@ pub async fn scores(
         let Some(curves) = predicted.curves.get(&(service.clone(), resource.clone())) else {
             continue;
         };
-        let (segments, alloc) = rule(strategy, curves, *horizon, params);
-        let a = as_allocation(&segments, &alloc);
-        let scores = out.entry((service.clone(), resource.clone())).or_default();
-        for &(seconds, used) in series {
-            let limit = a.at(seconds).1;
-            if limit > 0.0 {
-                scores.push(Score {
-                    ratio: used / limit,
-                    age: reference - (t.start + seconds),
-                });
+        for ((strategy, params), out) in rules.iter().zip(out.iter_mut()) {
+            let (segments, alloc) = rule(*strategy, curves, *horizon, params);
+            let a = as_allocation(&segments, &alloc);
+            let scores = out.entry((service.clone(), resource.clone())).or_default();
+            for &(seconds, used) in series {
+                let limit = a.at(seconds).1;
+                if limit > 0.0 {
+                    scores.push(Score {
+                        ratio: used / limit,
+                        age: reference - (t.start + seconds),
+                        limit,
+                        task_age: reference - t.start,
+                    });
+                }
             }
+        }
+    }
+    Ok(out)
+}
+
+/// One model-based candidate on one series: its recent out-of-sample cost
+/// and its calibration (see [`ModelCandidates::of`]).
+pub type CandidateFit = (Option<auto::Cost>, Option<Calibration>);
+
+/// `auto`'s model-based candidates ([`auto::ModelCandidate::all`])
+/// evaluated per series on its replayed recent tasks.
+#[derive(Debug, Clone, Default)]
+pub struct ModelCandidates {
+    /// The model they were evaluated with.
+    pub version: String,
+    /// Per (service, resource), one entry per candidate in
+    /// [`auto::ModelCandidate::all`]'s order: its recent out-of-sample
+    /// cost ([`auto::model_cost`], `None` when no task could be charged)
+    /// and its calibration on all the replayed history (`None` when it
+    /// cannot be calibrated).
+    pub of: HashMap<(String, String), Vec<CandidateFit>>,
+    /// The parameters they were evaluated with (without the cost weights).
+    pub params: Params,
+}
+
+impl ModelCandidates {
+    /// The candidates' costs of one series, `None` where a candidate
+    /// cannot allocate it (no charged cost or no calibration).
+    pub fn costs(&self, service: &str, resource: &str) -> Vec<Option<auto::Cost>> {
+        self.of
+            .get(&(service.to_string(), resource.to_string()))
+            .map(|v| v.iter().map(|(cost, cal)| cal.and(*cost)).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Evaluates `auto`'s model-based candidates for every series of `past`
+/// (which the model `info` describes) on `resources` the model predicts:
+/// one replay ([`scores_of_rules`]) with every candidate's rule, `params`
+/// with the candidate's violation target, then each candidate's recent
+/// cost and calibration per series (pooled as [`calibrate::own_or_pooled`]).
+pub async fn model_candidates(
+    predictor: &Predictor,
+    info: &ModelInfo,
+    past: &History,
+    resources: &[String],
+    params: &Params,
+    reference: f64,
+    horizon: &(dyn Fn(&TaskInfo) -> Option<f64> + Sync),
+) -> Result<ModelCandidates> {
+    let known: HashSet<String> = info.services.iter().cloned().collect();
+    let predictable: Vec<String> = resources
+        .iter()
+        .filter(|r| info.resources.contains(r))
+        .cloned()
+        .collect();
+    let candidates = auto::ModelCandidate::all();
+    let rules: Vec<(Strategy, Params)> = candidates
+        .iter()
+        .map(|c| {
+            (
+                c.strategy,
+                Params {
+                    target_violation_rate: c.rate,
+                    ..params.clone()
+                },
+            )
+        })
+        .collect();
+    let mut out = ModelCandidates {
+        version: info.version.clone(),
+        of: HashMap::new(),
+        params: params.clone(),
+    };
+    if predictable.is_empty() || known.is_empty() {
+        return Ok(out);
+    }
+    let maps = scores_of_rules(
+        predictor,
+        &known,
+        past,
+        &predictable,
+        &rules,
+        reference,
+        horizon,
+    )
+    .await?;
+    for (i, (c, scores)) in candidates.iter().zip(&maps).enumerate() {
+        let pools = pools(scores);
+        for (key, own) in scores {
+            let pool = pools.get(&key.1).map_or(&[][..], Vec::as_slice);
+            let entry = out
+                .of
+                .entry(key.clone())
+                .or_insert_with(|| vec![(None, None); candidates.len()]);
+            entry[i] = (
+                auto::model_cost(own, c.rate, params.limit_ratio),
+                calibrate::own_or_pooled(own, pool, c.rate),
+            );
         }
     }
     Ok(out)

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Instant};
 
 use tokio::sync::RwLock;
 
-use crate::history::Summaries;
+use crate::{history::Summaries, replay::ModelCandidates};
 
 /// Every series' history summarised, as of `built`.
 #[derive(Debug)]
@@ -14,6 +14,10 @@ pub struct Snapshot {
     pub built: Instant,
     /// The summaries.
     pub series: Summaries,
+    /// `auto`'s model-based candidates evaluated for every usage series
+    /// with the served model and the default parameters; `None` when no
+    /// model answered at the rebuild.
+    pub models: Option<Arc<ModelCandidates>>,
 }
 
 /// The latest snapshot, shared by the rebuilder and the requests.

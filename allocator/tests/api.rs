@@ -354,6 +354,19 @@ async fn bad_input_is_refused_naming_the_problem() -> anyhow::Result<()> {
         client.recommend(ask(mix.clone(), "magic")).await,
         "\"magic\" does not exist",
     );
+    // A pressure signal is read to correct memory and cpu, never allocated.
+    refused(
+        client
+            .recommend(v1::RecommendRequest {
+                workload: Some(v1::Workload {
+                    resources: vec!["memory".into(), "oom_kills".into()],
+                    ..workload(&mix).unwrap()
+                }),
+                ..ask(mix.clone(), "percentile")
+            })
+            .await,
+        "\"oom_kills\" is a pressure signal",
+    );
     refused(
         client
             .recommend(v1::RecommendRequest {
@@ -557,21 +570,33 @@ async fn backtests_every_strategy_on_held_out_tasks() -> anyhow::Result<()> {
 
     // Held-out tasks without a sample of what is asked, or a resource named
     // with nothing to score, are refused (not an empty or shorter table);
-    // so is a named service that did not run.
+    // so are a named service that did not run and a pressure signal.
     // (resources, services, code, what the message says)
+    for table in ["samples", "series"] {
+        db.fixture(&format!(
+            "DELETE FROM {table} WHERE resource_id = (SELECT id FROM resources WHERE name = 'net_tx')"
+        ))
+        .await?;
+    }
     type Refusal<'a> = (Vec<&'a str>, Vec<String>, Code, &'a [&'a str]);
-    let cases: [Refusal<'_>; 3] = [
+    let cases: [Refusal<'_>; 4] = [
         (
-            vec!["cpu_throttled"],
+            vec!["net_tx"],
             vec![],
             Code::FailedPrecondition,
-            &["nothing to score", "samples of cpu_throttled"],
+            &["nothing to score", "samples of net_tx"],
+        ),
+        (
+            vec!["cpu", "net_tx"],
+            vec![],
+            Code::FailedPrecondition,
+            &["no samples of net_tx for"],
         ),
         (
             vec!["cpu", "cpu_throttled"],
             vec![],
-            Code::FailedPrecondition,
-            &["no samples of cpu_throttled for"],
+            Code::InvalidArgument,
+            &["\"cpu_throttled\" is a pressure signal"],
         ),
         (
             vec![],
@@ -631,7 +656,7 @@ async fn backtests_every_strategy_on_held_out_tasks() -> anyhow::Result<()> {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
-        "strategy,resource,relative_slack,absolute_slack,violation_rate,oom_events,changes,samples,fallback_share"
+        "strategy,resource,relative_slack,absolute_slack,violation_rate,oom_events,changes,samples,fallback_share,model_share"
     );
     assert_eq!(lines.len(), 1 + 12, "{csv}");
     // The slack–violation frontier: every variant, as CSV and one chart per

@@ -72,6 +72,9 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     /// Line colour, RGB.
     pub color: (u8, u8, u8),
+    /// Whether the points are joined by a line; `false`: markers only
+    /// (and no legend entry when `label` is empty).
+    pub joined: bool,
 }
 
 /// One axis: what it measures and in which unit its values are.
@@ -226,16 +229,18 @@ fn draw<DB: DrawingBackend>(
     mesh.draw().map_err(|e| e.to_string())?;
     for s in series {
         let color = RGBColor(s.color.0, s.color.1, s.color.2);
-        chart
-            .draw_series(LineSeries::new(
-                s.points
-                    .iter()
-                    .copied()
-                    .filter(|(a, b)| a.is_finite() && b.is_finite()),
-                color.stroke_width(2),
-            ))
-            .map_err(|e| e.to_string())?;
-        if s.points.len() <= 40 {
+        if s.joined {
+            chart
+                .draw_series(LineSeries::new(
+                    s.points
+                        .iter()
+                        .copied()
+                        .filter(|(a, b)| a.is_finite() && b.is_finite()),
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| e.to_string())?;
+        }
+        if s.points.len() <= 40 || !s.joined {
             // Few points are results (a frontier), not a signal: mark each.
             chart
                 .draw_series(
@@ -249,7 +254,7 @@ fn draw<DB: DrawingBackend>(
         let drawn = chart
             .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())
             .map_err(|e| e.to_string())?;
-        if text {
+        if text && !s.label.is_empty() {
             drawn.label(s.label.clone()).legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
@@ -277,6 +282,7 @@ mod tests {
             label: "x".into(),
             points,
             color: PALETTE[0],
+            joined: true,
         }
     }
 

@@ -83,12 +83,14 @@ impl Frame {
             label: "used".into(),
             points: self.used.clone(),
             color: (0, 0, 0),
+            joined: true,
         }];
         for (i, (level, points)) in self.predicted.iter().enumerate() {
             out.push(Series {
                 label: format!("predicted p{}", (level * 100.0).round()),
                 points: points.clone(),
                 color: PALETTE[i % 3],
+                joined: true,
             });
         }
         if let Some(a) = self.allocation {
@@ -107,6 +109,7 @@ impl Frame {
                 label: "allocation".into(),
                 points: vec![(0.0, a), (end, a)],
                 color: PALETTE[3],
+                joined: true,
             });
         }
         out

@@ -13,6 +13,7 @@ pub fn loss_plot(path: &Path, history: &[EpochLoss]) -> Result<()> {
         label: label.into(),
         points: history.iter().map(|e| (e.epoch as f64, f(e))).collect(),
         color,
+        joined: true,
     };
     line_chart(
         path,

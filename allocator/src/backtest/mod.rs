@@ -87,6 +87,10 @@ pub struct BacktestRow {
     /// Share of the scored series (task × service) the strategy could not
     /// answer itself and that fell back to the history-based one.
     pub fallback_share: f64,
+    /// Share of the scored series (task × service) allocated from the
+    /// model's curves (`predictive` and `plan` where they did not fall
+    /// back, `auto` where a model-based candidate won).
+    pub model_share: f64,
 }
 
 /// One strategy's allocation at each sample of a trace.
@@ -167,6 +171,7 @@ pub async fn run(
     } else {
         ask.resources.clone()
     };
+    crate::allocate::check_resources(&resources)?;
     let held = held_out(collector, &ask).await?;
     let split = ask
         .split
@@ -282,8 +287,8 @@ pub async fn run(
     let alloc_of = |s: Strategy, task: usize, service: &str, resource: &str| {
         let key = |t| (s, t, service.to_string(), resource.to_string());
         allocs
-            .get(&key(None))
-            .or_else(|| allocs.get(&key(Some(task))))
+            .get(&key(Some(task)))
+            .or_else(|| allocs.get(&key(None)))
     };
 
     // Traces of the requested services: their first held-out task.
@@ -361,54 +366,76 @@ impl Loaded {
         }
         from_history(strategies, params_of, &self.past, &mut allocs);
         let mut fell_back = FellBack::new();
+        let ctx = Predicting {
+            predictor,
+            collector,
+            resources: &self.resources,
+            horizon: self.horizon,
+            strategies,
+            params_of,
+            split: self.split,
+        };
         if strategies
             .iter()
             .any(|s| matches!(s, Strategy::Predictive | Strategy::Plan))
         {
-            let ctx = Predicting {
-                predictor,
-                collector,
-                resources: &self.resources,
-                horizon: self.horizon,
-                strategies,
-                params_of,
-                split: self.split,
-            };
             ctx.allocate(&self.past, &self.replay, &mut allocs, &mut fell_back)
                 .await?;
+        }
+        if strategies.contains(&Strategy::Auto) {
+            ctx.auto(&self.past, &self.replay, &mut allocs).await?;
         }
         let alloc_of = |s: Strategy, task: usize, service: &str, resource: &str| {
             let key = |t| (s, t, service.to_string(), resource.to_string());
             allocs
-                .get(&key(None))
-                .or_else(|| allocs.get(&key(Some(task))))
+                .get(&key(Some(task)))
+                .or_else(|| allocs.get(&key(None)))
         };
-        let mut scores: BTreeMap<(Strategy, String), (Score, u64, u64)> = BTreeMap::new();
+        let mut scores: BTreeMap<(Strategy, String), (Score, u64, u64, u64)> = BTreeMap::new();
         for ((task, service, resource), series) in &self.samples {
             for s in strategies {
                 if let Some(a) = alloc_of(*s, *task, service, resource) {
-                    let (sc, scored, fell) = scores.entry((*s, resource.clone())).or_default();
+                    let (sc, scored, fell, modeled) =
+                        scores.entry((*s, resource.clone())).or_default();
                     score(sc, series, a, Kind::of(resource));
                     *scored += 1;
-                    if fell_back.contains(&(*s, *task, service.clone(), resource.clone())) {
+                    let key = (*s, *task, service.clone(), resource.clone());
+                    let fell_here = fell_back.contains(&key);
+                    if fell_here {
                         *fell += 1;
+                    }
+                    let from_model = match s {
+                        Strategy::Predictive | Strategy::Plan => !fell_here,
+                        Strategy::Auto => allocs.contains_key(&(
+                            *s,
+                            Some(*task),
+                            service.clone(),
+                            resource.clone(),
+                        )),
+                        _ => false,
+                    };
+                    if from_model {
+                        *modeled += 1;
                     }
                 }
             }
         }
         let rows = scores
             .into_iter()
-            .map(|((strategy, resource), (sc, scored, fell))| BacktestRow {
-                strategy,
-                resource,
-                relative_slack: sc.relative / sc.samples.max(1) as f64,
-                absolute_slack: sc.absolute,
-                violation_rate: sc.violations as f64 / sc.samples.max(1) as f64,
-                oom_events: sc.oom,
-                changes: sc.changes,
-                samples: sc.samples,
-                fallback_share: fell as f64 / scored.max(1) as f64,
-            })
+            .map(
+                |((strategy, resource), (sc, scored, fell, modeled))| BacktestRow {
+                    strategy,
+                    resource,
+                    relative_slack: sc.relative / sc.samples.max(1) as f64,
+                    absolute_slack: sc.absolute,
+                    violation_rate: sc.violations as f64 / sc.samples.max(1) as f64,
+                    oom_events: sc.oom,
+                    changes: sc.changes,
+                    samples: sc.samples,
+                    fallback_share: fell as f64 / scored.max(1) as f64,
+                    model_share: modeled as f64 / scored.max(1) as f64,
+                },
+            )
             .collect();
         Ok((rows, allocs))
     }
@@ -661,6 +688,9 @@ fn from_history(
     }
 }
 
+/// The predictor's curves per known mix, and the horizon they cover.
+type CurvesOfMix = HashMap<Vec<String>, (crate::grpc::sources::Predicted, f64)>;
+
 /// What the model-based allocations of a backtest need.
 struct Predicting<'a> {
     predictor: &'a Predictor,
@@ -674,6 +704,127 @@ struct Predicting<'a> {
 }
 
 impl Predicting<'_> {
+    /// The known mix of `task`, with its curves put in `cache` (asked of
+    /// the predictor as of the split, over the horizon a task of that mix
+    /// got before it) unless the mix or the resources are empty.
+    async fn curves(
+        &self,
+        past: &History,
+        task: &TaskInfo,
+        known: &HashSet<String>,
+        predictable: &[String],
+        cache: &mut CurvesOfMix,
+    ) -> Result<Vec<String>> {
+        let mix = crate::replay::known_mix(&task.services, known);
+        if !mix.is_empty() && !predictable.is_empty() && !cache.contains_key(&mix) {
+            let horizon = self
+                .horizon
+                .or_else(|| expected_duration(&past.tasks, &task.services))
+                .ok_or(Error::NoDurationBeforeSplit)?;
+            let step = crate::quantiles::curve_step(horizon);
+            let predicted = self
+                .predictor
+                .task(&mix, predictable, horizon, step, self.split)
+                .await?;
+            cache.insert(mix.clone(), (predicted, horizon));
+        }
+        Ok(mix)
+    }
+
+    /// `auto` with its model-based candidates: each series' history
+    /// family's cheapest (from the history before the split) against the
+    /// model's candidates replayed on the calibration history before the
+    /// split; where a model candidate wins, the series is allocated per
+    /// held-out task by it, replacing the history's constant. Without a
+    /// served model, or with one trained past the split (it saw the
+    /// held-out tasks), `auto` keeps the history family alone.
+    async fn auto(&self, past: &History, replay: &History, allocs: &mut Allocations) -> Result<()> {
+        let Ok(info) = self.predictor.info().await else {
+            return Ok(());
+        };
+        if info.trained_to.is_some_and(|to| to > self.split + 1.0) {
+            return Ok(());
+        }
+        let params = &self.params_of[&Strategy::Auto];
+        let known: HashSet<String> = info.services.iter().cloned().collect();
+        let predictable: Vec<String> = self
+            .resources
+            .iter()
+            .filter(|r| info.resources.contains(r))
+            .cloned()
+            .collect();
+        let services: Vec<String> = past.series.keys().map(|k| k.0.clone()).collect();
+        let out_of_sample = crate::replay::out_of_sample(
+            self.collector,
+            &info,
+            &services,
+            &predictable,
+            f64::MIN,
+            self.split,
+        )
+        .await?;
+        let calibration_history = out_of_sample.as_ref().unwrap_or(past);
+        let horizon_of = |t: &TaskInfo| crate::replay::horizon_before(&past.tasks, t, self.horizon);
+        let models = crate::replay::model_candidates(
+            self.predictor,
+            &info,
+            calibration_history,
+            &predictable,
+            params,
+            self.split,
+            &horizon_of,
+        )
+        .await?;
+        let candidates = crate::strategy::auto::ModelCandidate::all();
+        let mut curves_of_mix = CurvesOfMix::new();
+        for ((service, resource), obs) in &past.series {
+            let kind = Kind::of(resource);
+            let weights = crate::strategy::auto::weights(kind, params);
+            let summary = Summary::of(obs, kind, params.half_life_seconds);
+            let history = summary.autopilot_best(&weights);
+            let costs = models.costs(service, resource);
+            let Some(crate::strategy::auto::Winner::Model(k)) =
+                crate::strategy::auto::cheapest(history.as_ref().map(|h| &h.2), &costs, &weights)
+            else {
+                continue;
+            };
+            let key = (service.clone(), resource.clone());
+            let Some(&(Some(cost), Some(cal))) = models.of.get(&key).and_then(|v| v.get(k)) else {
+                continue;
+            };
+            for (ti, task) in replay.tasks.iter().enumerate() {
+                if !task.services.contains(service) {
+                    continue;
+                }
+                let mix = self
+                    .curves(past, task, &known, &predictable, &mut curves_of_mix)
+                    .await?;
+                // A task whose curves lack the series keeps the history's.
+                let Some((curves, horizon)) = curves_of_mix
+                    .get(&mix)
+                    .and_then(|(p, h)| p.curves.get(&key).map(|c| (c, *h)))
+                else {
+                    continue;
+                };
+                let (segments, a) = crate::replay::auto_by_model(
+                    candidates[k],
+                    &cost,
+                    &cal,
+                    history.as_ref(),
+                    &weights,
+                    curves,
+                    horizon,
+                    params,
+                );
+                allocs.insert(
+                    (Strategy::Auto, Some(ti), service.clone(), resource.clone()),
+                    crate::replay::as_allocation(&segments, &a),
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Model-based allocations, one per task (curves shared by the tasks of
     /// one mix), calibrated on the history before the split; a series the
     /// model does not know or cannot calibrate gets the fallback's
@@ -735,21 +886,11 @@ impl Predicting<'_> {
             }
             calibration.insert(*s, of);
         }
-        let mut curves_of_mix = HashMap::new();
+        let mut curves_of_mix = CurvesOfMix::new();
         for (ti, task) in replay.tasks.iter().enumerate() {
-            let mix = crate::replay::known_mix(&task.services, &known);
-            if !mix.is_empty() && !predictable.is_empty() && !curves_of_mix.contains_key(&mix) {
-                let horizon = self
-                    .horizon
-                    .or_else(|| expected_duration(&past.tasks, &task.services))
-                    .ok_or(Error::NoDurationBeforeSplit)?;
-                let step = crate::quantiles::curve_step(horizon);
-                let predicted = self
-                    .predictor
-                    .task(&mix, &predictable, horizon, step, self.split)
-                    .await?;
-                curves_of_mix.insert(mix.clone(), (predicted, horizon));
-            }
+            let mix = self
+                .curves(past, task, &known, &predictable, &mut curves_of_mix)
+                .await?;
             for service in &task.services {
                 for resource in self.resources {
                     let key = (service.clone(), resource.clone());

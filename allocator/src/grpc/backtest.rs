@@ -78,6 +78,7 @@ pub fn response(r: &BacktestReport) -> v1::BacktestResponse {
                 changes: r.changes,
                 samples: r.samples,
                 fallback_share: r.fallback_share,
+                model_share: r.model_share,
             })
             .collect(),
         task_ids: r.task_ids.clone(),
@@ -136,6 +137,7 @@ pub fn report(r: v1::BacktestResponse) -> Result<BacktestReport> {
                     changes: r.changes,
                     samples: r.samples,
                     fallback_share: r.fallback_share,
+                    model_share: r.model_share,
                 })
             })
             .collect::<Result<_>>()?,

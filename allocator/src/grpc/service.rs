@@ -33,6 +33,7 @@ impl From<Error> for Status {
             | Error::UnknownStrategy { .. }
             | Error::StrategyNotHere { .. }
             | Error::NoServices
+            | Error::PressureResource { .. }
             | Error::TooManyServices { .. }
             | Error::UnknownHorizon { .. }
             | Error::Placement(_)

@@ -24,6 +24,7 @@ struct Row<'a> {
     changes: u64,
     samples: u64,
     fallback_share: f64,
+    model_share: f64,
 }
 
 impl<'a> From<&'a BacktestRow> for Row<'a> {
@@ -38,6 +39,7 @@ impl<'a> From<&'a BacktestRow> for Row<'a> {
             changes: r.changes,
             samples: r.samples,
             fallback_share: r.fallback_share,
+            model_share: r.model_share,
         }
     }
 }
@@ -78,7 +80,7 @@ struct Scores<'a> {
 /// The backtest as an aligned table, one row per strategy and resource.
 pub fn table(answer: &BacktestReport) -> String {
     let mut out = format!(
-        "{}; absolute slack in core-hours (cpu), GiB-hours (memory), GiB (IO)\n{:<12} {:<10} {:>9} {:>10} {:>10} {:>6} {:>8} {:>8} {:>9}\n",
+        "{}; absolute slack in core-hours (cpu), GiB-hours (memory), GiB (IO)\n{:<12} {:<10} {:>9} {:>10} {:>10} {:>6} {:>8} {:>8} {:>9} {:>9}\n",
         headroom_units::count(answer.task_ids.len() as u64, "held-out task"),
         "strategy",
         "resource",
@@ -88,11 +90,12 @@ pub fn table(answer: &BacktestReport) -> String {
         "oom",
         "changes",
         "samples",
-        "fell back"
+        "fell back",
+        "by model"
     );
     for r in &answer.rows {
         out.push_str(&format!(
-            "{:<12} {:<10} {:>8.1}% {:>10.3} {:>9.2}% {:>6} {:>8} {:>8} {:>8.1}%\n",
+            "{:<12} {:<10} {:>8.1}% {:>10.3} {:>9.2}% {:>6} {:>8} {:>8} {:>8.1}% {:>8.1}%\n",
             r.strategy.name(),
             r.resource,
             r.relative_slack * 100.0,
@@ -101,7 +104,8 @@ pub fn table(answer: &BacktestReport) -> String {
             r.oom_events,
             r.changes,
             r.samples,
-            r.fallback_share * 100.0
+            r.fallback_share * 100.0,
+            r.model_share * 100.0
         ));
     }
     if !answer.frontier.is_empty() {
@@ -147,9 +151,34 @@ pub fn frontier_csv(answer: &BacktestReport) -> Result<String> {
     super::csv_of(answer.frontier.iter().map(Point::from))
 }
 
-/// Draws the slack–violation frontier of `resource`: one line per
-/// strategy through its variants, violation rate (%) against relative
-/// slack (%); lower and further left is better.
+/// (violation rate, relative slack) points.
+pub type Points = Vec<(f64, f64)>;
+
+/// Splits (violation rate, relative slack) points into the Pareto front
+/// (no other point has at most the violations and at most the slack, one
+/// of them lower), sorted by violation rate, and the dominated rest.
+pub fn pareto(points: &[(f64, f64)]) -> (Points, Points) {
+    let mut sorted = points.to_vec();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    let (mut front, mut dominated) = (Vec::new(), Vec::new());
+    let mut best_slack = f64::INFINITY;
+    for p in sorted {
+        // Sorted by violations: a point is on the front when its slack is
+        // below every point with fewer (or as many) violations.
+        if p.1 < best_slack {
+            best_slack = p.1;
+            front.push(p);
+        } else {
+            dominated.push(p);
+        }
+    }
+    (front, dominated)
+}
+
+/// Draws the slack–violation frontier of `resource`: per strategy, a line
+/// through its Pareto front of variants and markers for its dominated
+/// ones, violation rate (%) against relative slack (%); lower and further
+/// left is better.
 pub fn frontier_chart(path: &Path, answer: &BacktestReport, resource: &str) -> Result<()> {
     use headroom_charts::{Axis, Series, line_chart};
     let mut by_strategy: std::collections::BTreeMap<_, Vec<(f64, f64)>> = Default::default();
@@ -159,17 +188,24 @@ pub fn frontier_chart(path: &Path, answer: &BacktestReport, resource: &str) -> R
             .or_default()
             .push((p.violation_rate * 100.0, p.relative_slack * 100.0));
     }
-    let series: Vec<Series> = by_strategy
-        .into_iter()
-        .map(|(s, mut points)| {
-            points.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
-            Series {
-                label: s.name().to_string(),
-                points,
+    let mut series: Vec<Series> = Vec::new();
+    for (s, points) in by_strategy {
+        let (front, dominated) = pareto(&points);
+        series.push(Series {
+            label: s.name().to_string(),
+            points: front,
+            color: strategy_color(s),
+            joined: true,
+        });
+        if !dominated.is_empty() {
+            series.push(Series {
+                label: String::new(),
+                points: dominated,
                 color: strategy_color(s),
-            }
-        })
-        .collect();
+                joined: false,
+            });
+        }
+    }
     line_chart(
         path,
         &format!("{resource}: relative slack against violation rate (lower left is better)"),
@@ -215,12 +251,14 @@ pub(crate) fn trace_series(t: &Trace) -> Vec<headroom_charts::Series> {
         label: "used".into(),
         points: points(&t.used),
         color: (0, 0, 0),
+        joined: true,
     }];
     for s in &t.strategies {
         series.push(Series {
             label: s.strategy.name().to_string(),
             points: points(&s.request),
             color: strategy_color(s.strategy),
+            joined: true,
         });
     }
     series
@@ -254,6 +292,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_frontier_line_joins_only_undominated_points() {
+        // (violations, slack): (2, 30) is beaten by (1, 20) on both.
+        let (front, dominated) = pareto(&[(2.0, 30.0), (0.5, 40.0), (1.0, 20.0), (3.0, 10.0)]);
+        assert_eq!(front, vec![(0.5, 40.0), (1.0, 20.0), (3.0, 10.0)]);
+        assert_eq!(dominated, vec![(2.0, 30.0)]);
+        // Equal violations: only the lower slack is on the front.
+        let (front, dominated) = pareto(&[(1.0, 20.0), (1.0, 25.0)]);
+        assert_eq!((front, dominated), (vec![(1.0, 20.0)], vec![(1.0, 25.0)]));
+    }
+
+    #[test]
     fn every_strategy_has_a_colour_of_its_own() {
         let colours: std::collections::HashSet<_> = crate::strategy::STRATEGIES
             .iter()
@@ -274,6 +323,7 @@ mod tests {
             changes: 3,
             samples: 40,
             fallback_share: 0.0,
+            model_share: 0.0,
         };
         let report = BacktestReport {
             rows: vec![row(Strategy::Max, "cpu"), row(Strategy::Plan, "memory")],
@@ -288,9 +338,9 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "strategy,resource,relative_slack,absolute_slack,violation_rate,oom_events,changes,samples,fallback_share",
-                "max,cpu,0.5,1.25,0.01,2,3,40,0.0",
-                "plan,memory,0.5,1.25,0.01,2,3,40,0.0",
+                "strategy,resource,relative_slack,absolute_slack,violation_rate,oom_events,changes,samples,fallback_share,model_share",
+                "max,cpu,0.5,1.25,0.01,2,3,40,0.0,0.0",
+                "plan,memory,0.5,1.25,0.01,2,3,40,0.0,0.0",
             ]
         );
         let json: serde_json::Value =

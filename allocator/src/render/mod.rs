@@ -6,7 +6,8 @@ pub mod k8s;
 
 pub(crate) use backtest::trace_series;
 pub use backtest::{
-    backtest, chart, chart_path, frontier_chart, frontier_csv, strategy_color, table,
+    Points, backtest, chart, chart_path, frontier_chart, frontier_csv, pareto, strategy_color,
+    table,
 };
 
 use serde::Serialize;
@@ -225,15 +226,19 @@ struct Plans<'a> {
 pub fn plans(answer: &PlanReport, output: Output) -> Result<String> {
     match output {
         Output::Table => {
-            let mut out = format!("horizon {:.0} s\n", answer.horizon_seconds);
+            let mut out = format!(
+                "horizon {}\n",
+                headroom_units::duration(answer.horizon_seconds)
+            );
             for p in &answer.plans {
                 let r = &p.recommendation;
                 out.push_str(&format!("{} {}\n", r.service, r.resource));
                 for s in &p.segments {
+                    // Offsets into the task, as people write durations.
                     out.push_str(&format!(
-                        "  {:>8.0} – {:>8.0} s  request {:>10}  limit {:>10}\n",
-                        s.start,
-                        s.end,
+                        "  {:>8} – {:>8}  request {:>10}  limit {:>10}\n",
+                        headroom_units::duration(s.start),
+                        headroom_units::duration(s.end),
                         human(&r.resource, s.request),
                         human(&r.resource, s.limit)
                     ));

@@ -292,6 +292,7 @@ fn plans(out: &mut String, report: &Report) -> Result<()> {
                 label: "planned request".into(),
                 points: steps,
                 color: PALETTE[0],
+                joined: true,
             }],
         )
         .map_err(|e| Error::Chart {

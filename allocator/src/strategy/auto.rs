@@ -16,10 +16,19 @@
 //!
 //! Everything is folded sample by sample into [`Autopilot`], so a
 //! recommendation reads no samples (it answers from the history snapshot).
+//!
+//! Where a model is served, the family also holds the calibrated model:
+//! `predictive` and `plan` at each of [`MODEL_TARGETS`]. Their recent
+//! cost is charged the same way on the series' replayed recent tasks
+//! ([`model_cost`]), each task allocated with the calibration factor the
+//! tasks before it gave, so the model competes out of sample as the
+//! histograms do.
 
 use crate::{
+    calibrate::{self, Score},
     histogram::DecayingHistogram,
     params::{Kind, Params},
+    strategy::Strategy,
 };
 
 /// Half-lives of the candidates' histograms, in seconds (6 h, 1 d, 3 d).
@@ -87,6 +96,30 @@ impl Candidate {
         }
         out
     }
+}
+
+impl std::fmt::Display for Candidate {
+    /// `p95 of samples decaying with a 24h half-life plus 10 % margin`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p{} of samples decaying with a {}h half-life plus {:.0} % margin",
+            self.percentile * 100.0,
+            HALF_LIVES[self.half_life] / 3600.0,
+            self.margin * 100.0
+        )
+    }
+}
+
+/// How many candidates `auto` compares per series: the history family's,
+/// and the model-based ones where a model is served.
+pub fn family_size(with_model: bool) -> usize {
+    Candidate::all().len()
+        + if with_model {
+            ModelCandidate::all().len()
+        } else {
+            0
+        }
 }
 
 /// Decayed cost sums of one candidate.
@@ -252,6 +285,121 @@ impl Autopilot {
     }
 }
 
+/// Violation targets of `auto`'s model-based candidates, as fractions.
+pub const MODEL_TARGETS: [f64; 5] = [0.001, 0.005, 0.01, 0.02, 0.05];
+
+/// One model-based candidate: a calibrated `predictive` or `plan` at a
+/// violation target.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelCandidate {
+    /// `predictive` or `plan`.
+    pub strategy: Strategy,
+    /// Its violation target, a fraction.
+    pub rate: f64,
+}
+
+impl ModelCandidate {
+    /// Every model-based candidate, in a fixed order: `predictive` at each
+    /// of [`MODEL_TARGETS`], then `plan` at each.
+    pub fn all() -> Vec<Self> {
+        [Strategy::Predictive, Strategy::Plan]
+            .into_iter()
+            .flat_map(|strategy| MODEL_TARGETS.map(|rate| Self { strategy, rate }))
+            .collect()
+    }
+}
+
+/// The recent cost of a calibrated model-based candidate at violation
+/// target `rate`, out of sample, from its replayed `scores` (one series):
+/// the replayed tasks are charged in time order, each allocated at `c ×
+/// limit(t) / limit_ratio` where `c` is the calibration factor
+/// ([`calibrate::factor`]) of the samples taken before the task started;
+/// a task with too few such samples is not charged. Costs are those of
+/// [`Autopilot`]: samples above the request, relative slack, and moves of
+/// the request by more than [`CHANGE_THRESHOLD`] (within a plan or from
+/// one task to the next) per hour, each task decaying with
+/// [`COST_HALF_LIFE_SECONDS`] by its age. `None` when no task was charged.
+pub fn model_cost(scores: &[Score], rate: f64, limit_ratio: f64) -> Option<Cost> {
+    let mut s: Vec<Score> = scores
+        .iter()
+        .filter(|x| x.ratio.is_finite() && x.ratio >= 0.0 && x.limit > 0.0)
+        .copied()
+        .collect();
+    // Oldest first: the samples before a task's start are a prefix.
+    s.sort_by(|a, b| b.age.total_cmp(&a.age));
+    let mut starts: Vec<f64> = s.iter().map(|x| x.task_age).collect();
+    starts.sort_by(|a, b| b.total_cmp(a));
+    starts.dedup();
+    let ratio = limit_ratio.max(1.0);
+    let mut cost = Cost::default();
+    let mut charged = false;
+    let mut last: Option<f64> = None;
+    for start in starts {
+        let before = s.partition_point(|x| x.age > start);
+        let earlier: Vec<Score> = s[..before]
+            .iter()
+            .map(|x| Score {
+                age: x.age - start,
+                ..*x
+            })
+            .collect();
+        let Some(c) = calibrate::factor(&earlier, rate) else {
+            continue;
+        };
+        let w = (-start.max(0.0) / COST_HALF_LIFE_SECONDS).exp2();
+        let (mut first, mut latest) = (f64::MIN, f64::MAX);
+        for x in s.iter().filter(|x| x.task_age == start) {
+            let request = c.factor * x.limit / ratio;
+            let used = x.ratio * x.limit;
+            cost.samples += w;
+            if used > request {
+                cost.overruns += w;
+            }
+            if request > 0.0 {
+                cost.slack += w * ((request - used) / request).max(0.0);
+            }
+            if last.is_some_and(|p| (request - p).abs() > CHANGE_THRESHOLD * p) {
+                cost.changes += w;
+            }
+            last = Some(request);
+            first = first.max(x.age);
+            latest = latest.min(x.age);
+        }
+        cost.windows += w * ((first - latest) / WINDOW_SECONDS).max(1.0);
+        charged = true;
+    }
+    charged.then_some(cost)
+}
+
+/// What `auto` chose for one series.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Winner {
+    /// The cheapest of the history-based family.
+    History,
+    /// The model-based candidate at this index of [`ModelCandidate::all`].
+    Model(usize),
+}
+
+/// The cheapest of the history family's best (`history`, its cost) and
+/// the model-based candidates' recent costs (`models`, `None` where a
+/// candidate could not be charged or calibrated) under `weights`; ties go
+/// to the history, which needs no model. `None` when nothing was charged.
+pub fn cheapest(
+    history: Option<&Cost>,
+    models: &[Option<Cost>],
+    weights: &Weights,
+) -> Option<Winner> {
+    let mut best = history.map(|c| (Winner::History, c.total(weights)));
+    for (i, c) in models.iter().enumerate() {
+        let Some(c) = c else { continue };
+        let t = c.total(weights);
+        if best.is_none_or(|(_, b)| t < b) {
+            best = Some((Winner::Model(i), t));
+        }
+    }
+    best.map(|b| b.0)
+}
+
 fn candidate_request(h: &DecayingHistogram, c: &Candidate) -> f64 {
     h.percentile(c.percentile) * (1.0 + c.margin)
 }
@@ -302,6 +450,67 @@ mod tests {
         let cpu = fold(Kind::Cpu, 72, |m| spiky(m) / 1e9);
         let (_, r, _) = cpu.best(&Weights::of(Kind::Cpu)).unwrap();
         assert!(r < 1.5, "{r}");
+    }
+
+    /// Scores of `tasks` daily tasks of `per` samples each, the newest
+    /// ending at the reference: `used(task, i)` over a constant limit 1.
+    fn replayed(tasks: usize, per: usize, used: impl Fn(usize, usize) -> f64) -> Vec<Score> {
+        let mut out = Vec::new();
+        for t in 0..tasks {
+            let task_age = (tasks - t) as f64 * 86_400.0;
+            for i in 0..per {
+                out.push(Score {
+                    ratio: used(t, i),
+                    age: task_age - i as f64 * 300.0,
+                    limit: 1.0,
+                    task_age,
+                });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_model_candidate_is_charged_out_of_sample() {
+        // Usage doubles from the fifth task on: the tasks after the change
+        // are allocated with factors from before it and overrun, which an
+        // in-sample charge (one factor fitted to everything) would hide.
+        let s = replayed(8, 200, |t, i| {
+            let base = if t < 4 { 1.0 } else { 2.0 };
+            base * (1.0 + 0.1 * ((i * 7919) % 100) as f64 / 100.0)
+        });
+        let c = model_cost(&s, 0.01, 1.0).unwrap();
+        assert!(c.overrun() > 0.05, "{c:?}");
+        // The first task has nothing before it: not charged.
+        let steady = replayed(8, 200, |_, i| 1.0 + 0.1 * ((i * 7919) % 100) as f64 / 100.0);
+        let c = model_cost(&steady, 0.01, 1.0).unwrap();
+        assert!(c.overrun() < 0.02 && c.underrun() < 0.1, "{c:?}");
+        // Of two tasks only the second is charged, at its age's weight.
+        let two = model_cost(&steady[..400], 0.01, 1.0).unwrap();
+        let w = (-7.0 * 86_400.0 / COST_HALF_LIFE_SECONDS).exp2();
+        assert!((two.samples - 200.0 * w).abs() < 1e-9, "{two:?}");
+        assert!(model_cost(&steady[..200], 0.01, 1.0).is_none());
+    }
+
+    #[test]
+    fn the_cheapest_candidate_wins_and_ties_go_to_the_history() {
+        let w = Weights::of(Kind::Cpu);
+        let cost = |overruns: f64, slack: f64| Cost {
+            overruns,
+            slack,
+            samples: 100.0,
+            changes: 0.0,
+            windows: 10.0,
+        };
+        let h = cost(1.0, 30.0);
+        assert_eq!(
+            cheapest(Some(&h), &[Some(cost(1.0, 20.0)), None], &w),
+            Some(Winner::Model(0))
+        );
+        assert_eq!(cheapest(Some(&h), &[Some(h)], &w), Some(Winner::History));
+        assert_eq!(cheapest(None, &[None, Some(h)], &w), Some(Winner::Model(1)));
+        assert_eq!(cheapest(None, &[None], &w), None);
+        assert_eq!(ModelCandidate::all().len(), 2 * MODEL_TARGETS.len());
     }
 
     #[test]

@@ -422,7 +422,7 @@ pub fn percentile(history: &Summary, params: &Params) -> Alloc {
 /// charge a window, the VPA's recommender instead (said in the detail).
 pub fn auto(history: &Summary, params: &Params) -> Alloc {
     let weights = auto::weights(history.kind, params);
-    let Some((c, request, cost)) = history.autopilot.as_ref().and_then(|a| a.best(&weights)) else {
+    let Some((c, request, cost)) = history.autopilot_best(&weights) else {
         let mut a = vpa(history, params);
         a.detail = format!(
             "auto: under {:.0} h of history to compare candidates on, so the VPA's recommender: {}",
@@ -440,12 +440,9 @@ pub fn auto(history: &Summary, params: &Params) -> Alloc {
         request,
         params,
         format!(
-            "auto: p{} of samples decaying with a {}h half-life plus {:.0} % margin had the lowest recent cost {:.4} of {} candidates (overrun {:.2} %, relative slack {:.1} %, resizes in {:.1} % of hours; weights {} / {} / {})",
-            c.percentile * 100.0,
-            auto::HALF_LIVES[c.half_life] / 3600.0,
-            c.margin * 100.0,
+            "auto: {c} had the lowest recent cost {:.4} of {} candidates (overrun {:.2} %, relative slack {:.1} %, resizes in {:.1} % of hours; weights {} / {} / {})",
             cost.total(&weights),
-            auto::Candidate::all().len(),
+            auto::family_size(false),
             cost.overrun() * 100.0,
             cost.underrun() * 100.0,
             cost.change_rate() * 100.0,
@@ -454,6 +451,18 @@ pub fn auto(history: &Summary, params: &Params) -> Alloc {
             weights.changes,
         ),
     )
+}
+
+impl Summary {
+    /// The history family's cheapest candidate under `weights`, its
+    /// request and recent cost (see [`Autopilot::best`]); `None` for a
+    /// pressure series or before a window was charged.
+    pub fn autopilot_best(
+        &self,
+        weights: &auto::Weights,
+    ) -> Option<(auto::Candidate, f64, auto::Cost)> {
+        self.autopilot.as_ref().and_then(|a| a.best(weights))
+    }
 }
 
 /// `vpa`: the Kubernetes VPA's recommender, faithfully: `params` resolved

@@ -108,7 +108,8 @@ pub struct Alloc {
     pub expected_slack: f64,
     /// Expected share of samples above the limit, in [0, 1].
     pub violation_risk: f64,
-    /// History samples used.
+    /// History samples used; for the model-based strategies, the replayed
+    /// samples that calibrated it (its own, or its resource's pool).
     pub samples_used: u64,
     /// One sentence on how it was reached.
     pub detail: String,
