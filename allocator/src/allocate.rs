@@ -292,8 +292,8 @@ impl Allocator {
         }
     }
 
-    /// `auto`'s model-based candidates for every usage series of a
-    /// snapshot, with the default parameters; `None` (logged) when no
+    /// `auto`'s model-based candidates for every series of a snapshot on
+    /// the default resources (cpu, memory), with the default parameters; `None` (logged) when no
     /// model answers or the evaluation fails.
     async fn snapshot_models(
         &self,
@@ -309,13 +309,10 @@ impl Allocator {
         let mut services: Vec<String> = series.keys().map(|k| k.0.clone()).collect();
         services.sort();
         services.dedup();
-        let mut resources: Vec<String> = series
-            .keys()
-            .map(|k| k.1.clone())
-            .filter(|r| headroom_proto::resource::is_usage(r))
-            .collect();
-        resources.sort();
-        resources.dedup();
+        // The resources a request names by default: evaluating every IO
+        // resource too would multiply the rebuild; a request naming one
+        // evaluates its series when asked.
+        let resources = crate::default_resources();
         let params = Params::resolve(&Overrides::default(), Strategy::Auto).ok()?;
         match self
             .evaluate_models(&info, &services, &resources, &params)
@@ -524,6 +521,7 @@ impl Allocator {
             && let Some(c) = &s.models
             && c.version == info.version
             && c.params == candidate_params(params)
+            && m.resources.iter().all(|r| c.resources.contains(r))
         {
             return Ok((info, c.clone()));
         }

@@ -309,6 +309,8 @@ pub struct ModelCandidates {
     pub of: HashMap<(String, String), Vec<CandidateFit>>,
     /// The parameters they were evaluated with (without the cost weights).
     pub params: Params,
+    /// The resources they were evaluated for.
+    pub resources: Vec<String>,
 }
 
 impl ModelCandidates {
@@ -359,6 +361,7 @@ pub async fn model_candidates(
         version: info.version.clone(),
         of: HashMap::new(),
         params: params.clone(),
+        resources: resources.to_vec(),
     };
     if predictable.is_empty() || known.is_empty() {
         return Ok(out);
