@@ -85,7 +85,18 @@ async fn backtest(
     );
     let coll = support::collector(db).await?;
     let pred = support::predictor(model).await?;
-    let alloc = support::allocator(&coll, &pred.url(), ServiceOptions::default()).await?;
+    // A backtest of 60 VMs with the whole sweep outlasts the default 30 s
+    // request timeout (as `--request-timeout` would be raised by hand).
+    let alloc = support::allocator_with(
+        &coll,
+        &pred.url(),
+        ServiceOptions::default(),
+        headroom_serving::grpc::GrpcOptions {
+            request_timeout: Duration::from_secs(3600),
+            ..Default::default()
+        },
+    )
+    .await?;
     let mut client = AllocatorClient::new(alloc.channel().await?);
     let t = Instant::now();
     let answer = client

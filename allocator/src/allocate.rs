@@ -1,7 +1,7 @@
 //! The allocator's domain: resolves a workload, gathers history or curves,
 //! runs a strategy per service and resource, and places the result.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
@@ -14,7 +14,7 @@ use crate::{
     params::{Overrides, Params},
     pressure,
     quantiles::curve_step,
-    replay::{self, ModelCandidates},
+    replay::{self, ModelCandidates, ModelWin},
     segments::Segment,
     snapshot::{self, Snapshot, Source},
     strategy::{self, Alloc, Strategy, Summary},
@@ -22,6 +22,9 @@ use crate::{
 
 /// History the history-based strategies read by default, back from now.
 pub const DEFAULT_HISTORY: Duration = Duration::from_secs(8 * 86_400);
+/// How long the snapshot keeps `auto`'s model candidates before it
+/// evaluates them again (sooner when the served model changes).
+pub const MODEL_CANDIDATES_EVERY: Duration = Duration::from_secs(600);
 /// Most services in one workload by default.
 pub const DEFAULT_MAX_SERVICES: usize = 10_000;
 
@@ -271,7 +274,8 @@ impl Allocator {
                 .await
             {
                 Ok(series) => {
-                    let models = self.snapshot_models(&series).await;
+                    let previous = self.snapshot.read().await.clone();
+                    let (models, models_at) = self.snapshot_models(&series, previous).await;
                     tracing::debug!(
                         series = series.len(),
                         model_candidates = models.as_ref().map_or(0, |m| m.of.len()),
@@ -281,6 +285,7 @@ impl Allocator {
                         built: std::time::Instant::now(),
                         series,
                         models,
+                        models_at,
                     }));
                 }
                 Err(e) => tracing::warn!(error = %e, "history snapshot not rebuilt"),
@@ -293,19 +298,31 @@ impl Allocator {
     }
 
     /// `auto`'s model-based candidates for every series of a snapshot on
-    /// the default resources (cpu, memory), with the default parameters; `None` (logged) when no
-    /// model answers or the evaluation fails.
+    /// the default resources (cpu, memory), with the default parameters,
+    /// and when they were evaluated: `previous`'s when the served model is
+    /// the same and they are younger than [`MODEL_CANDIDATES_EVERY`] (their
+    /// costs decay over days; replaying every series through every
+    /// candidate at each rebuild would not pay), else evaluated now;
+    /// `None` (logged) when no model answers or the evaluation fails.
     async fn snapshot_models(
         &self,
         series: &crate::history::Summaries,
-    ) -> Option<Arc<ModelCandidates>> {
+        previous: Option<Arc<Snapshot>>,
+    ) -> (Option<Arc<ModelCandidates>>, Option<std::time::Instant>) {
         let info = match self.predictor.info().await {
             Ok(info) => info,
             Err(e) => {
                 tracing::debug!(error = %e, "no model for auto's candidates in the snapshot");
-                return None;
+                return (None, None);
             }
         };
+        if let Some(p) = previous
+            && let (Some(m), Some(at)) = (&p.models, p.models_at)
+            && m.version == info.version
+            && at.elapsed() < MODEL_CANDIDATES_EVERY
+        {
+            return (Some(m.clone()), Some(at));
+        }
         let mut services: Vec<String> = series.keys().map(|k| k.0.clone()).collect();
         services.sort();
         services.dedup();
@@ -313,15 +330,25 @@ impl Allocator {
         // resource too would multiply the rebuild; a request naming one
         // evaluates its series when asked.
         let resources = crate::default_resources();
-        let params = Params::resolve(&Overrides::default(), Strategy::Auto).ok()?;
+        let Ok(params) = Params::resolve(&Overrides::default(), Strategy::Auto) else {
+            return (None, None);
+        };
+        let t = std::time::Instant::now();
         match self
             .evaluate_models(&info, &services, &resources, &params)
             .await
         {
-            Ok(c) => Some(Arc::new(c)),
+            Ok(c) => {
+                tracing::debug!(
+                    series = c.of.len(),
+                    seconds = t.elapsed().as_secs_f64(),
+                    "auto's model candidates evaluated for the snapshot"
+                );
+                (Some(Arc::new(c)), Some(t))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "auto's model candidates not evaluated for the snapshot");
-                None
+                (None, None)
             }
         }
     }
@@ -428,7 +455,7 @@ impl Allocator {
             }
         };
         let mut winners = Vec::new();
-        for (i, (r, _)) in allocs.iter().enumerate() {
+        for (i, (r, _)) in allocs.iter_mut().enumerate() {
             let key = (r.service.clone(), r.resource.clone());
             let Some(summary) = source
                 .summaries()
@@ -437,13 +464,14 @@ impl Allocator {
             else {
                 continue;
             };
-            let weights = strategy::auto::weights(summary.kind(), params);
-            let history = summary.autopilot_best(&weights);
-            let costs = models.costs(&r.service, &r.resource);
-            if let Some(strategy::auto::Winner::Model(k)) =
-                strategy::auto::cheapest(history.as_ref().map(|h| &h.2), &costs, &weights)
-            {
-                winners.push((i, k, history, weights));
+            match ModelWin::of(summary, params, &models, &r.service, &r.resource) {
+                Some(win) => winners.push((i, win)),
+                // The history won: say what the model's candidates did.
+                None => r.alloc.detail.push_str(&models.lost(
+                    &r.service,
+                    &r.resource,
+                    &strategy::auto::weights(summary.kind(), params),
+                )),
             }
         }
         if winners.is_empty() {
@@ -452,14 +480,8 @@ impl Allocator {
                 horizon: 0.0,
             });
         }
-        let known: HashSet<String> = info.services.iter().cloned().collect();
-        let mix = replay::known_mix(&m.services, &known);
-        let predictable: Vec<String> = m
-            .resources
-            .iter()
-            .filter(|r| info.resources.contains(r))
-            .cloned()
-            .collect();
+        let mix = replay::known_mix(&m.services, &info.known());
+        let predictable = info.predictable(&m.resources);
         let curves = match self.horizon(m, params).await {
             Ok(horizon) => self
                 .predictor
@@ -478,26 +500,15 @@ impl Allocator {
                 });
             }
         };
-        let candidates = strategy::auto::ModelCandidate::all();
-        for (i, k, history, weights) in winners {
+        for (i, win) in winners {
             let (r, segs) = &mut allocs[i];
-            let key = (r.service.clone(), r.resource.clone());
-            let (Some(curves), Some(&(Some(cost), Some(cal)))) = (
-                predicted.curves.get(&key),
-                models.of.get(&key).and_then(|v| v.get(k)),
-            ) else {
+            let Some(curves) = predicted
+                .curves
+                .get(&(r.service.clone(), r.resource.clone()))
+            else {
                 continue;
             };
-            let (segments, mut a) = replay::auto_by_model(
-                candidates[k],
-                &cost,
-                &cal,
-                history.as_ref(),
-                &weights,
-                curves,
-                horizon,
-                params,
-            );
+            let (segments, mut a) = win.allocate(curves, horizon, params);
             correct_by_pressure(&source, &r.service, &r.resource, &mut a);
             r.alloc = a;
             r.model_version.clone_from(&info.version);
@@ -597,14 +608,9 @@ impl Allocator {
                     .await;
             }
         };
-        let known: HashSet<String> = info.services.iter().cloned().collect();
+        let known = info.known();
         let mix = replay::known_mix(&m.services, &known);
-        let predictable: Vec<String> = m
-            .resources
-            .iter()
-            .filter(|r| info.resources.contains(r))
-            .cloned()
-            .collect();
+        let predictable = info.predictable(&m.resources);
         let horizon = self.horizon(m, params).await?;
         let predicted = if mix.is_empty() || predictable.is_empty() {
             None
@@ -639,18 +645,21 @@ impl Allocator {
         let durations = self.collector.tasks("", Some(start), None).await?;
         let horizon_of =
             |t: &TaskInfo| replay::horizon_before(&durations, t, params.horizon_seconds);
-        let scores = replay::scores(
+        let maps = replay::scores_of_rules(
             &self.predictor,
             &known,
             &past,
             &predictable,
-            strategy,
-            params,
+            &replay::calibration_rules(strategy, params),
             end,
             &horizon_of,
         )
         .await?;
-        let pools = replay::pools(&scores);
+        let scores = &maps[0];
+        let pools = replay::pools(scores);
+        // A plan's cap: the predictive rule's calibration.
+        let caps = maps.get(1);
+        let cap_pools = caps.map(replay::pools).unwrap_or_default();
         let mut allocs = Vec::new();
         let mut fell_back = Vec::new();
         for service in &m.services {
@@ -688,6 +697,23 @@ impl Allocator {
                             let (mut segments, mut a) =
                                 replay::rule(strategy, curves, horizon, params);
                             replay::apply(&c, &mut segments, &mut a, rate);
+                            let cap_own = caps
+                                .and_then(|s| s.get(&key))
+                                .map_or(&[][..], Vec::as_slice);
+                            let cap_pool = cap_pools.get(resource).map_or(&[][..], Vec::as_slice);
+                            if caps.is_some()
+                                && let Some(cc) = calibrate::own_or_pooled(cap_own, cap_pool, rate)
+                            {
+                                let level =
+                                    strategy::predictive(curves, params).request * cc.factor;
+                                replay::cap_plan(
+                                    &mut segments,
+                                    &mut a,
+                                    level,
+                                    params.limit_ratio,
+                                    crate::params::Kind::of(resource),
+                                );
+                            }
                             if let Some(note) =
                                 replay::unseen_mix_note(service, &mix, &durations, &known)
                             {

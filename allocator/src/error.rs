@@ -52,6 +52,16 @@ pub enum Error {
         /// The resource named.
         name: String,
     },
+    /// A backtest whose strategies had no history before the split.
+    #[error(
+        "no history before the split {split} of the services asked (the last {window} before it): the strategies have nothing to allocate from; give a later split"
+    )]
+    NoHistoryBeforeSplit {
+        /// The split, RFC 3339.
+        split: String,
+        /// The history window read before it.
+        window: String,
+    },
     /// The workload names no service.
     #[error("the workload names no services: give a task_id or a non-empty list of services")]
     NoServices,

@@ -15,7 +15,7 @@ use crate::{
     params::Params,
     quantiles::{Curves, curve_step},
     segments::Segment,
-    strategy::{self, Alloc, Strategy, auto},
+    strategy::{self, Alloc, Strategy, Summary, auto},
 };
 
 /// Most past tasks (the newest) whose mixes are replayed to calibrate.
@@ -69,55 +69,132 @@ pub fn apply(c: &Calibration, segments: &mut [Segment], alloc: &mut Alloc, rate:
     ));
 }
 
-/// `auto`'s answer for a series where the model-based candidate `winner`
-/// (recent cost `cost`, calibration `cal`) beat the history family's best
-/// (`history`: candidate, request, cost) and the other model candidates
-/// under `weights`: the winner's rule over `curves` with its violation
-/// target, calibrated, and a detail naming it, its cost and the history's.
-#[allow(clippy::too_many_arguments)]
-pub fn auto_by_model(
-    winner: auto::ModelCandidate,
-    cost: &auto::Cost,
-    cal: &Calibration,
-    history: Option<&(auto::Candidate, f64, auto::Cost)>,
-    weights: &auto::Weights,
-    curves: &Curves,
-    horizon: f64,
-    params: &Params,
-) -> (Vec<Segment>, Alloc) {
-    let p = Params {
-        target_violation_rate: winner.rate,
-        ..params.clone()
-    };
-    let (mut segments, mut a) = rule(winner.strategy, curves, horizon, &p);
-    apply(cal, &mut segments, &mut a, winner.rate);
-    let beat = match history {
-        Some((c, _, h)) => format!(
-            ", below the best history candidate's {:.4} ({c})",
-            h.total(weights)
-        ),
-        None => ", the history family having no charged hour yet".into(),
-    };
-    a.detail = format!(
-        "auto: {} at a {:.2} % target, calibrated, had the lowest recent cost {:.4} of {} candidates (overrun {:.2} %, relative slack {:.1} %, resizes in {:.1} % of hours, each recent task allocated as the tasks before it calibrated it; weights {} / {} / {}){beat}{}: {}",
-        winner.strategy,
-        winner.rate * 100.0,
-        cost.total(weights),
-        auto::family_size(true),
-        cost.overrun() * 100.0,
-        cost.underrun() * 100.0,
-        cost.change_rate() * 100.0,
-        weights.overrun,
-        weights.underrun,
-        weights.changes,
-        if winner.strategy == Strategy::Plan && segments.len() > 1 {
-            "; a constant answer is the plan's peak, Plan gives its segments"
-        } else {
-            ""
-        },
-        a.detail
-    );
-    (segments, a)
+/// A series `auto` gives to a model-based candidate: which, its recent
+/// cost and calibration, and what it beat.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelWin {
+    /// The winner.
+    pub winner: auto::ModelCandidate,
+    /// Its recent out-of-sample cost.
+    pub cost: auto::Cost,
+    /// Its calibration on all the replayed history.
+    pub calibration: Calibration,
+    /// The history family's best: candidate, request, cost.
+    pub history: Option<(auto::Candidate, f64, auto::Cost)>,
+    /// The cost weights of the series' resource.
+    pub weights: auto::Weights,
+}
+
+impl ModelWin {
+    /// Whether a model-based candidate of `models` is cheaper for
+    /// (`service`, `resource`) than the history family's best on
+    /// `summary`, under `params`' weights: the win, else `None`.
+    pub fn of(
+        summary: &Summary,
+        params: &Params,
+        models: &ModelCandidates,
+        service: &str,
+        resource: &str,
+    ) -> Option<Self> {
+        let weights = auto::weights(summary.kind(), params);
+        let history = summary.autopilot_best(&weights);
+        let costs = models.costs(service, resource);
+        let auto::Winner::Model(k) =
+            auto::cheapest(history.as_ref().map(|h| &h.2), &costs, &weights)?
+        else {
+            return None;
+        };
+        let (cost, calibration) = models
+            .of
+            .get(&(service.to_string(), resource.to_string()))
+            .and_then(|v| v.get(k))
+            .and_then(|(cost, cal)| Some(((*cost)?, (*cal)?)))?;
+        Some(Self {
+            winner: auto::ModelCandidate::all()[k],
+            cost,
+            calibration,
+            history,
+            weights,
+        })
+    }
+
+    /// The winner's rule over `curves` (a horizon of `horizon` seconds)
+    /// with its violation target, calibrated, and a detail naming it, its
+    /// cost and the history's best.
+    pub fn allocate(
+        &self,
+        curves: &Curves,
+        horizon: f64,
+        params: &Params,
+    ) -> (Vec<Segment>, Alloc) {
+        let (winner, weights) = (self.winner, &self.weights);
+        let p = Params {
+            target_violation_rate: winner.rate,
+            ..params.clone()
+        };
+        let (mut segments, mut a) = rule(winner.strategy, curves, horizon, &p);
+        apply(&self.calibration, &mut segments, &mut a, winner.rate);
+        let beat = match &self.history {
+            Some((c, _, h)) => format!(
+                ", below the best history candidate's {:.4} ({c})",
+                h.total(weights)
+            ),
+            None => ", the history family having no charged hour yet".into(),
+        };
+        a.detail = format!(
+            "auto: {} at a {:.2} % target, calibrated, had the lowest recent cost {:.4} of {} candidates ({}, each recent task allocated as the tasks before it calibrated it; {weights}){beat}: {}",
+            winner.strategy,
+            winner.rate * 100.0,
+            self.cost.total(weights),
+            auto::family_size(true),
+            self.cost.describe(),
+            a.detail
+        );
+        (segments, a)
+    }
+}
+
+/// The rules a calibration of `strategy` replays: its own, and for `plan`
+/// also `predictive`'s, which caps it ([`cap_plan`]).
+pub fn calibration_rules(strategy: Strategy, params: &Params) -> Vec<(Strategy, Params)> {
+    let mut rules = vec![(strategy, params.clone())];
+    if strategy == Strategy::Plan {
+        rules.push((Strategy::Predictive, params.clone()));
+    }
+    rules
+}
+
+/// Caps a calibrated plan at `level`, the calibrated `predictive` level of
+/// the same curves and target. One factor fitted to a plan whose curve dips
+/// near zero where usage goes on lifts every segment by the misses of the
+/// dips, its peak far above any use (×20 seen on real VMs, 63 cores for a
+/// 2-core VM); no segment needs more than the constant level that keeps
+/// the promise over the whole horizon. The detail says when it cut.
+pub fn cap_plan(
+    segments: &mut [Segment],
+    alloc: &mut Alloc,
+    level: f64,
+    limit_ratio: f64,
+    kind: crate::params::Kind,
+) {
+    let peak = segments
+        .iter()
+        .map(|s| s.request)
+        .fold(alloc.request, f64::max);
+    if !(level > 0.0 && peak > level) {
+        return;
+    }
+    for s in segments.iter_mut().filter(|s| s.request > level) {
+        s.request = level;
+        s.limit = level * limit_ratio;
+    }
+    alloc.request = level;
+    alloc.limit = level * limit_ratio;
+    alloc.detail.push_str(&format!(
+        "; capped at {}, the calibrated constant level for the same target (its own calibration put its peak at {})",
+        crate::render::amount(kind, level),
+        crate::render::amount(kind, peak)
+    ));
 }
 
 /// Why a series could not be calibrated, for its fallback.
@@ -314,6 +391,34 @@ pub struct ModelCandidates {
 }
 
 impl ModelCandidates {
+    /// What an explanation says of the model's candidates on a series the
+    /// history family won: the cheapest model candidate and its cost under
+    /// `weights`, or why none could be charged.
+    pub fn lost(&self, service: &str, resource: &str, weights: &auto::Weights) -> String {
+        let candidates = auto::ModelCandidate::all();
+        let best = self
+            .costs(service, resource)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, c)| Some((i, c?.total(weights))))
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        match best {
+            Some((i, cost)) => format!(
+                "; the model's {} candidates competed too: the cheapest, {} at a {:.2} % target, cost {cost:.4}",
+                candidates.len(),
+                candidates[i].strategy,
+                candidates[i].rate * 100.0
+            ),
+            None if self.of.contains_key(&(service.to_string(), resource.to_string())) => {
+                "; the model's candidates could not compete: too few replayed samples before each recent task to calibrate them".into()
+            }
+            None => format!(
+                "; the model's candidates could not compete: no replayed recent task of this series with model {}",
+                self.version
+            ),
+        }
+    }
+
     /// The candidates' costs of one series, `None` where a candidate
     /// cannot allocate it (no charged cost or no calibration).
     pub fn costs(&self, service: &str, resource: &str) -> Vec<Option<auto::Cost>> {
@@ -338,12 +443,8 @@ pub async fn model_candidates(
     reference: f64,
     horizon: &(dyn Fn(&TaskInfo) -> Option<f64> + Sync),
 ) -> Result<ModelCandidates> {
-    let known: HashSet<String> = info.services.iter().cloned().collect();
-    let predictable: Vec<String> = resources
-        .iter()
-        .filter(|r| info.resources.contains(r))
-        .cloned()
-        .collect();
+    let known = info.known();
+    let predictable = info.predictable(resources);
     let candidates = auto::ModelCandidate::all();
     let rules: Vec<(Strategy, Params)> = candidates
         .iter()
@@ -502,6 +603,34 @@ mod tests {
 
     fn names(s: &[&str]) -> Vec<String> {
         s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_plan_is_capped_at_the_calibrated_constant_level() {
+        let seg = |start, request| Segment {
+            start,
+            end: start + 600.0,
+            request,
+            limit: request,
+        };
+        let mut segments = vec![seg(0.0, 0.5), seg(600.0, 63.0), seg(1200.0, 2.0)];
+        let mut a = Alloc {
+            request: 63.0,
+            limit: 63.0,
+            expected_slack: 0.0,
+            violation_risk: 0.01,
+            samples_used: 0,
+            detail: String::new(),
+        };
+        cap_plan(&mut segments, &mut a, 3.0, 1.0, crate::params::Kind::Cpu);
+        let levels: Vec<f64> = segments.iter().map(|s| s.request).collect();
+        assert_eq!(levels, [0.5, 3.0, 2.0]);
+        assert_eq!((a.request, a.limit), (3.0, 3.0));
+        assert!(a.detail.contains("capped at 3 cores"), "{}", a.detail);
+        // Below the level: untouched.
+        let before = segments.clone();
+        cap_plan(&mut segments, &mut a, 10.0, 1.0, crate::params::Kind::Cpu);
+        assert_eq!(segments, before);
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub struct Snapshot {
     /// with the served model and the default parameters; `None` when no
     /// model answered at the rebuild.
     pub models: Option<Arc<ModelCandidates>>,
+    /// When `models` were evaluated (they are kept across rebuilds for
+    /// [`crate::allocate::MODEL_CANDIDATES_EVERY`]).
+    pub models_at: Option<Instant>,
 }
 
 /// The latest snapshot, shared by the rebuilder and the requests.

@@ -206,11 +206,11 @@ async fn auto_weighs_the_calibrated_model_against_the_histograms() -> anyhow::Re
         println!("{} {}: {}", a.service, a.resource, e.detail);
         assert_eq!(e.strategy, "auto");
         assert!(a.status.is_none() && a.request > 0.0, "{a:?}");
-        if e.detail.starts_with("auto: predictive") || e.detail.starts_with("auto: plan") {
+        if e.detail.starts_with("auto: predictive") {
             by_model += 1;
             assert!(!e.model_version.is_empty());
             assert!(
-                e.detail.contains("of 94 candidates")
+                e.detail.contains("of 89 candidates")
                     && e.detail.contains("below the best history candidate's")
                     && e.detail.contains("calibrated ×"),
                 "{}",

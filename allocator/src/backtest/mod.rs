@@ -25,6 +25,7 @@ use crate::{
     grpc::sources::{Collector, Predictor},
     history::{History, TaskInfo, expected_duration},
     params::{Kind, Overrides, Params},
+    replay::ModelWin,
     strategy::{Strategy, Summary},
 };
 
@@ -273,6 +274,14 @@ pub async fn run(
         split,
         horizon: ask.params.horizon_seconds,
     };
+    if data.past.series.is_empty() {
+        return Err(Error::NoHistoryBeforeSplit {
+            split: chrono::DateTime::from_timestamp(split as i64, 0)
+                .unwrap_or_default()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            window: headroom_units::duration(history_window),
+        });
+    }
     let (rows, allocs) = data
         .evaluate(collector, predictor, &strategies, &params_of)
         .await?;
@@ -731,6 +740,27 @@ impl Predicting<'_> {
         Ok(mix)
     }
 
+    /// What the model `info` never fitted before the split, of `past`'s
+    /// services and the `predictable` resources (see
+    /// [`crate::replay::out_of_sample`]); `None`: calibrate on `past`.
+    async fn calibration_history(
+        &self,
+        info: &crate::grpc::sources::ModelInfo,
+        past: &History,
+        predictable: &[String],
+    ) -> Result<Option<History>> {
+        let services: Vec<String> = past.series.keys().map(|k| k.0.clone()).collect();
+        crate::replay::out_of_sample(
+            self.collector,
+            info,
+            &services,
+            predictable,
+            f64::MIN,
+            self.split,
+        )
+        .await
+    }
+
     /// `auto` with its model-based candidates: each series' history
     /// family's cheapest (from the history before the split) against the
     /// model's candidates replayed on the calibration history before the
@@ -746,52 +776,26 @@ impl Predicting<'_> {
             return Ok(());
         }
         let params = &self.params_of[&Strategy::Auto];
-        let known: HashSet<String> = info.services.iter().cloned().collect();
-        let predictable: Vec<String> = self
-            .resources
-            .iter()
-            .filter(|r| info.resources.contains(r))
-            .cloned()
-            .collect();
-        let services: Vec<String> = past.series.keys().map(|k| k.0.clone()).collect();
-        let out_of_sample = crate::replay::out_of_sample(
-            self.collector,
-            &info,
-            &services,
-            &predictable,
-            f64::MIN,
-            self.split,
-        )
-        .await?;
-        let calibration_history = out_of_sample.as_ref().unwrap_or(past);
+        let (known, predictable) = (info.known(), info.predictable(self.resources));
+        let out_of_sample = self.calibration_history(&info, past, &predictable).await?;
         let horizon_of = |t: &TaskInfo| crate::replay::horizon_before(&past.tasks, t, self.horizon);
         let models = crate::replay::model_candidates(
             self.predictor,
             &info,
-            calibration_history,
+            out_of_sample.as_ref().unwrap_or(past),
             &predictable,
             params,
             self.split,
             &horizon_of,
         )
         .await?;
-        let candidates = crate::strategy::auto::ModelCandidate::all();
         let mut curves_of_mix = CurvesOfMix::new();
         for ((service, resource), obs) in &past.series {
-            let kind = Kind::of(resource);
-            let weights = crate::strategy::auto::weights(kind, params);
-            let summary = Summary::of(obs, kind, params.half_life_seconds);
-            let history = summary.autopilot_best(&weights);
-            let costs = models.costs(service, resource);
-            let Some(crate::strategy::auto::Winner::Model(k)) =
-                crate::strategy::auto::cheapest(history.as_ref().map(|h| &h.2), &costs, &weights)
-            else {
+            let summary = Summary::of(obs, Kind::of(resource), params.half_life_seconds);
+            let Some(win) = ModelWin::of(&summary, params, &models, service, resource) else {
                 continue;
             };
             let key = (service.clone(), resource.clone());
-            let Some(&(Some(cost), Some(cal))) = models.of.get(&key).and_then(|v| v.get(k)) else {
-                continue;
-            };
             for (ti, task) in replay.tasks.iter().enumerate() {
                 if !task.services.contains(service) {
                     continue;
@@ -806,16 +810,7 @@ impl Predicting<'_> {
                 else {
                     continue;
                 };
-                let (segments, a) = crate::replay::auto_by_model(
-                    candidates[k],
-                    &cost,
-                    &cal,
-                    history.as_ref(),
-                    &weights,
-                    curves,
-                    horizon,
-                    params,
-                );
+                let (segments, a) = win.allocate(curves, horizon, params);
                 allocs.insert(
                     (Strategy::Auto, Some(ti), service.clone(), resource.clone()),
                     crate::replay::as_allocation(&segments, &a),
@@ -836,27 +831,14 @@ impl Predicting<'_> {
         allocs: &mut Allocations,
         fell_back: &mut FellBack,
     ) -> Result<()> {
-        let (collector, info) = (self.collector, self.predictor.info().await?);
-        let known: HashSet<String> = info.services.iter().cloned().collect();
-        let predictable: Vec<String> = self
-            .resources
-            .iter()
-            .filter(|r| info.resources.contains(r))
-            .cloned()
-            .collect();
+        let info = self.predictor.info().await?;
+        let (known, predictable) = (info.known(), info.predictable(self.resources));
         // Calibrate on usage the model never fitted, when it says which.
-        let services: Vec<String> = past.series.keys().map(|k| k.0.clone()).collect();
-        let out_of_sample = crate::replay::out_of_sample(
-            collector,
-            &info,
-            &services,
-            &predictable,
-            f64::MIN,
-            self.split,
-        )
-        .await?;
+        let out_of_sample = self.calibration_history(&info, past, &predictable).await?;
         let calibration_history = out_of_sample.as_ref().unwrap_or(past);
         let mut calibration = HashMap::new();
+        // A plan's cap: the predictive rule's calibration, per series.
+        let mut caps = HashMap::new();
         for s in self
             .strategies
             .iter()
@@ -865,26 +847,33 @@ impl Predicting<'_> {
             let params = &self.params_of[s];
             let horizon_of =
                 |t: &TaskInfo| crate::replay::horizon_before(&past.tasks, t, self.horizon);
-            let scores = crate::replay::scores(
+            let maps = crate::replay::scores_of_rules(
                 self.predictor,
                 &known,
                 calibration_history,
                 &predictable,
-                *s,
-                params,
+                &crate::replay::calibration_rules(*s, params),
                 self.split,
                 &horizon_of,
             )
             .await?;
-            let pools = crate::replay::pools(&scores);
-            let mut of = HashMap::new();
-            for ((service, resource), own) in &scores {
-                let pool = pools.get(resource).map_or(&[][..], Vec::as_slice);
-                if let Some(c) = calibrate::own_or_pooled(own, pool, params.target_violation_rate) {
-                    of.insert((service.clone(), resource.clone()), c);
+            let calibrate_all = |scores: &HashMap<(String, String), Vec<calibrate::Score>>| {
+                let pools = crate::replay::pools(scores);
+                let mut of = HashMap::new();
+                for ((service, resource), own) in scores {
+                    let pool = pools.get(resource).map_or(&[][..], Vec::as_slice);
+                    if let Some(c) =
+                        calibrate::own_or_pooled(own, pool, params.target_violation_rate)
+                    {
+                        of.insert((service.clone(), resource.clone()), c);
+                    }
                 }
+                of
+            };
+            calibration.insert(*s, calibrate_all(&maps[0]));
+            if let Some(cap) = maps.get(1) {
+                caps = calibrate_all(cap);
             }
-            calibration.insert(*s, of);
         }
         let mut curves_of_mix = CurvesOfMix::new();
         for (ti, task) in replay.tasks.iter().enumerate() {
@@ -913,6 +902,19 @@ impl Predicting<'_> {
                                     &mut a,
                                     params.target_violation_rate,
                                 );
+                                if *s == Strategy::Plan
+                                    && let Some(cc) = caps.get(&key)
+                                {
+                                    let level = crate::strategy::predictive(curves, params).request
+                                        * cc.factor;
+                                    crate::replay::cap_plan(
+                                        &mut segments,
+                                        &mut a,
+                                        level,
+                                        params.limit_ratio,
+                                        Kind::of(resource),
+                                    );
+                                }
                                 crate::replay::as_allocation(&segments, &a)
                             }
                             _ => {

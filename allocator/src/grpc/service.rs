@@ -47,6 +47,7 @@ impl From<Error> for Status {
             | Error::NothingToScore { .. }
             | Error::NothingProvisioned
             | Error::NoDurationBeforeSplit
+            | Error::NoHistoryBeforeSplit { .. }
             | Error::ModelAfterSplit { .. } => Code::FailedPrecondition,
             Error::Upstream { code, .. } => match upstream_kind(*code) {
                 UpstreamKind::CallersMistake => Code::InvalidArgument,

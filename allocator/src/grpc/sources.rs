@@ -288,6 +288,22 @@ pub struct ModelInfo {
     pub held_out_tasks: Vec<String>,
 }
 
+impl ModelInfo {
+    /// The services it knows, as a set.
+    pub fn known(&self) -> std::collections::HashSet<String> {
+        self.services.iter().cloned().collect()
+    }
+
+    /// Those of `resources` it predicts, in their order.
+    pub fn predictable(&self, resources: &[String]) -> Vec<String> {
+        resources
+            .iter()
+            .filter(|r| self.resources.contains(r))
+            .cloned()
+            .collect()
+    }
+}
+
 impl Predictor {
     /// A client over `channel`.
     pub fn new(channel: Channel) -> Self {

@@ -440,15 +440,10 @@ pub fn auto(history: &Summary, params: &Params) -> Alloc {
         request,
         params,
         format!(
-            "auto: {c} had the lowest recent cost {:.4} of {} candidates (overrun {:.2} %, relative slack {:.1} %, resizes in {:.1} % of hours; weights {} / {} / {})",
+            "auto: {c} had the lowest recent cost {:.4} of {} candidates ({}; {weights})",
             cost.total(&weights),
             auto::family_size(false),
-            cost.overrun() * 100.0,
-            cost.underrun() * 100.0,
-            cost.change_rate() * 100.0,
-            weights.overrun,
-            weights.underrun,
-            weights.changes,
+            cost.describe(),
         ),
     )
 }

@@ -65,11 +65,23 @@ pub async fn allocator(
     predictor: &str,
     service: ServiceOptions,
 ) -> anyhow::Result<kit::TestServer> {
+    allocator_with(collector, predictor, service, GrpcOptions::default()).await
+}
+
+/// [`allocator`] with server options `grpc` (e.g. a longer request
+/// timeout for a backtest of many series with the whole sweep).
+#[allow(dead_code)]
+pub async fn allocator_with(
+    collector: &kit::TestServer,
+    predictor: &str,
+    service: ServiceOptions,
+    grpc: GrpcOptions,
+) -> anyhow::Result<kit::TestServer> {
     let config = AllocatorConfig {
         collector: collector.url(),
         predictor: predictor.to_string(),
         service,
-        grpc: GrpcOptions::default(),
+        grpc,
         upstream_tls: Default::default(),
     };
     kit::spawn_server(|l, s| headroom_allocator::run(l, s, config)).await
