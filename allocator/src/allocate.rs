@@ -437,22 +437,22 @@ impl Allocator {
                 allocs.push((r, Vec::new()));
             }
         }
-        let note = |allocs: &mut Vec<(Recommendation, Vec<Segment>)>, why: &str| {
+        // Without the model's candidates every series keeps the history's
+        // answer, saying why.
+        let without_model = |mut allocs: Vec<(Recommendation, Vec<Segment>)>, why: Error| {
             for (r, _) in allocs.iter_mut().filter(|(r, _)| r.unanswered.is_none()) {
                 r.alloc.detail.push_str(&format!(
                     "; the model's candidates were not compared: {why}"
                 ));
             }
+            Ok(Allocated {
+                allocs,
+                horizon: 0.0,
+            })
         };
         let (info, models) = match self.model_candidates(m, params, &source).await {
             Ok(found) => found,
-            Err(e) => {
-                note(&mut allocs, &e.to_string());
-                return Ok(Allocated {
-                    allocs,
-                    horizon: 0.0,
-                });
-            }
+            Err(e) => return without_model(allocs, e),
         };
         let mut winners = Vec::new();
         for (i, (r, _)) in allocs.iter_mut().enumerate() {
@@ -492,13 +492,7 @@ impl Allocator {
         };
         let (predicted, horizon) = match curves {
             Ok(found) => found,
-            Err(e) => {
-                note(&mut allocs, &e.to_string());
-                return Ok(Allocated {
-                    allocs,
-                    horizon: 0.0,
-                });
-            }
+            Err(e) => return without_model(allocs, e),
         };
         for (i, win) in winners {
             let (r, segs) = &mut allocs[i];
@@ -704,14 +698,23 @@ impl Allocator {
                             if caps.is_some()
                                 && let Some(cc) = calibrate::own_or_pooled(cap_own, cap_pool, rate)
                             {
-                                let level =
-                                    strategy::predictive(curves, params).request * cc.factor;
-                                replay::cap_plan(
+                                let cap = replay::PlanCap {
+                                    cap: cc,
+                                    plan_half: calibrate::own_or_pooled(own, pool, rate / 2.0),
+                                    cap_half: calibrate::own_or_pooled(
+                                        cap_own,
+                                        cap_pool,
+                                        rate / 2.0,
+                                    ),
+                                };
+                                replay::capped_plan(
                                     &mut segments,
                                     &mut a,
-                                    level,
-                                    params.limit_ratio,
+                                    curves,
+                                    horizon,
+                                    params,
                                     crate::params::Kind::of(resource),
+                                    &cap,
                                 );
                             }
                             if let Some(note) =

@@ -197,6 +197,69 @@ pub fn cap_plan(
     ));
 }
 
+/// What a plan's cap needs of one series: the `predictive` rule's
+/// calibration at the target α, and both rules' at α / 2.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlanCap {
+    /// `predictive`'s calibration at α: the level the plan is capped at.
+    pub cap: Calibration,
+    /// The plan's calibration at α / 2.
+    pub plan_half: Option<Calibration>,
+    /// `predictive`'s calibration at α / 2.
+    pub cap_half: Option<Calibration>,
+}
+
+/// Caps a plan calibrated at α (`segments`, `alloc`, over `curves` and
+/// `horizon`) where its peak exceeds the calibrated `predictive` level
+/// ([`cap_plan`]). A capped plan lies above the usage where either part
+/// does, so when the cap binds both are calibrated at α / 2 (when their
+/// scores reach it): by the union bound at most α of samples lie above
+/// the capped plan.
+#[allow(clippy::too_many_arguments)]
+pub fn capped_plan(
+    segments: &mut Vec<Segment>,
+    alloc: &mut Alloc,
+    curves: &Curves,
+    horizon: f64,
+    params: &Params,
+    kind: crate::params::Kind,
+    cap: &PlanCap,
+) {
+    let rate = params.target_violation_rate;
+    let constant = strategy::predictive(curves, params).request;
+    let peak = segments
+        .iter()
+        .map(|s| s.request)
+        .fold(alloc.request, f64::max);
+    if peak <= constant * cap.cap.factor {
+        return;
+    }
+    match (cap.plan_half, cap.cap_half) {
+        (Some(plan_half), Some(cap_half)) => {
+            let (s, mut a) = rule(Strategy::Plan, curves, horizon, params);
+            *segments = s;
+            apply(&plan_half, segments, &mut a, rate);
+            cap_plan(
+                segments,
+                &mut a,
+                constant * cap_half.factor,
+                params.limit_ratio,
+                kind,
+            );
+            a.detail
+                .push_str(" (the plan and its cap each calibrated at half the target, so that together they keep it)");
+            *alloc = a;
+        }
+        _ => cap_plan(
+            segments,
+            alloc,
+            constant * cap.cap.factor,
+            params.limit_ratio,
+            kind,
+        ),
+    }
+}
+
 /// Why a series could not be calibrated, for its fallback.
 pub fn thin_reason(own: &[Score], rate: f64) -> String {
     if own.is_empty() {

@@ -857,22 +857,36 @@ impl Predicting<'_> {
                 &horizon_of,
             )
             .await?;
-            let calibrate_all = |scores: &HashMap<(String, String), Vec<calibrate::Score>>| {
+            let rate = params.target_violation_rate;
+            let calibrate_all = |scores: &HashMap<(String, String), Vec<calibrate::Score>>,
+                                 rate: f64| {
                 let pools = crate::replay::pools(scores);
                 let mut of = HashMap::new();
                 for ((service, resource), own) in scores {
                     let pool = pools.get(resource).map_or(&[][..], Vec::as_slice);
-                    if let Some(c) =
-                        calibrate::own_or_pooled(own, pool, params.target_violation_rate)
-                    {
+                    if let Some(c) = calibrate::own_or_pooled(own, pool, rate) {
                         of.insert((service.clone(), resource.clone()), c);
                     }
                 }
                 of
             };
-            calibration.insert(*s, calibrate_all(&maps[0]));
+            calibration.insert(*s, calibrate_all(&maps[0], rate));
             if let Some(cap) = maps.get(1) {
-                caps = calibrate_all(cap);
+                let (plan_half, cap_half) = (
+                    calibrate_all(&maps[0], rate / 2.0),
+                    calibrate_all(cap, rate / 2.0),
+                );
+                caps = calibrate_all(cap, rate)
+                    .into_iter()
+                    .map(|(key, cc)| {
+                        let c = crate::replay::PlanCap {
+                            cap: cc,
+                            plan_half: plan_half.get(&key).copied(),
+                            cap_half: cap_half.get(&key).copied(),
+                        };
+                        (key, c)
+                    })
+                    .collect();
             }
         }
         let mut curves_of_mix = CurvesOfMix::new();
@@ -903,16 +917,16 @@ impl Predicting<'_> {
                                     params.target_violation_rate,
                                 );
                                 if *s == Strategy::Plan
-                                    && let Some(cc) = caps.get(&key)
+                                    && let Some(cap) = caps.get(&key)
                                 {
-                                    let level = crate::strategy::predictive(curves, params).request
-                                        * cc.factor;
-                                    crate::replay::cap_plan(
+                                    crate::replay::capped_plan(
                                         &mut segments,
                                         &mut a,
-                                        level,
-                                        params.limit_ratio,
+                                        curves,
+                                        horizon,
+                                        params,
                                         Kind::of(resource),
+                                        cap,
                                     );
                                 }
                                 crate::replay::as_allocation(&segments, &a)
