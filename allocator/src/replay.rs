@@ -387,10 +387,13 @@ pub async fn scores_of_rules(
             .max(min_segment);
         (known_mix(&t.services, known), h.to_bits())
     };
-    let mut keys: BTreeMap<(Vec<String>, u64), ()> = BTreeMap::new();
+    // Once per task: the horizon rule may scan every earlier task.
+    let mut key_of_task: HashMap<usize, (Vec<String>, u64)> = HashMap::new();
     for &(task, _) in &replayed {
-        keys.insert(key_of(task), ());
+        key_of_task.entry(task).or_insert_with(|| key_of(task));
     }
+    let keys: BTreeMap<(Vec<String>, u64), ()> =
+        key_of_task.values().map(|k| (k.clone(), ())).collect();
     let mut curves_of = HashMap::new();
     for (mix, h) in keys.keys() {
         let horizon = f64::from_bits(*h);
@@ -405,7 +408,8 @@ pub async fn scores_of_rules(
             continue;
         }
         let t = &past.tasks[*task];
-        let Some((predicted, horizon)) = curves_of.get(&key_of(*task)) else {
+        let Some((predicted, horizon)) = key_of_task.get(task).and_then(|k| curves_of.get(k))
+        else {
             continue;
         };
         let Some(curves) = predicted.curves.get(&(service.clone(), resource.clone())) else {
