@@ -111,7 +111,7 @@ async fn main() {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     telemetry::init(cli.log_format);
     if let Err(e) = run(cli, &matches).await {
-        eprintln!("headroom-agent: {e:#}");
+        eprintln!("headroom-agent: {}", headroom_options::one_line(e.as_ref()));
         std::process::exit(1);
     }
 }

@@ -131,17 +131,17 @@ struct Backtest {
     #[arg(long, env = "HEADROOM_SPLIT", required_unless_present = "tasks")]
     split: Option<chrono::DateTime<chrono::Utc>>,
     /// Or these held-out tasks, comma-separated.
-    #[arg(long, env = "HEADROOM_TASKS", value_delimiter = ',')]
+    #[arg(long, env = "HEADROOM_TASKS", value_delimiter = ',', value_parser = headroom_options::list_item)]
     tasks: Vec<String>,
     /// Strategies (all when empty), comma-separated.
     #[arg(long, env = "HEADROOM_STRATEGIES", value_delimiter = ',')]
     strategies: Vec<Strategy>,
     /// Only these services of the held-out tasks (all when empty),
     /// comma-separated.
-    #[arg(long, env = "HEADROOM_SERVICES", value_delimiter = ',')]
+    #[arg(long, env = "HEADROOM_SERVICES", value_delimiter = ',', value_parser = headroom_options::list_item)]
     services: Vec<String>,
     /// Resources (cpu and memory when empty), comma-separated.
-    #[arg(long, env = "HEADROOM_RESOURCES", value_delimiter = ',')]
+    #[arg(long, env = "HEADROOM_RESOURCES", value_delimiter = ',', value_parser = headroom_options::list_item)]
     resources: Vec<String>,
     /// Most held-out tasks (the newest).
     #[arg(long, env = "HEADROOM_MAX_TASKS", default_value_t = DEFAULT_MAX_TASKS)]
@@ -158,6 +158,7 @@ struct Backtest {
         long,
         env = "HEADROOM_CHART_SERVICES",
         value_delimiter = ',',
+        value_parser = headroom_options::list_item,
         requires = "chart"
     )]
     chart_services: Vec<String>,
@@ -193,10 +194,10 @@ struct Report {
     #[arg(long, env = "HEADROOM_TASK", conflicts_with = "services")]
     task: Option<String>,
     /// Services reported on, comma-separated.
-    #[arg(long, env = "HEADROOM_SERVICES", value_delimiter = ',')]
+    #[arg(long, env = "HEADROOM_SERVICES", value_delimiter = ',', value_parser = headroom_options::list_item)]
     services: Vec<String>,
     /// Resources (cpu and memory when empty), comma-separated.
-    #[arg(long, env = "HEADROOM_RESOURCES", value_delimiter = ',')]
+    #[arg(long, env = "HEADROOM_RESOURCES", value_delimiter = ',', value_parser = headroom_options::list_item)]
     resources: Vec<String>,
     #[command(flatten)]
     tuning: Tuning,
@@ -238,10 +239,10 @@ struct Ask {
     #[arg(long, env = "HEADROOM_TASK", conflicts_with = "services")]
     task: Option<String>,
     /// Services of the task, comma-separated.
-    #[arg(long, env = "HEADROOM_SERVICES", value_delimiter = ',')]
+    #[arg(long, env = "HEADROOM_SERVICES", value_delimiter = ',', value_parser = headroom_options::list_item)]
     services: Vec<String>,
     /// Resources (cpu and memory when empty), comma-separated.
-    #[arg(long, env = "HEADROOM_RESOURCES", value_delimiter = ',')]
+    #[arg(long, env = "HEADROOM_RESOURCES", value_delimiter = ',', value_parser = headroom_options::list_item)]
     resources: Vec<String>,
     #[command(flatten)]
     tuning: Tuning,
@@ -257,28 +258,44 @@ struct Ask {
 #[derive(Debug, Clone, clap::Args)]
 struct Tuning {
     /// Accepted share of samples above the limit (predictive, plan).
-    #[arg(long, env = "HEADROOM_TARGET_VIOLATION_RATE")]
+    #[arg(
+        long,
+        env = "HEADROOM_TARGET_VIOLATION_RATE",
+        allow_negative_numbers = true
+    )]
     target_violation_rate: Option<f64>,
     /// Most resizes in a plan.
-    #[arg(long, env = "HEADROOM_MAX_RESIZES")]
+    #[arg(long, env = "HEADROOM_MAX_RESIZES", allow_negative_numbers = true)]
     max_resizes: Option<u32>,
     /// Shortest plan segment, in seconds.
-    #[arg(long, env = "HEADROOM_MIN_SEGMENT_SECONDS")]
+    #[arg(
+        long,
+        env = "HEADROOM_MIN_SEGMENT_SECONDS",
+        allow_negative_numbers = true
+    )]
     min_segment_seconds: Option<f64>,
     /// Limit as a multiple of the request.
-    #[arg(long, env = "HEADROOM_LIMIT_RATIO")]
+    #[arg(long, env = "HEADROOM_LIMIT_RATIO", allow_negative_numbers = true)]
     limit_ratio: Option<f64>,
     /// Target percentile of CPU samples (percentile, vpa), in (0, 100].
-    #[arg(long, env = "HEADROOM_CPU_PERCENTILE")]
+    #[arg(long, env = "HEADROOM_CPU_PERCENTILE", allow_negative_numbers = true)]
     cpu_percentile: Option<f64>,
     /// Target percentile of memory peaks (percentile, vpa), in (0, 100].
-    #[arg(long, env = "HEADROOM_MEMORY_PERCENTILE")]
+    #[arg(
+        long,
+        env = "HEADROOM_MEMORY_PERCENTILE",
+        allow_negative_numbers = true
+    )]
     memory_percentile: Option<f64>,
     /// Margin over the target, a fraction (percentile, vpa: 0.15).
-    #[arg(long, env = "HEADROOM_MARGIN")]
+    #[arg(long, env = "HEADROOM_MARGIN", allow_negative_numbers = true)]
     margin: Option<f64>,
     /// Decay half-life of the history, in seconds (default a day).
-    #[arg(long, env = "HEADROOM_HALF_LIFE_SECONDS")]
+    #[arg(
+        long,
+        env = "HEADROOM_HALF_LIFE_SECONDS",
+        allow_negative_numbers = true
+    )]
     half_life_seconds: Option<f64>,
     /// `percentile` never below the observed median (true/false).
     #[arg(long, env = "HEADROOM_MEDIAN_FLOOR")]
@@ -291,13 +308,13 @@ struct Tuning {
     #[arg(long, env = "HEADROOM_MINIMUM")]
     minimum: Option<bool>,
     /// `auto`: cost of a CPU/IO overrun (default 10).
-    #[arg(long, env = "HEADROOM_OVERRUN_WEIGHT")]
+    #[arg(long, env = "HEADROOM_OVERRUN_WEIGHT", allow_negative_numbers = true)]
     overrun_weight: Option<f64>,
     /// `auto`: cost of a memory overrun, an OOM kill (default 1000).
-    #[arg(long, env = "HEADROOM_OOM_WEIGHT")]
+    #[arg(long, env = "HEADROOM_OOM_WEIGHT", allow_negative_numbers = true)]
     oom_weight: Option<f64>,
     /// `auto`: cost of a resize (default 0.01).
-    #[arg(long, env = "HEADROOM_CHANGE_WEIGHT")]
+    #[arg(long, env = "HEADROOM_CHANGE_WEIGHT", allow_negative_numbers = true)]
     change_weight: Option<f64>,
 }
 
@@ -375,7 +392,10 @@ async fn main() {
         Some(command) => ask(command).await,
     };
     if let Err(e) = result {
-        eprintln!("headroom-allocator: {e:#}");
+        eprintln!(
+            "headroom-allocator: {}",
+            headroom_options::one_line(e.as_ref())
+        );
         std::process::exit(1);
     }
 }
@@ -467,7 +487,7 @@ async fn ask(command: Command) -> anyhow::Result<()> {
         Command::Backtest(b) => return backtest(b).await,
         Command::Report(r) => return report(r).await,
     };
-    print!("{out}");
+    headroom_options::print_out(&out)?;
     Ok(())
 }
 
@@ -489,7 +509,7 @@ async fn backtest(b: Backtest) -> anyhow::Result<()> {
                 .then(Sweep::standard),
         })
         .await?;
-    print!("{}", render::backtest(&answer, b.output)?);
+    headroom_options::print_out(&render::backtest(&answer, b.output)?)?;
     if let Some(path) = b.chart {
         for t in &answer.traces {
             let file = render::chart_path(&path, &t.service, &t.resource);
@@ -576,5 +596,34 @@ mod tests {
         let n = parse_node("a=4,8589934592").unwrap();
         assert_eq!((n.name.as_str(), n.cpu, n.memory), ("a", 4.0, 8589934592.0));
         assert!(parse_node("a=4").unwrap_err().contains("NAME=CORES,BYTES"));
+    }
+
+    /// Lists as people type them ("a, b") and negative numbers without
+    /// `=` reach the server, which names the field of a bad value.
+    #[test]
+    fn lists_are_trimmed_and_negative_numbers_parse() {
+        let cli = Cli::try_parse_from([
+            "headroom-allocator",
+            "backtest",
+            "--split",
+            "2026-01-01T00:00:00Z",
+            "--services",
+            "vm-1, vm-2",
+            "--strategies",
+            "auto, percentile",
+            "--target-violation-rate",
+            "-0.1",
+        ])
+        .unwrap();
+        let Some(Command::Backtest(b)) = cli.command else {
+            panic!("a backtest");
+        };
+        assert_eq!(b.services, ["vm-1", "vm-2"]);
+        assert_eq!(b.strategies, [Strategy::Auto, Strategy::Percentile]);
+        assert_eq!(b.tuning.target_violation_rate, Some(-0.1));
+        let e = Cli::try_parse_from(["headroom-allocator", "recommend", "--services", "a,,b"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("empty item"), "{e}");
     }
 }

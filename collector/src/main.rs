@@ -120,7 +120,10 @@ async fn main() {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     if let Err(e) = run(cli).await {
-        eprintln!("headroom-collector: {e:#}");
+        eprintln!(
+            "headroom-collector: {}",
+            headroom_options::one_line(e.as_ref())
+        );
         std::process::exit(1);
     }
 }

@@ -37,7 +37,10 @@ struct Cli {
 async fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli).await {
-        eprintln!("headroom-monitor: {e:#}");
+        eprintln!(
+            "headroom-monitor: {}",
+            headroom_options::one_line(e.as_ref())
+        );
         std::process::exit(1);
     }
 }

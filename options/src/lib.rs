@@ -16,6 +16,53 @@ pub fn clap_defaults<T: clap::Args + clap::FromArgMatches>() -> Result<T, String
     T::from_arg_matches(&matches).map_err(|e| e.to_string())
 }
 
+/// An error and its causes on one line (`error: cause: cause`), for a
+/// binary's one-line failure. A cause is written only when the text before
+/// it does not already hold it: sqlx's and thiserror's messages embed their
+/// source, which `{:#}` would print again ("database error: relation …:
+/// relation …: relation …").
+pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// Writes `text` to standard output and flushes it. A reader that left
+/// early (`headroom-train inspect | head`) is not an error: like the
+/// standard Unix tools, the command stops writing and succeeds, where
+/// `print!` would panic on the broken pipe. Other write errors are
+/// returned.
+pub fn print_out(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+/// One item of a comma-separated list of names (`--services "a, b"`):
+/// trimmed of the spaces around it, refused when empty ("a,,b" or a
+/// trailing comma), so a name never carries a stray space into a lookup.
+/// Use as `value_parser = headroom_options::list_item` beside
+/// `value_delimiter = ','`.
+pub fn list_item(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        Err("empty item in a comma-separated list (two commas in a row, or one at an end)".into())
+    } else {
+        Ok(t.to_string())
+    }
+}
+
 /// Every option of `command` and of its subcommands, walked recursively,
 /// that cannot be set from an environment variable, as
 /// `"headroom-x sub --flag"`. Positional arguments, `--help` and
@@ -109,5 +156,38 @@ mod tests {
         use clap::CommandFactory as _;
         let missing = options_without_env(&Cli::command());
         assert_eq!(missing, vec!["t run --forgotten".to_string()]);
+    }
+
+    #[test]
+    fn list_items_are_trimmed_and_empty_ones_refused() {
+        assert_eq!(list_item(" vm-1 ").unwrap(), "vm-1");
+        assert!(list_item("  ").unwrap_err().contains("empty item"));
+    }
+
+    #[test]
+    fn one_line_names_each_cause_once() {
+        #[derive(Debug)]
+        struct E(&'static str, Option<Box<E>>);
+        impl std::fmt::Display for E {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for E {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|e| e as _)
+            }
+        }
+        // A message that embeds its source, as sqlx's does.
+        let e = E(
+            "database error: relation \"tasks\" does not exist",
+            Some(Box::new(E("relation \"tasks\" does not exist", None))),
+        );
+        assert_eq!(
+            one_line(&e),
+            "database error: relation \"tasks\" does not exist"
+        );
+        let e = E("while reading x", Some(Box::new(E("no such file", None))));
+        assert_eq!(one_line(&e), "while reading x: no such file");
     }
 }

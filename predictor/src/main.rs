@@ -53,7 +53,10 @@ async fn main() {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     if let Err(e) = run(cli).await {
-        eprintln!("headroom-predictor: {e:#}");
+        eprintln!(
+            "headroom-predictor: {}",
+            headroom_options::one_line(e.as_ref())
+        );
         std::process::exit(1);
     }
 }

@@ -163,7 +163,7 @@ async fn train(database_url: &str, t: Train) -> anyhow::Result<()> {
     })
     .await??;
     let (o, outputs) = outcome;
-    println!("{}", o.report.table());
+    headroom_options::print_out(&format!("{}\n", o.report.table()))?;
     eprintln!(
         "model {} written to {} (best epoch {} of {}, {} steps in {:.1} s); report {}, loss plot {}",
         o.report.version,
@@ -211,7 +211,7 @@ async fn simulate(database_url: &str, s: Simulate) -> anyhow::Result<()> {
 
 fn inspect(model: &std::path::Path) -> anyhow::Result<()> {
     let spec = export::read_spec(model)?;
-    println!("{}", serde_json::to_string_pretty(&spec)?);
+    headroom_options::print_out(&format!("{}\n", serde_json::to_string_pretty(&spec)?))?;
     Ok(())
 }
 
@@ -227,7 +227,7 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("headroom-train: {e:#}");
+            eprintln!("headroom-train: {}", headroom_options::one_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -117,6 +117,22 @@ async fn simulate_train_inspect_and_refuse_bad_sources() -> anyhow::Result<()> {
     let spec: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(spec["version"], "bin-1");
     assert_eq!(spec["services"].as_array().map(Vec::len), Some(4));
+    // A reader that leaves early (`inspect | head -1`) ends it quietly:
+    // the pipe is closed before the model is even read.
+    let mut child = train_cmd(&db.url)
+        .arg("inspect")
+        .arg(&model)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    drop(child.stdout.take());
+    let out = child.wait_with_output()?;
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 

@@ -80,7 +80,7 @@ impl FromStr for Strategy {
     /// A strategy by its wire name; [`Error::UnknownStrategy`] lists the
     /// known ones.
     fn from_str(s: &str) -> Result<Self, Error> {
-        Ok(match s {
+        Ok(match s.trim() {
             "max" => Self::Max,
             "percentile" => Self::Percentile,
             "vpa" => Self::Vpa,
