@@ -319,28 +319,33 @@ async fn bad_input_is_refused_naming_the_problem() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let mut client = stack.client().await?;
     let mix: Vec<String> = stack.workload.service_names()[..2].to_vec();
-    let refused = |r: Result<tonic::Response<v1::RecommendResponse>, tonic::Status>,
-                   needle: &str| {
+    let refused_as = |code: Code,
+                      r: Result<tonic::Response<v1::RecommendResponse>, tonic::Status>,
+                      needle: &str| {
         let e = r.expect_err("refused");
-        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+        assert_eq!(e.code(), code, "{}", e.message());
         assert!(
             e.message().contains(needle),
             "{:?} lacks {needle:?}",
             e.message()
         );
     };
+    let refused = |r, needle: &str| refused_as(Code::InvalidArgument, r, needle);
     let ask = |services: Vec<String>, strategy: &str| v1::RecommendRequest {
         workload: workload(&services),
         strategy: strategy.into(),
         params: None,
     };
-    refused(
+    // A service the collector never heard of is not there: NOT_FOUND.
+    refused_as(
+        Code::NotFound,
         client
             .recommend(ask(vec!["billing".into()], "percentile"))
             .await,
         "billing",
     );
-    refused(
+    refused_as(
+        Code::NotFound,
         client
             .recommend(ask(vec!["billing".into(), mix[0].clone()], "predictive"))
             .await,
@@ -601,7 +606,7 @@ async fn backtests_every_strategy_on_held_out_tasks() -> anyhow::Result<()> {
         (
             vec![],
             vec![traced.clone(), "nobody".into()],
-            Code::InvalidArgument,
+            Code::NotFound,
             &["service \"nobody\" did not run in the held-out tasks"],
         ),
     ];
@@ -888,7 +893,7 @@ async fn the_allocator_serves_tls_and_reaches_the_collector_over_mutual_tls() ->
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
-    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert_eq!(e.code(), Code::NotFound, "{}", e.message());
     assert!(e.message().contains("billing"), "{}", e.message());
     // An allocator that does not trust the collector's certificate cannot
     // reach it.

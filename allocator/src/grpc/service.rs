@@ -38,9 +38,9 @@ impl From<Error> for Status {
             | Error::UnknownHorizon { .. }
             | Error::Placement(_)
             | Error::NoSplit
-            | Error::NoHeldOutService
-            | Error::ServiceNotHeldOut { .. }
-            | Error::UnknownTraceService { .. } => Code::InvalidArgument,
+            | Error::NoHeldOutService => Code::InvalidArgument,
+            // A named service that is not there, as NOT_FOUND says.
+            Error::ServiceNotHeldOut { .. } | Error::UnknownTraceService { .. } => Code::NotFound,
             Error::NoHistory { .. }
             | Error::Unanswered(_)
             | Error::NothingHeldOut { .. }
@@ -50,7 +50,8 @@ impl From<Error> for Status {
             | Error::NoHistoryBeforeSplit { .. }
             | Error::ModelAfterSplit { .. } => Code::FailedPrecondition,
             Error::Upstream { code, .. } => match upstream_kind(*code) {
-                UpstreamKind::CallersMistake => Code::InvalidArgument,
+                // The upstream's own word: NOT_FOUND stays NOT_FOUND.
+                UpstreamKind::CallersMistake => Code::from_i32(*code),
                 UpstreamKind::Unavailable => Code::Unavailable,
                 UpstreamKind::Other => Code::from_i32(*code),
             },
