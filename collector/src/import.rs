@@ -43,7 +43,9 @@
 //!
 //! Both shift the trace so that it starts at `--start` (default: so that it
 //! ends now: a first pass reads only the timestamps), keeping it inside
-//! the raw retention. Malformed rows are counted, and the first few
+//! the raw retention. Without `--start`, a trace imported before is
+//! refused (placed at "now" again it would be stored twice, under new
+//! tasks); the reason names the earlier placement's `--start`. Malformed rows are counted, and the first few
 //! reported with their line, never silently skipped; an import where every
 //! row is malformed is an error.
 //!
@@ -494,6 +496,45 @@ fn task_name(prefix: &str, origin_us: i64, window: f64, index: f64) -> String {
     format!("{prefix}-{placed}-{window}-{index}")
 }
 
+/// Refuses to place a trace at "now" (no `--start`) over an earlier
+/// import of it: tasks named `prefix…` that ran any of `services` (any
+/// such task when `services` is empty). Placed anew, every sample would be
+/// stored a second time under new tasks, silently doubling the history.
+/// The reason names the earlier placement and the `--start` that imports
+/// into it again (already stored samples are then counted as duplicates).
+async fn refuse_second_copy(
+    pool: &PgPool,
+    start: Option<DateTime<Utc>>,
+    prefix: &str,
+    services: &[String],
+) -> Result<()> {
+    // A database without the schema yet holds no earlier import.
+    if start.is_some() || !store::has_schema(pool).await? {
+        return Ok(());
+    }
+    let earlier = store::placements(pool, prefix, services).await?;
+    let Some((placed, tasks)) = earlier.first() else {
+        return Ok(());
+    };
+    let start = chrono::NaiveDateTime::parse_from_str(placed, "%Y%m%dT%H%M%SZ")
+        .map(|t| {
+            t.and_utc()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        })
+        .unwrap_or_else(|_| placed.clone());
+    let more = if earlier.len() > 1 {
+        format!(" (the newest of {} placements)", earlier.len())
+    } else {
+        String::new()
+    };
+    Err(Error::InvalidArgument(format!(
+        "this trace was imported before: {tasks} task(s) {prefix}{placed}-… placed at {start}{more}; \
+         without --start it would be placed to end now and every sample stored again under new tasks: \
+         give --start {start} to import into that placement (samples already stored are skipped), \
+         or another --start to keep a second copy"
+    )))
+}
+
 /// The earliest time a sample may be placed at, as the collector's ingest
 /// checks it: 2000-01-01T00:00:00Z, µs.
 const EARLIEST_US: i64 = 946_684_800_000_000;
@@ -556,7 +597,8 @@ pub struct AlibabaOptions {
     /// Bytes per unit of the trace's normalised `mem_size`.
     #[arg(long, env = "HEADROOM_IMPORT_MEMORY_UNIT", default_value_t = 1024.0 * 1024.0 * 1024.0)]
     pub memory_unit: f64,
-    /// Where the trace's time 0 is placed (default: so that it ends now).
+    /// Where the trace's time 0 is placed (default: so that it ends now;
+    /// refused when an earlier import of an Alibaba trace is stored).
     #[arg(long, env = "HEADROOM_IMPORT_START")]
     pub start: Option<DateTime<Utc>>,
 }
@@ -628,6 +670,8 @@ pub async fn alibaba(pool: &PgPool, o: &AlibabaOptions) -> Result<ImportReport> 
     // Unreadable files are refused before the store is touched.
     reader(&o.meta, b',', false)?;
     reader(&o.usage, b',', false)?;
+    // Its services are known only once read: any earlier Alibaba import.
+    refuse_second_copy(pool, o.start, "alibaba-", &[]).await?;
     let o = o.clone();
     pipeline(pool, "alibaba", move |sink| {
         let mut report = ImportReport::default();
@@ -793,7 +837,9 @@ pub struct BitbrainsOptions {
     /// A task: all imported VMs over this long.
     #[arg(long, env = "HEADROOM_IMPORT_WINDOW", default_value = "1d", value_parser = humantime::parse_duration)]
     pub window: std::time::Duration,
-    /// Where the trace's first sample is placed (default: so that it ends now).
+    /// Where the trace's first sample is placed (default: so that it ends
+    /// now; refused when these VMs were imported before, naming the earlier
+    /// placement to give again).
     #[arg(long, env = "HEADROOM_IMPORT_START")]
     pub start: Option<DateTime<Utc>>,
 }
@@ -901,6 +947,9 @@ pub async fn bitbrains(pool: &PgPool, o: &BitbrainsOptions) -> Result<ImportRepo
         }
         vms.push((name, f));
     }
+    let names: Vec<String> = vms.iter().map(|(n, _)| n.clone()).collect();
+    check_window(o.window)?;
+    refuse_second_copy(pool, o.start, "bitbrains-", &names).await?;
     let o = o.clone();
     pipeline(pool, "bitbrains", move |sink| {
         let mut report = ImportReport::default();

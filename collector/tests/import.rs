@@ -317,6 +317,27 @@ async fn bitbrains_vms_are_read_in_either_time_unit() -> anyhow::Result<()> {
         assert_eq!(names.len(), tasks, "{names:?}");
     }
 
+    // Without --start the trace would be placed at "now" under new tasks,
+    // every sample stored a second time: refused, naming the placement to
+    // import into again, and nothing is stored.
+    let e = import::bitbrains(
+        &db.pool,
+        &BitbrainsOptions {
+            paths: vec![dir.path().to_path_buf()],
+            window: std::time::Duration::from_secs(86_400),
+            start: None,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("imported before")
+            && e.to_string().contains("--start 2026-11-25T00:00:00Z")
+            && e.to_string().contains("newest of 2 placements"),
+        "{e}"
+    );
+    assert_eq!(series(&db.pool, "samples", "vm-1", "cpu").await.len(), 8);
+
     // Two imports of 10-minute windows placed one window apart: their
     // windows coincide in time, but each import keeps tasks of its own, so
     // no task's series interleaves the two traces.

@@ -213,6 +213,29 @@ pub async fn get_task(pool: &PgPool, id: &str) -> Result<Option<TaskRow>> {
     )
 }
 
+/// Where earlier imports placed a trace: of the tasks whose id starts with
+/// `prefix` (`bitbrains-`) and that ran any of `services` (all such tasks
+/// when `services` is empty), each placement stamp in their ids (the
+/// `YYYYMMDDTHHMMSSZ` part an importer writes), with its task count,
+/// newest first.
+pub async fn placements(
+    pool: &PgPool,
+    prefix: &str,
+    services: &[String],
+) -> Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT placed, count(*) FROM ( \
+             SELECT substring(id from '-([0-9]{8}T[0-9]{6}Z)-') AS placed FROM tasks \
+             WHERE starts_with(id, $1) \
+               AND (cardinality($2::text[]) = 0 OR services && $2::text[]) \
+         ) t WHERE placed IS NOT NULL GROUP BY placed ORDER BY placed DESC",
+    )
+    .bind(prefix)
+    .bind(services)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// Tasks by id.
 pub async fn get_tasks(pool: &PgPool, ids: &[String]) -> Result<Vec<TaskRow>> {
     Ok(
