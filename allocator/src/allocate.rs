@@ -650,10 +650,10 @@ impl Allocator {
         )
         .await?;
         let scores = &maps[0];
-        let pools = replay::pools(scores);
+        let pools = calibrate::Pools::of(scores);
         // A plan's cap: the predictive rule's calibration.
         let caps = maps.get(1);
-        let cap_pools = caps.map(replay::pools).unwrap_or_default();
+        let cap_pools = caps.map(calibrate::Pools::of).unwrap_or_default();
         let mut allocs = Vec::new();
         let mut fell_back = Vec::new();
         for service in &m.services {
@@ -661,14 +661,13 @@ impl Allocator {
                 let key = (service.clone(), resource.clone());
                 let curves = predicted.as_ref().and_then(|p| p.curves.get(&key));
                 let own = scores.get(&key).map_or(&[][..], Vec::as_slice);
-                let pool = pools.get(resource).map_or(&[][..], Vec::as_slice);
                 let rate = params.target_violation_rate;
                 let why = match curves {
                     None if !known.contains(service) => {
                         format!("service {service} is unknown to model {}", info.version)
                     }
                     None => format!("model {} does not predict {resource}", info.version),
-                    Some(curves) => match calibrate::own_or_pooled(own, pool, rate) {
+                    Some(curves) => match pools.calibrate(own, resource, rate) {
                         Some(c) => {
                             if tracing::enabled!(tracing::Level::DEBUG) {
                                 let mut r: Vec<f64> = own.iter().map(|s| s.ratio).collect();
@@ -694,18 +693,13 @@ impl Allocator {
                             let cap_own = caps
                                 .and_then(|s| s.get(&key))
                                 .map_or(&[][..], Vec::as_slice);
-                            let cap_pool = cap_pools.get(resource).map_or(&[][..], Vec::as_slice);
                             if caps.is_some()
-                                && let Some(cc) = calibrate::own_or_pooled(cap_own, cap_pool, rate)
+                                && let Some(cc) = cap_pools.calibrate(cap_own, resource, rate)
                             {
                                 let cap = replay::PlanCap {
                                     cap: cc,
-                                    plan_half: calibrate::own_or_pooled(own, pool, rate / 2.0),
-                                    cap_half: calibrate::own_or_pooled(
-                                        cap_own,
-                                        cap_pool,
-                                        rate / 2.0,
-                                    ),
+                                    plan_half: pools.calibrate(own, resource, rate / 2.0),
+                                    cap_half: cap_pools.calibrate(cap_own, resource, rate / 2.0),
                                 };
                                 replay::capped_plan(
                                     &mut segments,

@@ -545,16 +545,15 @@ pub async fn model_candidates(
     )
     .await?;
     for (i, (c, scores)) in candidates.iter().zip(&maps).enumerate() {
-        let pools = pools(scores);
+        let pools = calibrate::Pools::of(scores);
         for (key, own) in scores {
-            let pool = pools.get(&key.1).map_or(&[][..], Vec::as_slice);
             let entry = out
                 .of
                 .entry(key.clone())
                 .or_insert_with(|| vec![(None, None); candidates.len()]);
             entry[i] = (
                 auto::model_cost(own, c.rate, params.limit_ratio),
-                calibrate::own_or_pooled(own, pool, c.rate),
+                pools.calibrate(own, &key.1, c.rate),
             );
         }
     }
@@ -573,15 +572,6 @@ pub fn horizon_before(tasks: &[TaskInfo], task: &TaskInfo, fixed: Option<f64>) -
             .collect();
         expected_duration(&before, &task.services)
     })
-}
-
-/// The scores of every series of one resource, pooled.
-pub fn pools(scores: &HashMap<(String, String), Vec<Score>>) -> HashMap<String, Vec<Score>> {
-    let mut out: HashMap<String, Vec<Score>> = HashMap::new();
-    for ((_, resource), s) in scores {
-        out.entry(resource.clone()).or_default().extend(s);
-    }
-    out
 }
 
 /// The services of a mix the model knows, sorted.

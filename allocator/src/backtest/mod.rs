@@ -860,11 +860,10 @@ impl Predicting<'_> {
             let rate = params.target_violation_rate;
             let calibrate_all = |scores: &HashMap<(String, String), Vec<calibrate::Score>>,
                                  rate: f64| {
-                let pools = crate::replay::pools(scores);
+                let pools = calibrate::Pools::of(scores);
                 let mut of = HashMap::new();
                 for ((service, resource), own) in scores {
-                    let pool = pools.get(resource).map_or(&[][..], Vec::as_slice);
-                    if let Some(c) = calibrate::own_or_pooled(own, pool, rate) {
+                    if let Some(c) = pools.calibrate(own, resource, rate) {
                         of.insert((service.clone(), resource.clone()), c);
                     }
                 }
