@@ -56,6 +56,12 @@ pub fn apply(c: &Calibration, segments: &mut [Segment], alloc: &mut Alloc, rate:
     }
     alloc.violation_risk = rate;
     alloc.samples_used = c.scores as u64;
+    if alloc.request <= 0.0 {
+        // Usage replayed at zero throughout (an idle disk, no traffic):
+        // nothing allocated, so nothing idles either (the curves' slack,
+        // read before calibration, would say otherwise).
+        alloc.expected_slack = 0.0;
+    }
     alloc.detail.push_str(&format!(
         "; calibrated ×{f:.3} so that {:.2} % of {} replayed samples of {} (effective {:.0}) lie above it",
         rate * 100.0,
@@ -688,6 +694,31 @@ mod tests {
         let before = segments.clone();
         cap_plan(&mut segments, &mut a, 10.0, 1.0, crate::params::Kind::Cpu);
         assert_eq!(segments, before);
+    }
+
+    #[test]
+    fn a_zero_calibration_leaves_no_slack() {
+        let mut a = Alloc {
+            request: 5e6,
+            limit: 5e6,
+            expected_slack: 0.4,
+            violation_risk: 0.01,
+            samples_used: 0,
+            detail: String::new(),
+        };
+        let c = |factor| Calibration {
+            factor,
+            scores: 300,
+            effective: 300.0,
+            pooled: false,
+        };
+        let mut calibrated = a.clone();
+        apply(&c(2.0), &mut [], &mut calibrated, 0.01);
+        assert_eq!((calibrated.request, calibrated.expected_slack), (1e7, 0.4));
+        // An idle disk's usage replayed at 0 B/s: 0 allocated, 0 idle.
+        apply(&c(0.0), &mut [], &mut a, 0.01);
+        assert_eq!((a.request, a.limit, a.expected_slack), (0.0, 0.0, 0.0));
+        assert_eq!(a.samples_used, 300);
     }
 
     #[test]
