@@ -480,7 +480,8 @@ impl Allocator {
                 horizon: 0.0,
             });
         }
-        let mix = replay::known_mix(&m.services, &info.known());
+        let known = info.known();
+        let mix = replay::known_mix(&m.services, &known);
         let predictable = info.predictable(&m.resources);
         let curves = match self.horizon(m, params).await {
             Ok(horizon) => self
@@ -494,6 +495,15 @@ impl Allocator {
             Ok(found) => found,
             Err(e) => return without_model(allocs, e),
         };
+        // Recent tasks, to say where a winner's service never ran in this
+        // mix (the model predicts it for the services beside it).
+        let start = now() - self.options.history.as_secs_f64();
+        let recent = self
+            .collector
+            .tasks("", Some(start), None)
+            .await
+            .inspect_err(|e| tracing::debug!(error = %e, "no recent tasks for auto's notes"))
+            .unwrap_or_default();
         for (i, win) in winners {
             let (r, segs) = &mut allocs[i];
             let Some(curves) = predicted
@@ -503,6 +513,9 @@ impl Allocator {
                 continue;
             };
             let (segments, mut a) = win.allocate(curves, horizon, params);
+            if let Some(note) = replay::unseen_mix_note(&r.service, &mix, &recent, &known) {
+                a.detail.push_str(&note);
+            }
             correct_by_pressure(&source, &r.service, &r.resource, &mut a);
             r.alloc = a;
             r.model_version.clone_from(&info.version);
