@@ -16,7 +16,8 @@
 //!
 //! Real data: `$HEADROOM_REAL_DATA` (default `../shared/data` beside the
 //! repository), one data set per directory holding Bitbrains `*.csv`
-//! files. `cargo bench -p headroom-allocator --bench promise` (needs the
+//! files. `$HEADROOM_PROMISE_ONLY` (comma-separated: directory names and
+//! `simulated`) runs only those. `cargo bench -p headroom-allocator --bench promise` (needs the
 //! local stack and release binaries: `scripts/bench promise`).
 
 #[path = "../tests/support/mod.rs"]
@@ -151,10 +152,11 @@ fn verdicts(run: &Run) {
                 if let Some(p) = point(strategy, &setting, resource) {
                     let ratio = p.violation_rate / target;
                     println!(
-                        "{}: {strategy} {resource} target {:.1} %: violations {:.2} % ({ratio:.2}x) {}",
+                        "{}: {strategy} {resource} target {:.1} %: violations {:.2} % ({ratio:.2}x, {:.0} % fell back) {}",
                         run.name,
                         target * 100.0,
                         p.violation_rate * 100.0,
+                        p.fallback_share * 100.0,
                         if (0.5..=1.5).contains(&ratio) {
                             "within [0.5x, 1.5x]"
                         } else {
@@ -225,6 +227,15 @@ async fn main() -> anyhow::Result<()> {
     let out = PathBuf::from(std::env::var("HEADROOM_BENCH_OUT").unwrap_or("bench-results".into()));
     std::fs::create_dir_all(&out)?;
     let mut runs = Vec::new();
+    // `HEADROOM_PROMISE_ONLY=bitbrains-rnd,simulated`: only these runs.
+    let only: Vec<String> = std::env::var("HEADROOM_PROMISE_ONLY")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
 
     // Real VMs, one data set per directory.
     let root = real_data();
@@ -245,6 +256,9 @@ async fn main() -> anyhow::Result<()> {
             .and_then(|n| n.to_str())
             .unwrap_or("real")
             .to_string();
+        if !wanted(&name) {
+            continue;
+        }
         let db = kit::TestDb::new().await?;
         let t = Instant::now();
         import(&db, &set).await?;
@@ -259,6 +273,12 @@ async fn main() -> anyhow::Result<()> {
 
     // Simulated tasks with interference (the simulator's mixes slow and
     // inflate services that share a task).
+    if !wanted("simulated") {
+        for run in &runs {
+            verdicts(run);
+        }
+        return Ok(());
+    }
     let db = kit::TestDb::new().await?;
     let sim = Workload::new(&SimOptions {
         seed: 21,

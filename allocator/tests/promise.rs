@@ -65,6 +65,11 @@ async fn promise_holds_after(
             ..Default::default()
         }),
         max_tasks: 1000,
+        // The sweep at the same target: its points must be the main rows.
+        sweep: Some(v1::Sweep {
+            target_violation_rates: vec![target],
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let answer = client.backtest(request.clone()).await?.into_inner();
@@ -89,6 +94,25 @@ async fn promise_holds_after(
     for strategy in ["predictive", "plan"] {
         for resource in ["cpu", "memory"] {
             let r = &by[&(strategy.to_string(), resource.to_string())];
+            // A frontier point is the strategy run alone at that setting:
+            // it must score what the main run scored (the promise benchmark
+            // once printed points that had fallen back beside rows that had
+            // not).
+            let setting = format!("target {:.1} %", target * 100.0);
+            let point = answer
+                .frontier
+                .iter()
+                .find(|p| p.strategy == strategy && p.resource == resource && p.setting == setting)
+                .expect("the sweep's point");
+            assert_eq!(
+                (
+                    point.violation_rate,
+                    point.relative_slack,
+                    point.fallback_share
+                ),
+                (r.violation_rate, r.relative_slack, r.fallback_share),
+                "{strategy} {resource}: the frontier at {setting} against the main row"
+            );
             assert_eq!(r.fallback_share, 0.0, "{strategy} {resource} calibrated");
             let ratio = r.violation_rate / target;
             assert!(

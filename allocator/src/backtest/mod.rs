@@ -473,6 +473,8 @@ impl Loaded {
                     violation_rate: r.violation_rate,
                     relative_slack: r.relative_slack,
                     oom_events: r.oom_events,
+                    fallback_share: r.fallback_share,
+                    model_share: r.model_share,
                 });
             }
         }
@@ -563,6 +565,12 @@ pub struct FrontierPoint {
     pub relative_slack: f64,
     /// Memory samples above the limit.
     pub oom_events: u64,
+    /// Share of scored series × tasks that fell back (as
+    /// [`BacktestRow::fallback_share`]): a point that fell back entirely
+    /// is the history-based strategy's, not the model's.
+    pub fallback_share: f64,
+    /// Share allocated by the model (as [`BacktestRow::model_share`]).
+    pub model_share: f64,
 }
 
 /// The finished held-out tasks, newest first, at most `max_tasks`.

@@ -115,6 +115,8 @@ pub fn response(r: &BacktestReport) -> v1::BacktestResponse {
                 violation_rate: p.violation_rate,
                 relative_slack: p.relative_slack,
                 oom_events: p.oom_events,
+                fallback_share: p.fallback_share,
+                model_share: p.model_share,
             })
             .collect(),
     }
@@ -179,6 +181,8 @@ pub fn report(r: v1::BacktestResponse) -> Result<BacktestReport> {
                     violation_rate: p.violation_rate,
                     relative_slack: p.relative_slack,
                     oom_events: p.oom_events,
+                    fallback_share: p.fallback_share,
+                    model_share: p.model_share,
                 })
             })
             .collect::<Result<_>>()?,

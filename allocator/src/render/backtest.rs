@@ -53,6 +53,8 @@ struct Point<'a> {
     violation_rate: f64,
     relative_slack: f64,
     oom_events: u64,
+    fallback_share: f64,
+    model_share: f64,
 }
 
 impl<'a> From<&'a FrontierPoint> for Point<'a> {
@@ -64,6 +66,8 @@ impl<'a> From<&'a FrontierPoint> for Point<'a> {
             violation_rate: p.violation_rate,
             relative_slack: p.relative_slack,
             oom_events: p.oom_events,
+            fallback_share: p.fallback_share,
+            model_share: p.model_share,
         }
     }
 }
@@ -110,18 +114,27 @@ pub fn table(answer: &BacktestReport) -> String {
     }
     if !answer.frontier.is_empty() {
         out.push_str(&format!(
-            "slack–violation frontier:\n{:<12} {:<22} {:<10} {:>10} {:>9} {:>6}\n",
-            "strategy", "setting", "resource", "violation", "rel.slack", "oom"
+            "slack–violation frontier:\n{:<12} {:<22} {:<10} {:>10} {:>9} {:>6} {:>9} {:>9}\n",
+            "strategy",
+            "setting",
+            "resource",
+            "violation",
+            "rel.slack",
+            "oom",
+            "fell back",
+            "by model"
         ));
         for p in &answer.frontier {
             out.push_str(&format!(
-                "{:<12} {:<22} {:<10} {:>9.2}% {:>8.1}% {:>6}\n",
+                "{:<12} {:<22} {:<10} {:>9.2}% {:>8.1}% {:>6} {:>8.1}% {:>8.1}%\n",
                 p.strategy.name(),
                 p.setting,
                 p.resource,
                 p.violation_rate * 100.0,
                 p.relative_slack * 100.0,
-                p.oom_events
+                p.oom_events,
+                p.fallback_share * 100.0,
+                p.model_share * 100.0
             ));
         }
     }

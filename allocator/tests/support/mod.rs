@@ -35,10 +35,24 @@ pub async fn collector_with(
         database_url: db.url.clone(),
         max_connections: 4,
         ingest: None,
-        lifecycle: Default::default(),
+        lifecycle: keep_raw(),
         grpc,
     };
     kit::spawn_server(|l, s| headroom_collector::run(l, s, config)).await
+}
+
+/// The collector's lifecycle with raw samples kept for 400 days. The
+/// default 8 days would drop the older raw samples of a month-long real
+/// trace (imported to end now) in the maintenance pass a starting
+/// collector runs, while requests are already served: a backtest's main
+/// run and its sweep then read different history (raw samples, then the
+/// per-minute rollups), and the sweep's points disagree with the rows, as
+/// the promise benchmark once showed. The trainer reads the raw samples.
+fn keep_raw() -> headroom_store::lifecycle::LifecycleOptions {
+    headroom_store::lifecycle::LifecycleOptions {
+        raw_retention: std::time::Duration::from_secs(400 * 86_400),
+        ..Default::default()
+    }
 }
 
 /// A predictor serving `model`.
