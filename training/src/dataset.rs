@@ -60,20 +60,6 @@ pub struct Task {
     pub start: f64,
 }
 
-/// Which tasks training holds out for validation (and for the allocator's
-/// out-of-sample calibration, which replays them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Holdout {
-    /// A seeded random share of the tasks.
-    #[default]
-    Random,
-    /// The newest tasks by start: forward validation, as for any time
-    /// series (Hyndman and Athanasopoulos, "Forecasting: Principles and
-    /// Practice", 3rd ed., §5.10 "time series cross-validation"); the
-    /// calibration then replays the usage right before the model's end.
-    Newest,
-}
-
 /// Samples with their vocabularies.
 #[derive(Debug, Clone, Default)]
 pub struct Dataset {
@@ -498,14 +484,6 @@ impl Dataset {
     /// `fraction` of them held out (at least one, and at least one kept).
     /// Warm-up rows ([`Row::warm_up`]) are in neither part.
     pub fn split(&self, fraction: f64, seed: u64) -> Result<Split> {
-        self.split_by(fraction, seed, Holdout::Random)
-    }
-
-    /// Splits rows by task as `holdout` chooses the held-out `fraction`
-    /// (at least one task, and at least one kept): a seeded shuffle
-    /// ([`Holdout::Random`]) or the newest tasks by start
-    /// ([`Holdout::Newest`]). Warm-up rows are in neither part.
-    pub fn split_by(&self, fraction: f64, seed: u64, holdout: Holdout) -> Result<Split> {
         if self.tasks.len() < 2 {
             return Err(Error::Data(format!(
                 "{} task(s) in the data; at least 2 are needed to hold one out for validation",
@@ -513,14 +491,7 @@ impl Dataset {
             )));
         }
         let mut order: Vec<usize> = (0..self.tasks.len()).collect();
-        match holdout {
-            Holdout::Random => order.shuffle(&mut StdRng::seed_from_u64(seed)),
-            // Newest first; ties by id, so the split is reproducible.
-            Holdout::Newest => order.sort_by(|a, b| {
-                let (a, b) = (&self.tasks[*a], &self.tasks[*b]);
-                b.start.total_cmp(&a.start).then_with(|| a.id.cmp(&b.id))
-            }),
-        }
+        order.shuffle(&mut StdRng::seed_from_u64(seed));
         let n =
             ((self.tasks.len() as f64 * fraction).round() as usize).clamp(1, self.tasks.len() - 1);
         let mut held = vec![false; self.tasks.len()];
@@ -621,12 +592,6 @@ mod tests {
         assert_eq!(d.split(0.25, 7).unwrap().held_out, a.held_out);
         assert_ne!(d.split(0.25, 8).unwrap().held_out, a.held_out);
         assert!(Dataset::default().split(0.2, 1).is_err());
-        // The newest fifth: the last 4 of the 20 tasks (t16-t19 started last).
-        let newest = d.split_by(0.2, 7, Holdout::Newest).unwrap();
-        let mut ids = newest.held_out.clone();
-        ids.sort();
-        assert_eq!(ids, ["t16", "t17", "t18", "t19"]);
-        assert_eq!(newest.validation.len() + newest.train.len(), 197);
     }
 
     #[test]

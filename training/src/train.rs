@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Error, Result,
-    dataset::{Dataset, Holdout, Split},
+    dataset::{Dataset, Split},
     network::{AdamW, Layer, Mlp, pinball_loss},
 };
 
@@ -53,12 +53,6 @@ pub struct TrainOptions {
         default_value_t = 0.2
     )]
     pub validation_fraction: f64,
-    /// Which tasks are held out: `random` (a seeded share) or `newest`
-    /// (the newest by start, forward validation). The allocator calibrates
-    /// on the held-out tasks, so `newest` calibrates on the usage right
-    /// before the model's training end.
-    #[arg(long, env = "HEADROOM_TRAIN_HOLDOUT", value_enum, default_value_t = Holdout::Random)]
-    pub holdout: Holdout,
     /// Quantile levels to predict, ascending (comma-separated).
     #[arg(
         long,
@@ -410,7 +404,7 @@ pub fn train(
     if data.rows.is_empty() {
         return Err(Error::Data("no samples to train on".into()));
     }
-    let split = data.split_by(opts.validation_fraction, opts.seed, opts.holdout)?;
+    let split = data.split(opts.validation_fraction, opts.seed)?;
     let mut spec = fit_spec(data, &split, opts, version);
     let params = ParamsAdamW {
         lr: opts.learning_rate,
