@@ -272,8 +272,9 @@ pub fn thin_reason(own: &[Score], rate: f64) -> String {
         "no replayable history (no recent task of this service with the model's curves)".into()
     } else {
         format!(
-            "{} replayed samples cannot calibrate a {:.2} % violation target (it needs an effective {:.0}), nor can its resource's pool",
+            "{} replayed samples in {} task-hours cannot calibrate a {:.2} % violation target (a new task's samples miss together: it needs the weight of {:.0} recent task-hours, and older ones weigh less), nor can its resource's pool",
             own.len(),
+            calibrate::blocks(own),
             rate * 100.0,
             calibrate::needed(rate)
         )

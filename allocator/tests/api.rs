@@ -81,13 +81,19 @@ async fn recommends_plans_and_places_from_history_and_the_model() -> anyhow::Res
     let mut client = stack.client().await?;
     let mix: Vec<String> = stack.workload.service_names()[..2].to_vec();
 
+    // 24 ten-minute tasks can promise 20 %, not the default 1 % (a new
+    // task's samples miss together: 1 % needs about a hundred tasks).
+    let twenty_percent = Some(v1::StrategyParams {
+        target_violation_rate: Some(0.2),
+        ..Default::default()
+    });
     let mut risks = std::collections::HashMap::new();
     for strategy in ["max", "percentile", "predictive", "plan"] {
         let answer = client
             .recommend(v1::RecommendRequest {
                 workload: workload(&mix),
                 strategy: strategy.into(),
-                params: None,
+                params: twenty_percent.clone(),
             })
             .await
             .with_context(|| format!("recommend {strategy}"))?
@@ -198,13 +204,13 @@ async fn recommends_plans_and_places_from_history_and_the_model() -> anyhow::Res
     snapshotting.stop().await?;
 
     // The model-based strategies aim at the target share of samples above
-    // the limit (1 % by default).
+    // the limit (20 % here).
     for s in &mix {
         for r in ["cpu", "memory"] {
             for strategy in ["predictive", "plan"] {
                 let risk = risks[&(strategy, s.clone(), r.to_string())];
                 assert!(
-                    (0.005..=0.015).contains(&risk),
+                    (0.1..=0.3).contains(&risk),
                     "{strategy} {s}/{r}: risk {risk}"
                 );
             }
@@ -222,7 +228,7 @@ async fn recommends_plans_and_places_from_history_and_the_model() -> anyhow::Res
         .recommend(v1::RecommendRequest {
             workload: workload(&alone),
             strategy: "predictive".into(),
-            params: None,
+            params: twenty_percent.clone(),
         })
         .await?
         .into_inner();
@@ -242,6 +248,7 @@ async fn recommends_plans_and_places_from_history_and_the_model() -> anyhow::Res
             params: Some(v1::StrategyParams {
                 max_resizes: Some(2),
                 min_segment_seconds: Some(120.0),
+                target_violation_rate: Some(0.2),
                 ..Default::default()
             }),
         })
@@ -458,10 +465,16 @@ async fn backtests_every_strategy_on_held_out_tasks() -> anyhow::Result<()> {
         nanos: 0,
     };
     let traced = names[0].clone();
+    // 48 tasks before the split can promise 10 %, not the default 1 % (a
+    // new task's samples miss together: 1 % needs about a hundred tasks).
     let answer = client
         .backtest(v1::BacktestRequest {
             split: Some(split_ts),
             trace_services: vec![traced.clone()],
+            params: Some(v1::StrategyParams {
+                target_violation_rate: Some(0.1),
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .await?
