@@ -237,7 +237,26 @@ impl Allocator {
             return Ok(h);
         }
         let tasks = self.collector.tasks(&m.services[0], None, None).await?;
-        expected_duration(&tasks, &m.services).ok_or_else(|| Error::UnknownHorizon {
+        if let Some(h) = expected_duration(&tasks, &m.services) {
+            return Ok(h);
+        }
+        // A service the collector never stored is not there, whatever the
+        // duration: say that first.
+        let stored = self.collector.replicas().await?;
+        if let Some(absent) = m.services.iter().find(|s| !stored.contains_key(*s)) {
+            let mut known: Vec<&String> = stored.keys().collect();
+            known.sort();
+            known.truncate(50);
+            return Err(Error::UnknownService {
+                service: absent.clone(),
+                known: known
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        Err(Error::UnknownHorizon {
             service: m.services[0].clone(),
         })
     }

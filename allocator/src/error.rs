@@ -7,7 +7,7 @@ use crate::strategy::STRATEGIES;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A strategy parameter is out of its range.
-    #[error("{field} must be {range}, got {value}")]
+    #[error("{field} must be {range}, got {}", compact(*value))]
     Param {
         /// The parameter's wire name, e.g. `target_violation_rate`.
         field: &'static str,
@@ -73,9 +73,17 @@ pub enum Error {
         /// The server's `max_services`.
         limit: usize,
     },
+    /// A service the collector never stored.
+    #[error("unknown service {service:?} (known: {known})")]
+    UnknownService {
+        /// The service named.
+        service: String,
+        /// Services the collector holds (the first 50), comma-separated.
+        known: String,
+    },
     /// No stored task tells how long a task of this mix runs.
     #[error(
-        "no finished task ran {service:?}, so the task's duration is unknown: give params.horizon_seconds"
+        "no finished task ran {service:?}, so the task's duration is unknown: give params.horizon_seconds (--horizon-seconds)"
     )]
     UnknownHorizon {
         /// The mix's first service.
@@ -131,10 +139,12 @@ pub enum Error {
         ran: String,
     },
     /// A traced service did not run in the held-out tasks.
-    #[error("trace service {service:?} did not run in the held-out tasks")]
+    #[error("trace service {service:?} did not run in the held-out tasks (those that did: {ran})")]
     UnknownTraceService {
         /// The service asked for.
         service: String,
+        /// The services of the held-out tasks, comma-separated.
+        ran: String,
     },
     /// `provisioned` was asked for and no import stored any allocation.
     #[error(
@@ -217,6 +227,16 @@ pub enum Error {
     Serve(#[from] headroom_serving::grpc::ServeError),
 }
 
+/// `v` as written by hand: plainly, or in exponent form when it is huge or
+/// tiny (1e308, not 309 digits).
+fn compact(v: f64) -> String {
+    if v != 0.0 && v.is_finite() && !(1e-6..1e15).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
 /// Result with the allocator's error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -262,7 +282,12 @@ pub fn upstream_kind(status: i32) -> UpstreamKind {
 fn upstream_message(what: &str, code: i32, message: &str) -> String {
     match upstream_kind(code) {
         UpstreamKind::CallersMistake => message.to_string(),
+        // The allocator passing on that its own upstream is down: the
+        // message names that one ("the predictor is unavailable: …").
+        UpstreamKind::Unavailable if message.contains(" is unavailable: ") => message.to_string(),
         UpstreamKind::Unavailable => format!("{what} is unavailable: {message}"),
+        // The allocator's own answer, for its CLI: the message says it.
+        UpstreamKind::Other if what == "the allocator" => message.to_string(),
         UpstreamKind::Other => format!("{what}: {message}"),
     }
 }

@@ -247,7 +247,7 @@ struct Ask {
     #[command(flatten)]
     tuning: Tuning,
     /// Task duration to allocate for, in seconds.
-    #[arg(long, env = "HEADROOM_HORIZON_SECONDS")]
+    #[arg(long, env = "HEADROOM_HORIZON_SECONDS", allow_negative_numbers = true)]
     horizon_seconds: Option<f64>,
     /// Output format.
     #[arg(long, env = "HEADROOM_OUTPUT", value_enum, default_value_t = Output::Table)]

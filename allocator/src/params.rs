@@ -137,7 +137,7 @@ pub struct Params {
     pub min_segment_seconds: f64,
     /// Task duration to allocate for; `None`: from history.
     pub horizon_seconds: Option<f64>,
-    /// Limit as a multiple of the request, at least 1.
+    /// Limit as a multiple of the request, in [1, 100].
     pub limit_ratio: f64,
     /// `percentile` never recommends below the observed median
     /// (Headroom's departure from the VPA, which has no such floor).
@@ -274,11 +274,14 @@ impl Params {
             self.min_segment_seconds > 0.0,
             "greater than 0",
         )?;
+        // A limit a hundred times the request is no limit; beyond it the
+        // products overflow what Kubernetes quantities hold (the helper
+        // trial's 1e308 gave an infinite limit, written as 0 in k8s).
         within(
             "limit_ratio",
             self.limit_ratio,
-            self.limit_ratio >= 1.0,
-            "at least 1",
+            (1.0..=100.0).contains(&self.limit_ratio),
+            "in [1, 100]",
         )?;
         for (field, w) in [
             ("overrun_weight", self.overrun_weight),
@@ -322,6 +325,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(e, "target_violation_rate must be in (0, 1), got 1.5");
+        let huge = Overrides {
+            limit_ratio: Some(1e308),
+            ..Default::default()
+        };
+        let e = Params::resolve(&huge, Strategy::Percentile)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "limit_ratio must be in [1, 100], got 1e308");
         let none = Overrides::default();
         assert_eq!(
             Params::resolve(&none, Strategy::Percentile).unwrap().margin,

@@ -37,7 +37,7 @@ impl Client {
             .await
             .map_err(|e| Error::Connect {
                 url: url.to_string(),
-                message: chain(&e),
+                message: headroom_options::one_line(&e),
             })?;
         Ok(Self {
             client: AllocatorClient::new(channel),
@@ -107,17 +107,4 @@ impl Client {
             .into_inner();
         backtest::report(answer)
     }
-}
-
-/// An error and its sources, `: `-separated (the transport's own message
-/// rarely says why).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

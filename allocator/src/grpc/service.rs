@@ -40,7 +40,9 @@ impl From<Error> for Status {
             | Error::NoSplit
             | Error::NoHeldOutService => Code::InvalidArgument,
             // A named service that is not there, as NOT_FOUND says.
-            Error::ServiceNotHeldOut { .. } | Error::UnknownTraceService { .. } => Code::NotFound,
+            Error::ServiceNotHeldOut { .. }
+            | Error::UnknownTraceService { .. }
+            | Error::UnknownService { .. } => Code::NotFound,
             Error::NoHistory { .. }
             | Error::Unanswered(_)
             | Error::NothingHeldOut { .. }
