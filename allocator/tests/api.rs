@@ -529,6 +529,18 @@ async fn backtests_every_strategy_on_held_out_tasks() -> anyhow::Result<()> {
             "{r}: plan {plan:?} vs predictive {predictive:?}"
         );
     }
+    // A strategy named twice is scored once.
+    let twice = client
+        .backtest(v1::BacktestRequest {
+            split: Some(split_ts),
+            strategies: vec!["max".into(), "max".into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let max_rows: Vec<&v1::BacktestRow> =
+        answer.rows.iter().filter(|r| r.strategy == "max").collect();
+    assert_eq!(twice.rows.iter().collect::<Vec<_>>(), max_rows);
     // Traces: usage and every strategy's allocation at each sample.
     assert_eq!(answer.traces.len(), 2);
     for t in &answer.traces {

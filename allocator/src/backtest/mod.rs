@@ -157,7 +157,15 @@ pub async fn run(
 ) -> Result<BacktestReport> {
     let named = !ask.strategies.is_empty();
     let mut strategies = if named {
-        ask.strategies.clone()
+        // A strategy named twice is scored once (twice, its samples and
+        // slack were summed twice).
+        let mut once = Vec::new();
+        for s in &ask.strategies {
+            if !once.contains(s) {
+                once.push(*s);
+            }
+        }
+        once
     } else {
         let mut all = DEFAULT_STRATEGIES.to_vec();
         all.push(Strategy::Provisioned);
@@ -304,8 +312,12 @@ pub async fn run(
     let mut traces = Vec::new();
     for service in &ask.trace_services {
         let Some((task, _, _)) = samples.keys().find(|(_, s, _)| s == service) else {
+            let mut ran: Vec<&str> = samples.keys().map(|(_, s, _)| s.as_str()).collect();
+            ran.sort_unstable();
+            ran.dedup();
             return Err(Error::UnknownTraceService {
                 service: service.clone(),
+                ran: ran.join(", "),
             });
         };
         for resource in resources {
