@@ -264,6 +264,19 @@ pub fn capped_plan(
             kind,
         ),
     }
+    merge_equal(segments);
+}
+
+/// Joins neighbouring segments that allocate the same (capping can level
+/// several at the cap): a resize that changes nothing is not one.
+pub fn merge_equal(segments: &mut Vec<Segment>) {
+    segments.dedup_by(|next, kept| {
+        let same = next.request == kept.request && next.limit == kept.limit;
+        if same {
+            kept.end = next.end;
+        }
+        same
+    });
 }
 
 /// Why a series could not be calibrated, for its fallback.
@@ -695,6 +708,12 @@ mod tests {
         let before = segments.clone();
         cap_plan(&mut segments, &mut a, 10.0, 1.0, crate::params::Kind::Cpu);
         assert_eq!(segments, before);
+        // Segments levelled at the cap are one segment, not resizes to the
+        // same level.
+        let mut levelled = vec![seg(0.0, 0.5), seg(600.0, 3.0), seg(1200.0, 3.0)];
+        merge_equal(&mut levelled);
+        assert_eq!(levelled.len(), 2);
+        assert_eq!((levelled[1].start, levelled[1].end), (600.0, 1800.0));
     }
 
     #[test]
