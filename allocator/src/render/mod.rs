@@ -153,6 +153,7 @@ pub fn recommendations(answer: &[Recommendation], output: Output) -> Result<Stri
                 "service", "resource", "request", "limit", "slack", "risk"
             );
             let mut notes = String::new();
+            let mut mixes = String::new();
             for r in answer {
                 let a = &r.alloc;
                 if let Some(why) = &r.unanswered {
@@ -168,19 +169,40 @@ pub fn recommendations(answer: &[Recommendation], output: Output) -> Result<Stri
                         r.service, r.resource, r.strategy, f.from, f.reason
                     ));
                 }
+                // A mix the service never ran in: the model's answer for it
+                // was never replayed, so its risk is not a promise.
+                let unseen = a
+                    .detail
+                    .find("; note: ")
+                    .map(|at| &a.detail[at + "; note: ".len()..])
+                    .filter(|n| n.contains(" never ran "));
+                if let Some(note) = unseen {
+                    let note = note
+                        .split(" (from the history snapshot")
+                        .next()
+                        .unwrap_or(note);
+                    mixes.push_str(&format!("{} {}: {note}\n", r.service, r.resource));
+                }
                 out.push_str(&format!(
-                    "{:<24} {:<10} {:>12} {:>12} {:>7.1}% {:>7.2}%\n",
+                    "{:<24} {:<10} {:>12} {:>12} {:>7.1}% {:>7.2}%{}\n",
                     r.service,
                     r.resource,
                     human(&r.resource, a.request),
                     human(&r.resource, a.limit),
                     a.expected_slack * 100.0,
                     a.violation_risk * 100.0,
+                    if unseen.is_some() { "*" } else { "" },
                 ));
             }
             if !notes.is_empty() {
                 out.push_str("fell back:\n");
                 out.push_str(&notes);
+            }
+            if !mixes.is_empty() {
+                out.push_str(
+                    "* a mix the service never ran in: the model's answer for it was never replayed, so the risk is the target, not a measured promise:\n",
+                );
+                out.push_str(&mixes);
             }
             Ok(out)
         }
@@ -341,4 +363,49 @@ pub fn placement(answer: &Placed, output: Output) -> Result<String> {
         out.push_str(&format!("  unplaced: {}\n", answer.unplaced.join(", ")));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::strategy::{Alloc, Strategy};
+
+    #[test]
+    fn a_mix_never_replayed_marks_its_risk() {
+        let row = |service: &str, detail: &str| Recommendation {
+            service: service.into(),
+            resource: "cpu".into(),
+            strategy: Strategy::Predictive,
+            alloc: Alloc {
+                request: 0.5,
+                limit: 0.5,
+                expected_slack: 0.2,
+                violation_risk: 0.01,
+                samples_used: 100,
+                detail: detail.into(),
+            },
+            model_version: "m".into(),
+            fallback: None,
+            unanswered: None,
+        };
+        let table = recommendations(
+            &[
+                row("api", "calibrated ×1.2"),
+                row(
+                    "db",
+                    "calibrated ×0.7; note: db never ran alone in the 9 recent task(s) it ran in; most often (9) it ran beside api. The model's answer depends on the services listed: list those it runs with",
+                ),
+            ],
+            Output::Table,
+        )
+        .unwrap();
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[1].ends_with("1.00%"), "{table}");
+        assert!(lines[2].ends_with("1.00%*"), "{table}");
+        assert!(
+            table.contains("* a mix the service never ran in")
+                && table.contains("db cpu: db never ran alone"),
+            "{table}"
+        );
+    }
 }
