@@ -28,8 +28,8 @@ pub enum Error {
     /// A checkpoint that cannot be read or resumed.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
-    /// The ONNX export failed.
-    #[error("ONNX export: {0}")]
+    /// The ONNX model could not be written or read.
+    #[error("ONNX model: {0}")]
     Export(String),
     /// A chart could not be drawn.
     #[error("{0}")]

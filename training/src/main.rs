@@ -115,6 +115,17 @@ async fn connect(url: &str) -> anyhow::Result<headroom_store::PgPool> {
 
 /// The URL without its password, for messages.
 async fn train(database_url: &str, t: Train) -> anyhow::Result<()> {
+    // Refused before minutes of reading and training, not after.
+    t.options.check()?;
+    if let Some(dir) = t.out.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        anyhow::bail!(
+            "--out {}: the directory {} does not exist",
+            t.out.display(),
+            dir.display()
+        );
+    }
     let (data, source) = match &t.csv {
         Some(path) => (Dataset::from_csv(path)?, path.display().to_string()),
         None => {

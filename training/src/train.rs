@@ -83,7 +83,9 @@ impl Default for TrainOptions {
 }
 
 impl TrainOptions {
-    fn check(&self) -> Result<()> {
+    /// Refuses options out of range, naming the flag: called before any
+    /// sample is read, and again by [`train`].
+    pub fn check(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::Options(m.to_string()));
         if !headroom_model::quantiles_are_valid(&self.quantiles) {
             return bad("--quantiles must be ascending levels in (0, 1)");

@@ -136,6 +136,22 @@ async fn simulate_train_inspect_and_refuse_bad_sources() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An output directory that does not exist is refused before any sample
+/// is read (here the database is not even reachable).
+#[test]
+fn a_missing_output_directory_is_named_before_training() {
+    let out = train_cmd("postgres://postgres@127.0.0.1:1/headroom")
+        .args([
+            "train",
+            "--quiet",
+            "--out",
+            "/nonexistent-dir/sub/model.onnx",
+        ])
+        .output()
+        .unwrap();
+    assert_one_line_failure(&out, "the directory /nonexistent-dir/sub does not exist");
+}
+
 /// An unreachable database ends training with one line naming it.
 #[test]
 fn an_unreachable_database_is_named_in_one_line() {
