@@ -529,6 +529,25 @@ async fn backtests_every_strategy_on_held_out_tasks() -> anyhow::Result<()> {
             "{r}: plan {plan:?} vs predictive {predictive:?}"
         );
     }
+    // Held-out tasks in time order (the simulator's ids are zero-padded),
+    // and the trace is of the traced service's first one.
+    let mut sorted = answer.task_ids.clone();
+    sorted.sort();
+    assert_eq!(answer.task_ids, sorted);
+    let first_traced = workload
+        .tasks
+        .iter()
+        .filter(|t| t.start >= split)
+        .find(|t| {
+            t.services
+                .iter()
+                .any(|s| workload.services[*s].name == traced)
+        })
+        .map(|t| t.id.clone());
+    assert_eq!(
+        answer.traces.first().map(|t| t.task_id.clone()),
+        first_traced
+    );
     // A strategy named twice is scored once.
     let twice = client
         .backtest(v1::BacktestRequest {

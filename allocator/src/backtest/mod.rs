@@ -311,7 +311,16 @@ pub async fn run(
     // Traces of the requested services: their first held-out task.
     let mut traces = Vec::new();
     for service in &ask.trace_services {
-        let Some((task, _, _)) = samples.keys().find(|(_, s, _)| s == service) else {
+        // Its first held-out task: the earliest it ran in (the replay holds
+        // tasks in the order the collector streamed them).
+        let first = samples
+            .keys()
+            .filter(|(_, s, _)| s == service)
+            .min_by(|a, b| {
+                let (x, y) = (&replay.tasks[a.0], &replay.tasks[b.0]);
+                x.start.total_cmp(&y.start).then_with(|| x.id.cmp(&y.id))
+            });
+        let Some((task, _, _)) = first else {
             let mut ran: Vec<&str> = samples.keys().map(|(_, s, _)| s.as_str()).collect();
             ran.sort_unstable();
             ran.dedup();
@@ -348,12 +357,20 @@ pub async fn run(
 
     Ok(BacktestReport {
         rows,
-        task_ids: replay.tasks.iter().map(|t| t.id.clone()).collect(),
+        task_ids: in_time_order(&replay.tasks),
         traces,
         split,
         recorded_oom_kills,
         frontier,
     })
+}
+
+/// The ids of `tasks` by start (then id), whatever order the collector
+/// streamed them in (a month of daily tasks came back 24, 25, …, 22, 21).
+fn in_time_order(tasks: &[TaskInfo]) -> Vec<String> {
+    let mut sorted: Vec<&TaskInfo> = tasks.iter().collect();
+    sorted.sort_by(|a, b| a.start.total_cmp(&b.start).then_with(|| a.id.cmp(&b.id)));
+    sorted.into_iter().map(|t| t.id.clone()).collect()
 }
 
 /// A backtest's data, read once and scored for every variant.
@@ -972,5 +989,27 @@ impl Predicting<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_out_tasks_are_listed_in_time_order() {
+        let task = |id: &str, start: f64| TaskInfo {
+            id: id.into(),
+            start,
+            end: Some(start + 1.0),
+            services: Vec::new(),
+        };
+        let streamed = [
+            task("d24", 24.0),
+            task("d25", 25.0),
+            task("d22", 22.0),
+            task("d21", 21.0),
+        ];
+        assert_eq!(in_time_order(&streamed), ["d21", "d22", "d24", "d25"]);
     }
 }
