@@ -229,7 +229,7 @@ async fn main() -> anyhow::Result<()> {
         Some(("percentile from the snapshot", ms(from_snapshot))),
     );
     println!(
-        "Recommend auto with the model's candidates (94), 1,000 services x cpu, memory: {:.1} ms from the snapshot ({:.2}x percentile's {:.1} ms); {won} of 2,000 series won by the model",
+        "Recommend auto with the model's candidates (89), 1,000 services x cpu, memory: {:.1} ms from the snapshot ({:.2}x percentile's {:.1} ms); {won} of 2,000 series won by the model",
         ms(auto_with_model),
         ms(auto_with_model) / ms(from_snapshot),
         ms(from_snapshot)
