@@ -12,12 +12,18 @@
 //! (Barber, Candès, Ramdas and Tibshirani, "Conformal prediction beyond
 //! exchangeability", Annals of Statistics 2023): sample `i` weighs
 //! `2^(−age_i / half-life)`, the half-life the shortest of 1, 2, 4 and 7
-//! days that leaves enough samples, the next sample (weight 1) is counted
-//! at +∞, and `c` is the smallest score whose weighted share reaches `1 − α`.
-//! When the weights cannot reach it (too little history for so small an α)
-//! the series cannot be calibrated alone: it borrows the scores of the
-//! same resource's other series in the request ([`pooled`]), and with none
-//! falls back to the history-based strategy.
+//! days that leaves enough samples, the next *block* is counted at +∞, and
+//! `c` is the smallest score whose weighted share reaches `1 − α`. A block
+//! is one task's samples within an hour of it ([`BLOCK_SECONDS`]): they
+//! share the task's intensity and mix and miss together, so the next one
+//! weighs a whole block's samples (1 each), not one sample's: conformal
+//! risk control with a block's share of samples above the limit as the
+//! risk (Angelopoulos, Bates, Fisch, Lei and Schuster, "Conformal Risk
+//! Control", ICLR 2024). When the weights cannot reach it (too few recent
+//! blocks for so small an α: about (1 − α)/α) the series cannot be
+//! calibrated alone: it borrows the scores of the same resource's other
+//! series in the request ([`Pools`]), and with none falls back to the
+//! history-based strategy.
 
 /// Half-life of the calibration's weights when no shorter one leaves
 /// enough samples: a week, so that a 0.1 % target can be calibrated from 8
