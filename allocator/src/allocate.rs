@@ -208,8 +208,14 @@ impl Allocator {
         };
         services.sort();
         services.dedup();
-        if services.is_empty() || services.iter().any(String::is_empty) {
+        if services.is_empty() {
             return Err(Error::NoServices);
+        }
+        if services.iter().any(String::is_empty) {
+            return Err(Error::EmptyName {
+                field: "services",
+                what: "service",
+            });
         }
         if services.len() > self.options.max_services {
             return Err(Error::TooManyServices {
@@ -871,9 +877,16 @@ fn correct_by_pressure(source: &Source, service: &str, resource: &str, a: &mut A
     a.detail.push_str(&source.note());
 }
 
-/// Refuses a pressure signal (`oom_kills`, `cpu_throttled`, the limits)
-/// asked as a resource to allocate: [`Error::PressureResource`].
+/// Refuses an empty resource name ([`Error::EmptyName`]) and a pressure
+/// signal (`oom_kills`, `cpu_throttled`, the limits) asked as a resource to
+/// allocate ([`Error::PressureResource`]).
 pub fn check_resources(resources: &[String]) -> Result<()> {
+    if resources.iter().any(String::is_empty) {
+        return Err(Error::EmptyName {
+            field: "resources",
+            what: "resource",
+        });
+    }
     match resources
         .iter()
         .find(|r| headroom_proto::resource::PRESSURE.contains(&r.as_str()))

@@ -65,6 +65,14 @@ pub enum Error {
     /// The workload names no service.
     #[error("the workload names no services: give a task_id or a non-empty list of services")]
     NoServices,
+    /// A list of names holds an empty one (`services: ["api", ""]`).
+    #[error("{field}: an empty name (\"\") in the list; every {what} needs a name")]
+    EmptyName {
+        /// The field, e.g. `services`.
+        field: &'static str,
+        /// What each name names, e.g. `service`.
+        what: &'static str,
+    },
     /// The workload names more services than the server takes.
     #[error("the workload names {count} services, more than the limit of {limit}")]
     TooManyServices {

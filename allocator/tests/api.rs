@@ -362,6 +362,26 @@ async fn bad_input_is_refused_naming_the_problem() -> anyhow::Result<()> {
         client.recommend(ask(vec![], "max")).await,
         "names no services",
     );
+    // An empty name among others is named as such, for services and
+    // resources alike (not "names no services", not an unknown resource).
+    refused(
+        client
+            .recommend(ask(vec![mix[0].clone(), String::new()], "max"))
+            .await,
+        "services: an empty name",
+    );
+    refused(
+        client
+            .recommend(v1::RecommendRequest {
+                workload: Some(v1::Workload {
+                    resources: vec![String::new()],
+                    ..workload(&mix).unwrap()
+                }),
+                ..ask(mix.clone(), "max")
+            })
+            .await,
+        "resources: an empty name",
+    );
     refused(
         client.recommend(ask(mix.clone(), "magic")).await,
         "\"magic\" does not exist",

@@ -33,6 +33,7 @@ impl From<Error> for Status {
             | Error::UnknownStrategy { .. }
             | Error::StrategyNotHere { .. }
             | Error::NoServices
+            | Error::EmptyName { .. }
             | Error::PressureResource { .. }
             | Error::TooManyServices { .. }
             | Error::UnknownHorizon { .. }
