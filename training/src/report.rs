@@ -368,10 +368,11 @@ impl Report {
                     .iter()
                     .map(|c| format!("{:>8.1}%", c * 100.0))
                     .collect();
+                // As the allocator writes amounts: 42Mi, 466 B/s, 250m.
                 let mae = if unit.is_empty() {
                     "-".to_string()
                 } else {
-                    format!("{} {unit}", short(sc.mae_p50))
+                    headroom_units::Unit::parse(unit).format(sc.mae_p50)
                 };
                 let _ = writeln!(
                     s,
@@ -410,17 +411,6 @@ impl Report {
         );
         s
     }
-}
-
-/// A number in 4 significant figures with an SI suffix.
-fn short(v: f64) -> String {
-    let (d, suffix) = match v.abs() {
-        x if x >= 1e9 => (1e9, "G"),
-        x if x >= 1e6 => (1e6, "M"),
-        x if x >= 1e3 => (1e3, "k"),
-        _ => (1.0, ""),
-    };
-    format!("{:.3}{suffix}", v / d)
 }
 
 #[cfg(test)]
