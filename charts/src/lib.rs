@@ -164,6 +164,37 @@ fn titled(axis: Axis<'_>, scale: &Scale) -> String {
     }
 }
 
+/// The corner of the plot (x in `xs`, y in `ys`) whose box of 40 % × 40 %
+/// of the axes holds the fewest points: where the legend covers none or
+/// least (a frontier's dots gather lower right as often as not). Ties go
+/// to the lower right, then upper right, upper left, lower left.
+fn emptiest_corner(
+    points: impl Iterator<Item = (f64, f64)>,
+    xs: (f64, f64),
+    ys: (f64, f64),
+) -> SeriesLabelPosition {
+    let (wx, wy) = ((xs.1 - xs.0) * 0.4, (ys.1 - ys.0) * 0.4);
+    let mut counts = [0usize; 4];
+    for (x, y) in points.filter(|(a, b)| a.is_finite() && b.is_finite()) {
+        let (right, left) = (x >= xs.1 - wx, x <= xs.0 + wx);
+        let (upper, lower) = (y >= ys.1 - wy, y <= ys.0 + wy);
+        for (i, inside) in [right && lower, right && upper, left && upper, left && lower]
+            .into_iter()
+            .enumerate()
+        {
+            counts[i] += usize::from(inside);
+        }
+    }
+    let best = (0..4).min_by_key(|i| (counts[*i], *i)).unwrap_or(0);
+    [
+        SeriesLabelPosition::LowerRight,
+        SeriesLabelPosition::UpperRight,
+        SeriesLabelPosition::UpperLeft,
+        SeriesLabelPosition::LowerLeft,
+    ][best]
+        .clone()
+}
+
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, plotters::coord::Shift>,
     title: &str,
@@ -261,9 +292,14 @@ fn draw<DB: DrawingBackend>(
         }
     }
     if text {
+        let corner = emptiest_corner(
+            series.iter().flat_map(|s| s.points.iter().copied()),
+            (x0, x1),
+            (y0, y1),
+        );
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(corner)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()
@@ -276,6 +312,24 @@ fn draw<DB: DrawingBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_legend_goes_where_the_points_are_not() {
+        let corner = |points: &[(f64, f64)]| {
+            format!(
+                "{:?}",
+                emptiest_corner(points.iter().copied(), (0.0, 10.0), (0.0, 100.0))
+            )
+        };
+        // A frontier falling to the lower right: the legend goes upper right.
+        let frontier = [(0.5, 90.0), (2.0, 60.0), (8.0, 35.0), (9.8, 30.0)];
+        assert_eq!(corner(&frontier), "UpperRight");
+        // Nothing anywhere: the usual lower right.
+        assert_eq!(corner(&[]), "LowerRight");
+        // Points in every corner but the lower left.
+        let three = [(9.0, 5.0), (9.0, 95.0), (1.0, 95.0)];
+        assert_eq!(corner(&three), "LowerLeft");
+    }
 
     fn line(points: Vec<(f64, f64)>) -> Series {
         Series {
