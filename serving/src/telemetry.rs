@@ -13,11 +13,13 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber for a server (default filter `info`).
+/// Installs the global subscriber for a server (default filter `info`,
+/// PostgreSQL's notices at `warn`: a migration run again says "relation …
+/// already exists, skipping" at INFO, which is noise to an operator).
 /// Logs go to stderr so stdout stays free for command output (tables,
 /// JSON). Calling it twice is harmless.
 pub fn init(format: LogFormat) {
-    init_with(format, "info");
+    init_with(format, "info,sqlx::postgres::notice=warn");
 }
 
 /// [`init`] with another default filter, for command-line tools that stay
