@@ -191,11 +191,18 @@ pub fn pareto(points: &[(f64, f64)]) -> (Points, Points) {
 /// Draws the slack–violation frontier of `resource`: per strategy, a line
 /// through its Pareto front of variants and markers for its dominated
 /// ones, violation rate (%) against relative slack (%); lower and further
-/// left is better.
+/// left is better. Variants that fell back for every series are left out
+/// (they are `percentile`'s answers; the table and CSV keep them).
 pub fn frontier_chart(path: &Path, answer: &BacktestReport, resource: &str) -> Result<()> {
     use headroom_charts::{Axis, Series, line_chart};
     let mut by_strategy: std::collections::BTreeMap<_, Vec<(f64, f64)>> = Default::default();
-    for p in answer.frontier.iter().filter(|p| p.resource == resource) {
+    // A point that fell back entirely is percentile's, not the strategy's:
+    // drawn on its line it would zig-zag through the history's points.
+    for p in answer
+        .frontier
+        .iter()
+        .filter(|p| p.resource == resource && p.fallback_share < 1.0)
+    {
         by_strategy
             .entry(p.strategy)
             .or_default()
