@@ -250,16 +250,12 @@ impl Allocator {
         // duration: say that first.
         let stored = self.collector.replicas().await?;
         if let Some(absent) = m.services.iter().find(|s| !stored.contains_key(*s)) {
-            let mut known: Vec<&String> = stored.keys().collect();
+            let mut known: Vec<String> = stored.into_keys().collect();
             known.sort();
             known.truncate(50);
             return Err(Error::UnknownService {
                 service: absent.clone(),
-                known: known
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                known: known.join(", "),
             });
         }
         Err(Error::UnknownHorizon {
